@@ -1,0 +1,5 @@
+//! ZooKeeper coordination recipes built on the session-managed [`zkr::Client`].
+//!
+//! One module per recipe; each module documents its znode layout, its guarantees and what it
+//! does on `Suspended`, `Reconnected` and `Lost`. Recipes never talk to the wire client: they use
+//! `zkr`'s retry, watch and session-state APIs.

@@ -1,0 +1,539 @@
+//! The façade users and recipes call: [`Client`] and its [`ClientBuilder`].
+//!
+//! * Every operation has a deadline (default: the session timeout; see
+//!   [`Client::with_timeout`]) and a `tracing` span with path, session, epoch and outcome.
+//! * Paths and data are validated before anything is sent.
+//! * A semaphore bounds requests in flight (backpressure instead of an unbounded queue).
+//! * Operations run on the current session's epoch; [`Client::pinned`] binds a handle to one
+//!   epoch so that a recipe's follow-up requests never run in a later session by accident.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::error::{Error, Result};
+use crate::path::{self, ConnectString};
+use crate::retry::RetryPolicy;
+use crate::session::{self, Epoch, SessionConfig, SessionState, Shared};
+use crate::types::{Acl, CreateMode, Op, OpResult, SessionId, Stat};
+use crate::watch::{ChildrenWatch, DataWatch, Registry, WatchKind};
+use crate::wire::WireConfig;
+
+/// Builds a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    connect: String,
+    session_timeout: Duration,
+    connect_timeout: Option<Duration>,
+    op_timeout: Option<Duration>,
+    auth: Vec<(String, Vec<u8>)>,
+    default_acl: Vec<Acl>,
+    max_in_flight: usize,
+}
+
+impl ClientBuilder {
+    /// The session timeout to ask for (the server clamps it to its min/max). Default 10 s.
+    pub fn session_timeout(mut self, d: Duration) -> Self {
+        self.session_timeout = d;
+        self
+    }
+
+    /// How long `connect()` (and each later attempt to open a session) may take. Default: the
+    /// session timeout.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = Some(d);
+        self
+    }
+
+    /// Default deadline of every operation. Default: the session timeout.
+    pub fn operation_timeout(mut self, d: Duration) -> Self {
+        self.op_timeout = Some(d);
+        self
+    }
+
+    /// Digest authentication (`user:password`); re-applied on every reconnect and new session.
+    pub fn digest_auth(mut self, user: &str, password: &str) -> Self {
+        self.auth.push(("digest".into(), format!("{user}:{password}").into_bytes()));
+        self
+    }
+
+    /// Any auth scheme.
+    pub fn auth(mut self, scheme: &str, data: &[u8]) -> Self {
+        self.auth.push((scheme.into(), data.to_vec()));
+        self
+    }
+
+    /// ACL given to nodes this client creates. Default: open to everyone.
+    pub fn default_acl(mut self, acl: Vec<Acl>) -> Self {
+        self.default_acl = acl;
+        self
+    }
+
+    /// Bound on requests in flight; further calls wait (within their deadline). Default 1024.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Connects: validates the connect string, then opens the first session within the
+    /// connect timeout.
+    pub async fn connect(self) -> Result<Client> {
+        let cs = ConnectString::parse(&self.connect)?;
+        if self.session_timeout < Duration::from_millis(100) {
+            return Err(Error::InvalidArgument(format!("session timeout {:?} is too short", self.session_timeout)));
+        }
+        if self.default_acl.is_empty() {
+            return Err(Error::InvalidArgument("default ACL must not be empty".into()));
+        }
+        let connect_timeout = self.connect_timeout.unwrap_or(self.session_timeout);
+        let cfg = SessionConfig {
+            wire: WireConfig { connect: cs.to_wire(), session_timeout: self.session_timeout, auth: self.auth },
+            connect_timeout,
+        };
+        let span = tracing::info_span!("zkr.connect", servers = %cs.servers_string());
+        let shared = session::start(cfg).instrument(span).await?;
+        let inner = Arc::new(Inner {
+            registry: Registry::new(),
+            permits: Semaphore::new(self.max_in_flight),
+            default_acl: self.default_acl,
+            shared,
+        });
+        Ok(Client { inner, pin: None, op_timeout: self.op_timeout })
+    }
+}
+
+pub(crate) struct Inner {
+    pub shared: Arc<Shared>,
+    pub registry: Registry,
+    permits: Semaphore,
+    pub default_acl: Vec<Acl>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+/// A session-managed ZooKeeper client. Cheap to clone; all clones share one session.
+/// Dropping the last clone closes the session.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+    pin: Option<Arc<Epoch>>,
+    op_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("state", &self.state()).field("pinned", &self.pin.as_ref().map(|e| e.n)).finish()
+    }
+}
+
+/// Ordered session states; the first item is the state at subscription time.
+pub struct SessionStates {
+    rx: tokio::sync::mpsc::UnboundedReceiver<SessionState>,
+}
+
+impl Stream for SessionStates {
+    type Item = SessionState;
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl SessionStates {
+    /// The next state (`None` after the client is dropped).
+    pub async fn next_state(&mut self) -> Option<SessionState> {
+        self.rx.recv().await
+    }
+}
+
+impl Client {
+    /// Starts building a client for `connect` (`host:port[,host:port...][/chroot]`).
+    pub fn builder(connect: &str) -> ClientBuilder {
+        ClientBuilder {
+            connect: connect.to_string(),
+            session_timeout: Duration::from_secs(10),
+            connect_timeout: None,
+            op_timeout: None,
+            auth: Vec::new(),
+            default_acl: Acl::open(),
+            max_in_flight: 1024,
+        }
+    }
+
+    /// Connects with default settings.
+    pub async fn connect(connect: &str) -> Result<Client> {
+        Client::builder(connect).connect().await
+    }
+
+    /// The current session state.
+    pub fn state(&self) -> SessionState {
+        self.inner.shared.state()
+    }
+
+    /// Every state transition from now on, in order, starting with the current state.
+    pub fn states(&self) -> SessionStates {
+        SessionStates { rx: self.inner.shared.subscribe() }
+    }
+
+    /// A `watch` receiver of the latest state (coalescing; for "what is it now" waits).
+    pub fn state_receiver(&self) -> tokio::sync::watch::Receiver<SessionState> {
+        self.inner.shared.state_receiver()
+    }
+
+    /// Id of the current session (or of the pinned one).
+    pub fn session_id(&self) -> Option<SessionId> {
+        self.epoch_handle().map(|e| e.session)
+    }
+
+    /// The current epoch number (or the pinned one): 1 for the first session, +1 per new one.
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch_handle().map(|e| e.n)
+    }
+
+    /// The negotiated session timeout of the current session.
+    pub fn session_timeout(&self) -> Option<Duration> {
+        self.epoch_handle().map(|e| e.timeout)
+    }
+
+    fn epoch_handle(&self) -> Option<Arc<Epoch>> {
+        match &self.pin {
+            Some(e) => Some(e.clone()),
+            None => self.inner.shared.current_epoch(),
+        }
+    }
+
+    /// A handle bound to the current session: its operations fail with
+    /// [`Error::SessionLost`] once that session is gone, instead of running in a new one.
+    /// Waits (within the operation timeout) for a session if there is none right now.
+    pub async fn pinned(&self) -> Result<Client> {
+        if let Some(e) = &self.pin {
+            return if e.is_ended() { Err(e.lost_error()) } else { Ok(self.clone()) };
+        }
+        let t = self.timeout();
+        let epoch = tokio::time::timeout(t, self.inner.shared.live_epoch())
+            .await
+            .map_err(|_| Error::Timeout { op: "waiting for a session", after: t })??;
+        Ok(Client { inner: self.inner.clone(), pin: Some(epoch), op_timeout: self.op_timeout })
+    }
+
+    /// Whether this handle is pinned to a session that has ended.
+    pub fn is_pin_lost(&self) -> bool {
+        self.pin.as_ref().is_some_and(|e| e.is_ended())
+    }
+
+    /// Completes when the pinned session ends (never, for an unpinned handle).
+    pub async fn pin_lost(&self) {
+        match &self.pin {
+            Some(e) => e.ended().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// A handle whose operations use deadline `d`.
+    pub fn with_timeout(&self, d: Duration) -> Client {
+        Client { inner: self.inner.clone(), pin: self.pin.clone(), op_timeout: Some(d) }
+    }
+
+    /// The deadline operations of this handle use.
+    pub fn timeout(&self) -> Duration {
+        self.op_timeout
+            .or_else(|| self.inner.shared.current_epoch().map(|e| e.timeout))
+            .unwrap_or(self.inner.shared.cfg.wire.session_timeout)
+    }
+
+    /// Waits until the state is connected, up to `timeout`.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<SessionState> {
+        let mut rx = self.state_receiver();
+        let fut = async {
+            loop {
+                let s = *rx.borrow_and_update();
+                if s.is_connected() {
+                    return Ok(s);
+                }
+                if s == SessionState::Closed {
+                    return Err(Error::Closed);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(Error::Closed);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, fut).await.map_err(|_| Error::Timeout { op: "wait_connected", after: timeout })?
+    }
+
+    /// Closes the session (its ephemeral nodes go at once) and ends every watch stream.
+    pub async fn close(&self) {
+        self.inner.shared.close();
+        let mut rx = self.state_receiver();
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            while *rx.borrow_and_update() != SessionState::Closed {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Runs `f` against the epoch of this handle under the deadline and in-flight bound.
+    pub(crate) async fn exec<'a, T, F, Fut>(&'a self, op: &'static str, path: &str, f: F) -> Result<T>
+    where
+        F: FnOnce(Arc<Epoch>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let t = self.timeout();
+        let started = Instant::now();
+        let span = tracing::debug_span!("zk", op, path, session = tracing::field::Empty, epoch = tracing::field::Empty, outcome = tracing::field::Empty);
+        let fut = async {
+            if self.inner.shared.is_closed() {
+                return Err(Error::Closed);
+            }
+            let epoch = match &self.pin {
+                Some(e) => e.clone(),
+                None => self.inner.shared.live_epoch().await?,
+            };
+            let span = tracing::Span::current();
+            span.record("session", tracing::field::display(epoch.session));
+            span.record("epoch", epoch.n);
+            let _permit = self.inner.permits.acquire().await.map_err(|_| Error::Closed)?;
+            let fut = f(epoch.clone());
+            epoch.run(fut).await
+        };
+        let r = match tokio::time::timeout(t, fut.instrument(span.clone())).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout { op, after: t }),
+        };
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let outcome = match &r {
+                Ok(_) => "ok".to_string(),
+                Err(e) => e.to_string(),
+            };
+            span.record("outcome", outcome.as_str());
+            let _g = span.enter();
+            tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, "done");
+        }
+        r
+    }
+
+    /// Creates a node; returns its actual path (with the sequence suffix for sequential modes).
+    pub async fn create(&self, path: &str, data: &[u8], mode: CreateMode) -> Result<String> {
+        self.create_with_stat(path, data, mode).await.map(|(p, _)| p)
+    }
+
+    /// Creates a node; returns its path and stat.
+    pub async fn create_with_stat(&self, path: &str, data: &[u8], mode: CreateMode) -> Result<(String, Stat)> {
+        path::validate_path(path, mode.is_sequential())?;
+        path::validate_data(data)?;
+        if path == "/" {
+            return Err(Error::InvalidPath { path: path.into(), reason: "cannot create the root" });
+        }
+        let acl = &self.inner.default_acl;
+        self.exec("create", path, |e| async move { e.wire.create(path, data, mode, acl).await }).await
+    }
+
+    /// Creates a node, creating missing ancestors as container nodes (the server removes
+    /// them once empty), like Curator's `creatingParentContainersIfNeeded`.
+    pub async fn create_with_parents(&self, path: &str, data: &[u8], mode: CreateMode) -> Result<String> {
+        match self.create(path, data, mode).await {
+            Err(Error::NoNode { .. }) => {
+                if let Some(parent) = path::parent(path) {
+                    self.ensure_parents(parent, CreateMode::Container).await?;
+                }
+                self.create(path, data, mode).await
+            }
+            r => r,
+        }
+    }
+
+    /// Makes sure `path` and its ancestors exist (`mkdir -p`), as persistent nodes.
+    pub async fn ensure_path(&self, path: &str) -> Result<()> {
+        self.ensure_parents(path, CreateMode::Persistent).await
+    }
+
+    async fn ensure_parents(&self, path: &str, mode: CreateMode) -> Result<()> {
+        path::validate_path(path, false)?;
+        if path == "/" {
+            return Ok(());
+        }
+        let mut prefix = String::new();
+        for seg in path[1..].split('/') {
+            prefix.push('/');
+            prefix.push_str(seg);
+            match self.create(&prefix, &[], mode).await {
+                Ok(_) | Err(Error::NodeExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Data and stat of a node.
+    pub async fn get_data(&self, path: &str) -> Result<(Vec<u8>, Stat)> {
+        path::validate_path(path, false)?;
+        self.exec("get_data", path, |e| async move { e.wire.get_data(path).await }).await
+    }
+
+    /// Stat of a node, `None` if it does not exist.
+    pub async fn exists(&self, path: &str) -> Result<Option<Stat>> {
+        path::validate_path(path, false)?;
+        self.exec("exists", path, |e| async move { e.wire.exists(path).await }).await
+    }
+
+    /// Sets data, optionally only if the node is at `version` (compare-and-set).
+    pub async fn set_data(&self, path: &str, data: &[u8], version: Option<i32>) -> Result<Stat> {
+        path::validate_path(path, false)?;
+        path::validate_data(data)?;
+        self.exec("set_data", path, |e| async move { e.wire.set_data(path, data, version).await }).await
+    }
+
+    /// Deletes a node, optionally only at `version`.
+    pub async fn delete(&self, path: &str, version: Option<i32>) -> Result<()> {
+        path::validate_path(path, false)?;
+        if path == "/" {
+            return Err(Error::InvalidPath { path: path.into(), reason: "cannot delete the root" });
+        }
+        self.exec("delete", path, |e| async move { e.wire.delete(path, version).await }).await
+    }
+
+    /// Deletes a node and everything below it (not atomic).
+    pub async fn delete_recursive(&self, path: &str) -> Result<()> {
+        path::validate_path(path, false)?;
+        let children = match self.get_children(path).await {
+            Ok(c) => c,
+            Err(Error::NoNode { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for c in children {
+            Box::pin(self.delete_recursive(&path::join(path, &c))).await?;
+        }
+        match self.delete(path, None).await {
+            Ok(()) | Err(Error::NoNode { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Children names (unordered, as the server lists them).
+    pub async fn get_children(&self, path: &str) -> Result<Vec<String>> {
+        self.get_children_with_stat(path).await.map(|(c, _)| c)
+    }
+
+    /// Children names and the parent's stat.
+    pub async fn get_children_with_stat(&self, path: &str) -> Result<(Vec<String>, Stat)> {
+        path::validate_path(path, false)?;
+        self.exec("get_children", path, |e| async move { e.wire.get_children(path).await }).await
+    }
+
+    /// Creates a node and lists `list_path`'s children in ONE round trip: both requests are
+    /// sent back to back on the same session, and the server executes them in order, so the
+    /// listing includes the created node.
+    pub async fn create_and_list(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: CreateMode,
+        list_path: &str,
+    ) -> Result<((String, Stat), Result<Vec<String>>)> {
+        path::validate_path(path, mode.is_sequential())?;
+        path::validate_path(list_path, false)?;
+        path::validate_data(data)?;
+        let acl = &self.inner.default_acl;
+        self.exec("create_and_list", path, |e| async move {
+            let created = e.wire.create(path, data, mode, acl);
+            let listed = e.wire.get_children(list_path);
+            let created = created.await?;
+            let listed = listed.await.map(|(c, _)| c);
+            Ok((created, listed))
+        })
+        .await
+    }
+
+    /// Brings this server up to date with the leader (so a following read is fresh).
+    pub async fn sync(&self, path: &str) -> Result<()> {
+        path::validate_path(path, false)?;
+        self.exec("sync", path, |e| async move { e.wire.sync(path).await }).await
+    }
+
+    /// `sync` then `get_data`, pipelined: a linearizable-enough fresh read in one round trip.
+    pub async fn get_data_fresh(&self, path: &str) -> Result<(Vec<u8>, Stat)> {
+        path::validate_path(path, false)?;
+        self.exec("get_data_fresh", path, |e| async move {
+            let s = e.wire.sync(path);
+            let g = e.wire.get_data(path);
+            s.await?;
+            g.await
+        })
+        .await
+    }
+
+    /// Runs all operations atomically: all succeed or none is applied.
+    pub async fn multi(&self, ops: &[Op]) -> Result<Vec<OpResult>> {
+        for op in ops {
+            match op {
+                Op::Create { path, data, mode } => {
+                    path::validate_path(path, mode.is_sequential())?;
+                    path::validate_data(data)?;
+                }
+                Op::SetData { path, data, .. } => {
+                    path::validate_path(path, false)?;
+                    path::validate_data(data)?;
+                }
+                Op::Delete { path, .. } | Op::Check { path, .. } => path::validate_path(path, false)?,
+            }
+        }
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let acl = &self.inner.default_acl;
+        self.exec("multi", ops[0].path(), |e| async move { e.wire.multi(ops, acl).await }).await
+    }
+
+    /// Adds authentication to the current session (not remembered for new sessions: use the
+    /// builder's `digest_auth` for that).
+    pub async fn add_auth(&self, scheme: &str, data: &[u8]) -> Result<()> {
+        self.exec("add_auth", "", |e| async move { e.wire.add_auth(scheme, data).await }).await
+    }
+
+    /// Retries an idempotent operation under `policy` on connection loss, timeouts and
+    /// session loss.
+    pub async fn retry<T, F, Fut>(&self, policy: &RetryPolicy, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        policy.run(|| f()).await
+    }
+
+    /// A stream of a node's data: the current state first, then every change, across
+    /// reconnects and new sessions. See [`crate::watch`].
+    pub fn watch_data(&self, path: &str) -> Result<DataWatch> {
+        path::validate_path(path, false)?;
+        Ok(DataWatch::new(self.inner.registry.subscribe(&self.inner, path, WatchKind::Data)))
+    }
+
+    /// A stream of a node's children: the current list first, then every change.
+    pub fn watch_children(&self, path: &str) -> Result<ChildrenWatch> {
+        path::validate_path(path, false)?;
+        Ok(ChildrenWatch::new(self.inner.registry.subscribe(&self.inner, path, WatchKind::Children)))
+    }
+
+    /// Number of logical watches the client keeps (for leak checks).
+    pub fn watch_registry_len(&self) -> usize {
+        self.inner.registry.len()
+    }
+
+    /// Expires this client's current session on purpose, like Curator's KillSession: a second
+    /// connection with the same session credentials is opened and closed.
+    #[cfg(feature = "testing")]
+    pub async fn expire_session_for_testing(&self) -> Result<()> {
+        let e = self.inner.shared.live_epoch().await?;
+        let session = e.wire.session();
+        crate::wire::expire_session(&self.inner.shared.cfg.wire.connect, &session, Duration::from_secs(10)).await
+    }
+}

@@ -1,0 +1,142 @@
+//! Retrying idempotent operations.
+//!
+//! [`RetryPolicy`] is exponential backoff with jitter (via the `backoff` crate), bounded by
+//! elapsed time and/or attempts. Only errors for which [`Error::is_retryable`] holds are
+//! retried (connection loss, timeouts, session loss, a read-only server); everything else is
+//! returned at once.
+//!
+//! ```
+//! # async fn demo(client: zkr::Client) -> zkr::Result<()> {
+//! use std::time::Duration;
+//! let policy = zkr::RetryPolicy::exponential(Duration::from_millis(20), Duration::from_secs(1))
+//!     .max_elapsed(Duration::from_secs(10));
+//! let data = client.retry(&policy, || client.get_data("/config")).await?;
+//! # let _ = data; Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use backoff::backoff::Backoff;
+
+use crate::error::{Error, Result};
+
+/// How to retry: exponential backoff with jitter, bounded by time and/or attempts.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    initial: Duration,
+    max_delay: Duration,
+    multiplier: f64,
+    jitter: f64,
+    max_elapsed: Option<Duration>,
+    max_attempts: Option<u32>,
+}
+
+impl Default for RetryPolicy {
+    /// 10 ms doubling to 1 s, ±50 % jitter, for at most 30 s.
+    fn default() -> Self {
+        RetryPolicy::exponential(Duration::from_millis(10), Duration::from_secs(1)).max_elapsed(Duration::from_secs(30))
+    }
+}
+
+impl RetryPolicy {
+    /// Exponential backoff from `initial` doubling up to `max_delay`, ±50 % jitter, unbounded.
+    pub fn exponential(initial: Duration, max_delay: Duration) -> Self {
+        RetryPolicy { initial, max_delay, multiplier: 2.0, jitter: 0.5, max_elapsed: None, max_attempts: None }
+    }
+
+    /// Never retry.
+    pub fn never() -> Self {
+        RetryPolicy::exponential(Duration::ZERO, Duration::ZERO).max_attempts(1)
+    }
+
+    /// Stop retrying once this much time has passed since the first attempt.
+    pub fn max_elapsed(mut self, d: Duration) -> Self {
+        self.max_elapsed = Some(d);
+        self
+    }
+
+    /// Stop after this many attempts in total (at least 1).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(n.max(1));
+        self
+    }
+
+    /// Jitter factor in `0.0..=1.0` (0.5: each delay is randomised within ±50 %).
+    pub fn jitter(mut self, f: f64) -> Self {
+        self.jitter = f.clamp(0.0, 1.0);
+        self
+    }
+
+    fn backoff(&self) -> backoff::ExponentialBackoff {
+        backoff::ExponentialBackoff {
+            current_interval: self.initial,
+            initial_interval: self.initial,
+            randomization_factor: self.jitter,
+            multiplier: self.multiplier,
+            max_interval: self.max_delay,
+            max_elapsed_time: self.max_elapsed,
+            start_time: Instant::now(),
+            clock: backoff::SystemClock::default(),
+        }
+    }
+
+    /// Runs `f` until it succeeds, fails with a non-retryable error, or the policy gives up
+    /// (then the last error is returned).
+    pub async fn run<T, F, Fut>(&self, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut b = self.backoff();
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let err: Error = match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) if !e.is_retryable() => return Err(e),
+                Err(e) => e,
+            };
+            if self.max_attempts.is_some_and(|m| attempts >= m) {
+                return Err(err);
+            }
+            match b.next_backoff() {
+                Some(d) => {
+                    tracing::debug!(attempt = attempts, delay_ms = d.as_millis() as u64, error = %err, "retrying");
+                    tokio::time::sleep(d).await;
+                }
+                None => return Err(err),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn retries_only_retryable_errors() {
+        let n = AtomicU32::new(0);
+        let p = RetryPolicy::exponential(Duration::from_millis(1), Duration::from_millis(2)).max_attempts(5);
+        let r: Result<()> = p
+            .run(|| async {
+                n.fetch_add(1, Ordering::SeqCst);
+                Err(Error::ConnectionLoss)
+            })
+            .await;
+        assert_eq!(r, Err(Error::ConnectionLoss));
+        assert_eq!(n.load(Ordering::SeqCst), 5);
+
+        n.store(0, Ordering::SeqCst);
+        let r: Result<()> = p
+            .run(|| async {
+                n.fetch_add(1, Ordering::SeqCst);
+                Err(Error::NoNode { path: "/x".into() })
+            })
+            .await;
+        assert!(matches!(r, Err(Error::NoNode { .. })));
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
+}

@@ -1,0 +1,457 @@
+//! The session layer: one ZooKeeper session at a time, replaced after loss, with a totally
+//! ordered stream of states.
+//!
+//! # State machine
+//! ```text
+//! Connecting → Connected(epoch) ⇄ Suspended → Reconnected(epoch)        (same session)
+//!                                 Suspended → Lost(epoch) → Connecting → Connected(epoch+1)
+//! ```
+//! * **Suspended**: the wire client reports a disconnect, or no reply arrived for 2/3 of the
+//!   negotiated session timeout (a frozen server or a half-open connection).
+//! * **Lost**: the server said the session expired, or the client has been cut off so long that
+//!   the server may have expired it. zkr measures from the *send time* of the last request that
+//!   got a reply (the server heard the session no earlier than that) and declares `Lost` at
+//!   9/10 of the negotiated timeout after it: before the server can hand the session's
+//!   ephemeral nodes to anyone else. It never waits for the server to say so.
+//! * After `Lost` a new session is opened with backoff (auth re-applied); its epoch is one more.
+//!
+//! # Epoch fencing
+//! Every ZooKeeper session this client has is an *epoch* (1, 2, 3, …) with its own wire client.
+//! An operation runs on the epoch it started in; if that epoch ends before the reply arrives the
+//! operation fails with [`Error::SessionLost`]. Nothing issued for session N runs as N+1.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::error::{Error, Result};
+use crate::types::SessionId;
+use crate::wire::{Wire, WireConfig, WireState, WireStates};
+
+/// Why a session was lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LostReason {
+    /// The server reported the session expired.
+    Expired,
+    /// The client was cut off long enough that the server may have expired it.
+    CutOff,
+    /// The server rejected the credentials on a reconnect.
+    AuthFailed,
+}
+
+/// A state of the session-managed connection. Transitions are delivered to every subscriber
+/// in the same total order; a new subscriber first receives the current state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum SessionState {
+    /// No session yet (at start, or after `Lost` while a new session is being opened).
+    Connecting,
+    /// A new session is established (`epoch` counts this client's sessions from 1).
+    Connected { session: SessionId, epoch: u64 },
+    /// Connected to a read-only server (it lost its quorum): reads work, writes fail.
+    ReadOnly { session: SessionId, epoch: u64 },
+    /// The connection is gone or silent; the session may still be alive. Recipes that need
+    /// exclusivity treat this as "may have lost it".
+    Suspended { session: SessionId, epoch: u64 },
+    /// Back on the same session after `Suspended`: ephemeral nodes and watches kept.
+    Reconnected { session: SessionId, epoch: u64 },
+    /// The session is over; its ephemeral nodes are gone (or about to be).
+    Lost { session: SessionId, epoch: u64, reason: LostReason },
+    /// The client was closed by the application. Terminal.
+    Closed,
+}
+
+impl SessionState {
+    /// Whether requests can currently be served on a live session.
+    pub fn is_connected(&self) -> bool {
+        matches!(self, SessionState::Connected { .. } | SessionState::Reconnected { .. } | SessionState::ReadOnly { .. })
+    }
+
+    /// The epoch this state belongs to (`None` for `Connecting` and `Closed`).
+    pub fn epoch(&self) -> Option<u64> {
+        match *self {
+            SessionState::Connected { epoch, .. }
+            | SessionState::ReadOnly { epoch, .. }
+            | SessionState::Suspended { epoch, .. }
+            | SessionState::Reconnected { epoch, .. }
+            | SessionState::Lost { epoch, .. } => Some(epoch),
+            SessionState::Connecting | SessionState::Closed => None,
+        }
+    }
+
+    /// The session id this state belongs to.
+    pub fn session(&self) -> Option<SessionId> {
+        match *self {
+            SessionState::Connected { session, .. }
+            | SessionState::ReadOnly { session, .. }
+            | SessionState::Suspended { session, .. }
+            | SessionState::Reconnected { session, .. }
+            | SessionState::Lost { session, .. } => Some(session),
+            SessionState::Connecting | SessionState::Closed => None,
+        }
+    }
+}
+
+/// Client-side settings of the session layer.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionConfig {
+    pub wire: WireConfig,
+    pub connect_timeout: Duration,
+}
+
+/// One ZooKeeper session of this client.
+#[derive(Debug)]
+pub(crate) struct Epoch {
+    pub n: u64,
+    pub wire: Wire,
+    pub session: SessionId,
+    pub timeout: Duration,
+    base: Instant,
+    /// µs since `base`: send time of the newest request that got a reply.
+    last_ok_sent: AtomicU64,
+    /// µs since `base`: receive time of the newest reply.
+    last_ok_recv: AtomicU64,
+    ended: AtomicBool,
+    ended_notify: Notify,
+}
+
+impl Epoch {
+    fn new(n: u64, wire: Wire) -> Epoch {
+        let base = Instant::now();
+        Epoch {
+            n,
+            session: SessionId(wire.session_id()),
+            timeout: wire.negotiated_timeout(),
+            wire,
+            base,
+            last_ok_sent: AtomicU64::new(0),
+            last_ok_recv: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
+            ended_notify: Notify::new(),
+        }
+    }
+
+    fn micros(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_micros() as u64
+    }
+
+    /// Records that a request sent at `sent` got a reply from the server.
+    pub fn heard(&self, sent: Instant) {
+        self.last_ok_sent.fetch_max(self.micros(sent), Ordering::AcqRel);
+        self.last_ok_recv.fetch_max(self.micros(Instant::now()), Ordering::AcqRel);
+    }
+
+    fn since_recv(&self, now: Instant) -> Duration {
+        Duration::from_micros(self.micros(now).saturating_sub(self.last_ok_recv.load(Ordering::Acquire)))
+    }
+
+    /// When this client must consider the session lost if nothing is heard before.
+    fn lost_deadline(&self) -> Instant {
+        self.base + Duration::from_micros(self.last_ok_sent.load(Ordering::Acquire)) + self.timeout * 9 / 10
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.ended_notify.notify_waiters();
+    }
+
+    /// Completes when this epoch ends.
+    pub async fn ended(&self) {
+        loop {
+            let notified = self.ended_notify.notified();
+            if self.is_ended() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn lost_error(&self) -> Error {
+        Error::SessionLost { session: self.session.0, epoch: self.n }
+    }
+
+    /// Runs one request of this epoch: records liveness, and fails with `SessionLost` if the
+    /// epoch ends before the reply arrives.
+    pub async fn run<T>(&self, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        if self.is_ended() {
+            return Err(self.lost_error());
+        }
+        let sent = Instant::now();
+        let r = tokio::select! {
+            biased;
+            r = fut => r,
+            _ = self.ended() => return Err(self.lost_error()),
+        };
+        if self.is_ended() {
+            return Err(self.lost_error());
+        }
+        match r {
+            Err(Error::ConnectionLoss) | Err(Error::Timeout { .. }) => {}
+            Err(Error::SessionLost { .. }) => return Err(self.lost_error()),
+            _ => self.heard(sent),
+        }
+        r
+    }
+}
+
+/// Publishes states in one total order to every subscriber.
+pub(crate) struct StateHub {
+    current: SessionState,
+    subscribers: Vec<mpsc::UnboundedSender<SessionState>>,
+}
+
+/// Everything the client handles share.
+pub(crate) struct Shared {
+    pub cfg: SessionConfig,
+    hub: Mutex<StateHub>,
+    state_tx: watch::Sender<SessionState>,
+    epoch_tx: watch::Sender<Option<Arc<Epoch>>>,
+    closed: AtomicBool,
+    close_notify: Notify,
+}
+
+impl Shared {
+    pub fn state(&self) -> SessionState {
+        *self.state_tx.borrow()
+    }
+
+    pub fn state_receiver(&self) -> watch::Receiver<SessionState> {
+        self.state_tx.subscribe()
+    }
+
+    /// Every transition from now on, starting with the current state.
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<SessionState> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = tx.send(hub.current);
+        hub.subscribers.push(tx);
+        rx
+    }
+
+    fn publish(&self, state: SessionState) {
+        let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+        if hub.current == state {
+            return;
+        }
+        tracing::info!(?state, "zkr session state");
+        hub.current = state;
+        hub.subscribers.retain(|tx| tx.send(state).is_ok());
+        self.state_tx.send_replace(state);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The live epoch now, if any.
+    pub fn current_epoch(&self) -> Option<Arc<Epoch>> {
+        self.epoch_tx.borrow().clone()
+    }
+
+    /// Waits for a live epoch (until closed).
+    pub async fn live_epoch(&self) -> Result<Arc<Epoch>> {
+        let mut rx = self.epoch_tx.subscribe();
+        loop {
+            if self.is_closed() {
+                return Err(Error::Closed);
+            }
+            if let Some(e) = rx.borrow_and_update().clone() {
+                if !e.is_ended() {
+                    return Ok(e);
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::Closed);
+            }
+        }
+    }
+
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.close_notify.notify_waiters();
+        self.close_notify.notify_one();
+    }
+
+    async fn closed(&self) {
+        loop {
+            let n = self.close_notify.notified();
+            if self.is_closed() {
+                return;
+            }
+            n.await;
+        }
+    }
+}
+
+/// Opens the first session, then supervises it (and its successors) in a task.
+pub(crate) async fn start(cfg: SessionConfig) -> Result<Arc<Shared>> {
+    let first = Wire::connect(&cfg.wire, cfg.connect_timeout).await?;
+    let (state_tx, _) = watch::channel(SessionState::Connecting);
+    let (epoch_tx, _) = watch::channel(None);
+    let shared = Arc::new(Shared {
+        cfg,
+        hub: Mutex::new(StateHub { current: SessionState::Connecting, subscribers: Vec::new() }),
+        state_tx,
+        epoch_tx,
+        closed: AtomicBool::new(false),
+        close_notify: Notify::new(),
+    });
+    let epoch = Arc::new(Epoch::new(1, first.0));
+    install(&shared, &epoch);
+    tokio::spawn(supervise(Arc::downgrade(&shared), epoch, first.1));
+    Ok(shared)
+}
+
+fn install(shared: &Shared, epoch: &Arc<Epoch>) {
+    epoch.heard(Instant::now());
+    shared.epoch_tx.send_replace(Some(epoch.clone()));
+    shared.publish(SessionState::Connected { session: epoch.session, epoch: epoch.n });
+}
+
+enum EpochEnd {
+    Lost(LostReason),
+    Closed,
+}
+
+async fn supervise(weak: std::sync::Weak<Shared>, mut epoch: Arc<Epoch>, mut states: WireStates) {
+    loop {
+        let Some(shared) = weak.upgrade() else { return };
+        let end = monitor(&shared, &epoch, &mut states).await;
+        epoch.end();
+        shared.epoch_tx.send_replace(None);
+        let (session, n) = (epoch.session, epoch.n);
+        match end {
+            EpochEnd::Closed => {
+                // Drop our handle and wait (bounded) until the wire client has sent
+                // CloseSession and shut down, so ephemeral nodes are gone when close() returns.
+                drop(epoch);
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while !matches!(states.changed().await, WireState::Closed | WireState::Expired) {}
+                })
+                .await;
+                shared.publish(SessionState::Closed);
+                return;
+            }
+            EpochEnd::Lost(reason) => {
+                tracing::warn!(session = %session, epoch = n, ?reason, "zkr session lost");
+                shared.publish(SessionState::Lost { session, epoch: n, reason });
+                shared.publish(SessionState::Connecting);
+            }
+        }
+        drop(shared);
+        // Open the next session with backoff until it works or the client is closed.
+        let mut delay = Duration::from_millis(50);
+        let next = loop {
+            let Some(shared) = weak.upgrade() else { return };
+            if shared.is_closed() {
+                shared.publish(SessionState::Closed);
+                return;
+            }
+            let attempt = tokio::select! {
+                r = Wire::connect(&shared.cfg.wire, shared.cfg.connect_timeout) => Some(r),
+                _ = shared.closed() => None,
+            };
+            match attempt {
+                None => {
+                    shared.publish(SessionState::Closed);
+                    return;
+                }
+                Some(Ok(w)) => break w,
+                Some(Err(e)) => tracing::warn!(error = %e, "zkr: opening a new session failed; retrying"),
+            }
+            drop(shared);
+            let jitter = Duration::from_millis(rand::random::<u64>() % (delay.as_millis() as u64 + 1));
+            tokio::time::sleep(delay + jitter / 2).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        };
+        let Some(shared) = weak.upgrade() else { return };
+        epoch = Arc::new(Epoch::new(n + 1, next.0));
+        states = next.1;
+        install(&shared, &epoch);
+    }
+}
+
+/// Watches one epoch until it is lost or the client is closed.
+async fn monitor(shared: &Shared, epoch: &Arc<Epoch>, states: &mut WireStates) -> EpochEnd {
+    let t = epoch.timeout;
+    let (session, n) = (epoch.session, epoch.n);
+    let tick = (t / 20).clamp(Duration::from_millis(10), Duration::from_millis(100));
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut suspended = false;
+    let mut wire_connected = matches!(states.current(), WireState::Connected | WireState::ReadOnly);
+    let mut heartbeat: Option<tokio::task::JoinHandle<()>> = None;
+    let suspend = |suspended: &mut bool| {
+        if !*suspended {
+            *suspended = true;
+            shared.publish(SessionState::Suspended { session, epoch: n });
+        }
+    };
+    loop {
+        tokio::select! {
+            ws = states.changed() => match ws {
+                WireState::Disconnected => {
+                    wire_connected = false;
+                    suspend(&mut suspended);
+                }
+                WireState::Connected | WireState::ReadOnly => {
+                    wire_connected = true;
+                    // The server accepted the session again: it is alive.
+                    if suspended {
+                        suspended = false;
+                        epoch.heard(Instant::now() - tick);
+                        shared.publish(SessionState::Reconnected { session, epoch: n });
+                    }
+                    if ws == WireState::ReadOnly {
+                        shared.publish(SessionState::ReadOnly { session, epoch: n });
+                    }
+                }
+                WireState::Expired => {
+                    suspend(&mut suspended);
+                    return EpochEnd::Lost(LostReason::Expired);
+                }
+                WireState::AuthFailed => {
+                    suspend(&mut suspended);
+                    return EpochEnd::Lost(LostReason::AuthFailed);
+                }
+                WireState::Closed => {
+                    if shared.is_closed() {
+                        return EpochEnd::Closed;
+                    }
+                    suspend(&mut suspended);
+                    return EpochEnd::Lost(LostReason::CutOff);
+                }
+            },
+            _ = interval.tick() => {
+                let now = Instant::now();
+                let silent = epoch.since_recv(now);
+                if !suspended && silent >= t * 2 / 3 {
+                    tracing::warn!(session = %session, silent_ms = silent.as_millis() as u64, "zkr: no reply from ZooKeeper; suspending");
+                    suspend(&mut suspended);
+                }
+                if suspended && wire_connected && silent < t / 3 {
+                    // Replies flow again on the same connection (a frozen server resumed).
+                    suspended = false;
+                    shared.publish(SessionState::Reconnected { session, epoch: n });
+                }
+                if suspended && now >= epoch.lost_deadline() {
+                    return EpochEnd::Lost(LostReason::CutOff);
+                }
+                let idle = heartbeat.as_ref().is_none_or(|h| h.is_finished());
+                if wire_connected && idle && silent >= t / 5 {
+                    let e = epoch.clone();
+                    heartbeat = Some(tokio::spawn(async move {
+                        let _ = e.run(e.wire.exists("/")).await;
+                    }));
+                }
+            }
+            _ = shared.closed() => return EpochEnd::Closed,
+        }
+    }
+}
