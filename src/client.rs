@@ -529,11 +529,17 @@ impl Client {
     }
 
     /// Expires this client's current session on purpose, like Curator's KillSession: a second
-    /// connection with the same session credentials is opened and closed.
+    /// connection with the same session credentials is opened straight to the ensemble
+    /// (`direct`) and closed. The client must be connected through `proxy`, which is cut
+    /// meanwhile: otherwise the client's instant reconnect and the killer keep taking the
+    /// session from each other.
     #[cfg(feature = "testing")]
-    pub async fn expire_session_for_testing(&self) -> Result<()> {
+    pub async fn expire_session_for_testing(&self, direct: &str, proxy: &crate::testing::FaultProxy) -> Result<()> {
         let e = self.inner.shared.live_epoch().await?;
         let session = e.wire.session();
-        crate::wire::expire_session(&self.inner.shared.cfg.wire.connect, &session, Duration::from_secs(10)).await
+        proxy.cut();
+        let r = crate::wire::expire_session(direct, &session, Duration::from_secs(10)).await;
+        proxy.heal();
+        r
     }
 }

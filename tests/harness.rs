@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use zkr::testing::{shared, FaultProxy, HarnessError, ZkEnsemble};
+use zkr::testing::{shared, shared_ensemble3, FaultProxy, HarnessError, ZkEnsemble};
 
 /// Sends a four-letter word over `stream` and reads the answer until the peer closes.
 fn ask(stream: &mut TcpStream, word: &str, timeout: Duration) -> std::io::Result<String> {
@@ -154,6 +154,30 @@ fn three_members_elect_one_leader_and_survive_a_follower_crash() {
     assert!(zk.is_running(follower));
     assert_eq!(zk.mode(follower).unwrap(), "follower");
     assert_eq!(zk.leader_index(), Some(leader));
+
+    // Crash the leader: the other two elect a new one; the old leader rejoins as a follower.
+    zk.kill(leader).unwrap();
+    assert!(eventually(Duration::from_secs(20), || zk
+        .leader_index()
+        .is_some_and(|new| new != leader)));
+    zk.restart(leader).unwrap();
+    assert_eq!(zk.mode(leader).unwrap(), "follower");
+}
+
+#[test]
+fn shared_quorum_has_a_leader() {
+    let zk = shared_ensemble3().unwrap();
+    assert_eq!(zk.len(), 3);
+    assert!(zk.leader_index().is_some());
+    assert!(std::ptr::eq(zk, shared_ensemble3().unwrap()));
+}
+
+#[test]
+fn harness_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<ZkEnsemble>();
+    check::<FaultProxy>();
+    check::<HarnessError>();
 }
 
 #[test]
@@ -322,4 +346,16 @@ fn proxy_drop_joins_its_threads_with_connections_open() {
     let started = Instant::now();
     drop(proxy);
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn members_outlive_the_thread_that_started_them() {
+    // The death signal is tied to the forking thread; the harness forks from a long-lived
+    // spawner thread, so a member must survive the (short-lived) thread that asked for it.
+    let zk = std::thread::spawn(|| ZkEnsemble::standalone().unwrap())
+        .join()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(zk.is_running(0));
+    assert_eq!(zk.mode(0).unwrap(), "standalone");
 }

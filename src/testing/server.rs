@@ -387,17 +387,17 @@ impl ZkEnsemble {
     }
 
     /// Total number of server-side watches, summed over every running, not paused member
-    /// (the `Total watches:K` line of `wchs`). A watch set through one member counts once.
+    /// (`zk_watch_count` of `mntr`: data, exists and child watches; `wchs` leaves child watches out). A watch set through one member counts once.
     pub fn watch_count(&self) -> Result<u64, HarnessError> {
         let mut total = 0;
         for member in &self.members {
             if !member.is_running() || member.paused.load(Ordering::SeqCst) {
                 continue;
             }
-            let answer = self.four_letter(member.index, "wchs")?;
+            let answer = self.four_letter(member.index, "mntr")?;
             total += parse_total_watches(&answer).ok_or_else(|| {
                 HarnessError::Other(format!(
-                    "unexpected wchs answer from {}: {}",
+                    "unexpected mntr answer from {}: {}",
                     member.describe(),
                     answer.trim()
                 ))
@@ -765,11 +765,12 @@ fn parse_mode(answer: &str) -> Option<String> {
         .filter(|mode| !mode.is_empty())
 }
 
-/// `K` of the `Total watches:K` line of a `wchs` answer.
+/// `K` of the `zk_watch_count K` line of a `mntr` answer (data, exists and child watches;
+/// `wchs` counts data and exists watches only).
 fn parse_total_watches(answer: &str) -> Option<u64> {
     answer
         .lines()
-        .find_map(|line| line.trim().strip_prefix("Total watches:"))
+        .find_map(|line| line.trim().strip_prefix("zk_watch_count"))
         .and_then(|count| count.trim().parse().ok())
 }
 
@@ -991,7 +992,7 @@ mod tests {
     #[test]
     fn parses_total_watches() {
         assert_eq!(
-            parse_total_watches("2 connections watching 3 paths\nTotal watches:4\n"),
+            parse_total_watches("zk_version\t3.8.0\nzk_watch_count\t4\nzk_ephemerals_count\t0\n"),
             Some(4)
         );
         assert_eq!(parse_total_watches("garbage"), None);

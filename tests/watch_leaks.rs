@@ -1,0 +1,86 @@
+//! Watch streams leave nothing behind (issue #2 test 5, pitfall 5).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use zkr::testing::ZkEnsemble;
+use zkr::{Change, CreateMode};
+
+/// 1,000 watch streams opened and dropped: the server's watch count (`wchs`) and the client's
+/// registry return to their baselines. Own server, so nothing else moves the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_watch_streams_leave_no_server_watches() {
+    init_tracing();
+    let ens = blocking(ZkEnsemble::standalone).await.expect("zookeeper");
+    let c = client(&ens.connect_string(), 10_000).await;
+    c.create("/w", b"", CreateMode::Persistent).await.unwrap();
+    for i in 0..500 {
+        c.create(&format!("/w/n{i}"), b"x", CreateMode::Persistent).await.unwrap();
+    }
+    let baseline = ens.watch_count().unwrap();
+
+    for cycle in 0..2 {
+        // 500 existing nodes (data watches) + 500 absent ones (exists watches) + children watches.
+        let mut streams = Vec::new();
+        for i in 0..500 {
+            streams.push(c.watch_data(&format!("/w/n{i}")).unwrap());
+        }
+        let mut absent = Vec::new();
+        for i in 0..500 {
+            absent.push(c.watch_data(&format!("/w/missing{i}")).unwrap());
+        }
+        let mut kids = c.watch_children("/w").unwrap();
+        for s in streams.iter_mut().chain(absent.iter_mut()) {
+            let ev = s.next_timeout(Duration::from_secs(10)).await.unwrap().unwrap().unwrap();
+            assert_eq!(ev.change, Change::Initial);
+        }
+        assert_eq!(kids.next_timeout(Duration::from_secs(10)).await.unwrap().unwrap().unwrap().change, Change::Initial);
+        assert_eq!(c.watch_registry_len(), 1001, "cycle {cycle}");
+        let during = ens.watch_count().unwrap();
+        assert!(during >= baseline + 1001, "cycle {cycle}: {during} server watches while open (baseline {baseline})");
+
+        drop(streams);
+        drop(absent);
+        drop(kids);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = ens.watch_count().unwrap();
+            if now == baseline && c.watch_registry_len() == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cycle {cycle}: {now} server watches (baseline {baseline}), registry {}",
+                c.watch_registry_len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Many streams on one path share one logical watch; each gets the current state first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_on_one_path_share_one_watch() {
+    init_tracing();
+    let ens = zkr::testing::shared().expect("zookeeper");
+    let c = client(&ens.connect_string(), 10_000).await;
+    let root = root("share");
+    c.create(&root, b"v0", CreateMode::Persistent).await.unwrap();
+    let mut a = c.watch_data(&root).unwrap();
+    assert_eq!(a.next_timeout(Duration::from_secs(5)).await.unwrap().unwrap().unwrap().change, Change::Initial);
+    let mut b = c.watch_data(&root).unwrap();
+    let first = b.next_timeout(Duration::from_secs(5)).await.unwrap().unwrap().unwrap();
+    assert_eq!((first.change, first.data()), (Change::Initial, Some(&b"v0"[..])));
+    c.set_data(&root, b"v1", None).await.unwrap();
+    for s in [&mut a, &mut b] {
+        let ev = s.next_timeout(Duration::from_secs(5)).await.unwrap().unwrap().unwrap();
+        assert_eq!((ev.change, ev.data()), (Change::Changed, Some(&b"v1"[..])));
+    }
+    drop(a);
+    c.set_data(&root, b"v2", None).await.unwrap();
+    let ev = b.next_timeout(Duration::from_secs(5)).await.unwrap().unwrap().unwrap();
+    assert_eq!(ev.data(), Some(&b"v2"[..]));
+    c.delete(&root, None).await.unwrap();
+}
