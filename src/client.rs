@@ -57,7 +57,8 @@ impl ClientBuilder {
 
     /// Digest authentication (`user:password`); re-applied on every reconnect and new session.
     pub fn digest_auth(mut self, user: &str, password: &str) -> Self {
-        self.auth.push(("digest".into(), format!("{user}:{password}").into_bytes()));
+        self.auth
+            .push(("digest".into(), format!("{user}:{password}").into_bytes()));
         self
     }
 
@@ -84,14 +85,23 @@ impl ClientBuilder {
     pub async fn connect(self) -> Result<Client> {
         let cs = ConnectString::parse(&self.connect)?;
         if self.session_timeout < Duration::from_millis(100) {
-            return Err(Error::InvalidArgument(format!("session timeout {:?} is too short", self.session_timeout)));
+            return Err(Error::InvalidArgument(format!(
+                "session timeout {:?} is too short",
+                self.session_timeout
+            )));
         }
         if self.default_acl.is_empty() {
-            return Err(Error::InvalidArgument("default ACL must not be empty".into()));
+            return Err(Error::InvalidArgument(
+                "default ACL must not be empty".into(),
+            ));
         }
         let connect_timeout = self.connect_timeout.unwrap_or(self.session_timeout);
         let cfg = SessionConfig {
-            wire: WireConfig { connect: cs.to_wire(), session_timeout: self.session_timeout, auth: self.auth },
+            wire: WireConfig {
+                connect: cs.to_wire(),
+                session_timeout: self.session_timeout,
+                auth: self.auth,
+            },
             connect_timeout,
         };
         let span = tracing::info_span!("zkr.connect", servers = %cs.servers_string());
@@ -102,7 +112,11 @@ impl ClientBuilder {
             default_acl: self.default_acl,
             shared,
         });
-        Ok(Client { inner, pin: None, op_timeout: self.op_timeout })
+        Ok(Client {
+            inner,
+            pin: None,
+            op_timeout: self.op_timeout,
+        })
     }
 }
 
@@ -130,7 +144,10 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("state", &self.state()).field("pinned", &self.pin.as_ref().map(|e| e.n)).finish()
+        f.debug_struct("Client")
+            .field("state", &self.state())
+            .field("pinned", &self.pin.as_ref().map(|e| e.n))
+            .finish()
     }
 }
 
@@ -141,7 +158,10 @@ pub struct SessionStates {
 
 impl Stream for SessionStates {
     type Item = SessionState;
-    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
         self.rx.poll_recv(cx)
     }
 }
@@ -179,7 +199,9 @@ impl Client {
 
     /// Every state transition from now on, in order, starting with the current state.
     pub fn states(&self) -> SessionStates {
-        SessionStates { rx: self.inner.shared.subscribe() }
+        SessionStates {
+            rx: self.inner.shared.subscribe(),
+        }
     }
 
     /// A `watch` receiver of the latest state (coalescing; for "what is it now" waits).
@@ -214,13 +236,24 @@ impl Client {
     /// Waits (within the operation timeout) for a session if there is none right now.
     pub async fn pinned(&self) -> Result<Client> {
         if let Some(e) = &self.pin {
-            return if e.is_ended() { Err(e.lost_error()) } else { Ok(self.clone()) };
+            return if e.is_ended() {
+                Err(e.lost_error())
+            } else {
+                Ok(self.clone())
+            };
         }
         let t = self.timeout();
         let epoch = tokio::time::timeout(t, self.inner.shared.live_epoch())
             .await
-            .map_err(|_| Error::Timeout { op: "waiting for a session", after: t })??;
-        Ok(Client { inner: self.inner.clone(), pin: Some(epoch), op_timeout: self.op_timeout })
+            .map_err(|_| Error::Timeout {
+                op: "waiting for a session",
+                after: t,
+            })??;
+        Ok(Client {
+            inner: self.inner.clone(),
+            pin: Some(epoch),
+            op_timeout: self.op_timeout,
+        })
     }
 
     /// Whether this handle is pinned to a session that has ended.
@@ -238,7 +271,11 @@ impl Client {
 
     /// A handle whose operations use deadline `d`.
     pub fn with_timeout(&self, d: Duration) -> Client {
-        Client { inner: self.inner.clone(), pin: self.pin.clone(), op_timeout: Some(d) }
+        Client {
+            inner: self.inner.clone(),
+            pin: self.pin.clone(),
+            op_timeout: Some(d),
+        }
     }
 
     /// The deadline operations of this handle use.
@@ -265,7 +302,12 @@ impl Client {
                 }
             }
         };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| Error::Timeout { op: "wait_connected", after: timeout })?
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| Error::Timeout {
+                op: "wait_connected",
+                after: timeout,
+            })?
     }
 
     /// Closes the session (its ephemeral nodes go at once) and ends every watch stream.
@@ -283,14 +325,26 @@ impl Client {
     }
 
     /// Runs `f` against the epoch of this handle under the deadline and in-flight bound.
-    pub(crate) async fn exec<'a, T, F, Fut>(&'a self, op: &'static str, path: &str, f: F) -> Result<T>
+    pub(crate) async fn exec<'a, T, F, Fut>(
+        &'a self,
+        op: &'static str,
+        path: &str,
+        f: F,
+    ) -> Result<T>
     where
         F: FnOnce(Arc<Epoch>) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let t = self.timeout();
         let started = Instant::now();
-        let span = tracing::debug_span!("zk", op, path, session = tracing::field::Empty, epoch = tracing::field::Empty, outcome = tracing::field::Empty);
+        let span = tracing::debug_span!(
+            "zk",
+            op,
+            path,
+            session = tracing::field::Empty,
+            epoch = tracing::field::Empty,
+            outcome = tracing::field::Empty
+        );
         let fut = async {
             if self.inner.shared.is_closed() {
                 return Err(Error::Closed);
@@ -302,7 +356,12 @@ impl Client {
             let span = tracing::Span::current();
             span.record("session", tracing::field::display(epoch.session));
             span.record("epoch", epoch.n);
-            let _permit = self.inner.permits.acquire().await.map_err(|_| Error::Closed)?;
+            let _permit = self
+                .inner
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| Error::Closed)?;
             let fut = f(epoch.clone());
             epoch.run(fut).await
         };
@@ -324,23 +383,41 @@ impl Client {
 
     /// Creates a node; returns its actual path (with the sequence suffix for sequential modes).
     pub async fn create(&self, path: &str, data: &[u8], mode: CreateMode) -> Result<String> {
-        self.create_with_stat(path, data, mode).await.map(|(p, _)| p)
+        self.create_with_stat(path, data, mode)
+            .await
+            .map(|(p, _)| p)
     }
 
     /// Creates a node; returns its path and stat.
-    pub async fn create_with_stat(&self, path: &str, data: &[u8], mode: CreateMode) -> Result<(String, Stat)> {
+    pub async fn create_with_stat(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: CreateMode,
+    ) -> Result<(String, Stat)> {
         path::validate_path(path, mode.is_sequential())?;
         path::validate_data(data)?;
         if path == "/" {
-            return Err(Error::InvalidPath { path: path.into(), reason: "cannot create the root" });
+            return Err(Error::InvalidPath {
+                path: path.into(),
+                reason: "cannot create the root",
+            });
         }
         let acl = &self.inner.default_acl;
-        self.exec("create", path, |e| async move { e.wire.create(path, data, mode, acl).await }).await
+        self.exec("create", path, |e| async move {
+            e.wire.create(path, data, mode, acl).await
+        })
+        .await
     }
 
     /// Creates a node, creating missing ancestors as container nodes (the server removes
     /// them once empty), like Curator's `creatingParentContainersIfNeeded`.
-    pub async fn create_with_parents(&self, path: &str, data: &[u8], mode: CreateMode) -> Result<String> {
+    pub async fn create_with_parents(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: CreateMode,
+    ) -> Result<String> {
         match self.create(path, data, mode).await {
             Err(Error::NoNode { .. }) => {
                 if let Some(parent) = path::parent(path) {
@@ -355,6 +432,12 @@ impl Client {
     /// Makes sure `path` and its ancestors exist (`mkdir -p`), as persistent nodes.
     pub async fn ensure_path(&self, path: &str) -> Result<()> {
         self.ensure_parents(path, CreateMode::Persistent).await
+    }
+
+    /// Makes sure `path` and its ancestors exist as container nodes (removed by the server once
+    /// empty), as recipes do for their directories (Curator's `creatingParentContainersIfNeeded`).
+    pub async fn ensure_containers(&self, path: &str) -> Result<()> {
+        self.ensure_parents(path, CreateMode::Container).await
     }
 
     async fn ensure_parents(&self, path: &str, mode: CreateMode) -> Result<()> {
@@ -377,29 +460,44 @@ impl Client {
     /// Data and stat of a node.
     pub async fn get_data(&self, path: &str) -> Result<(Vec<u8>, Stat)> {
         path::validate_path(path, false)?;
-        self.exec("get_data", path, |e| async move { e.wire.get_data(path).await }).await
+        self.exec(
+            "get_data",
+            path,
+            |e| async move { e.wire.get_data(path).await },
+        )
+        .await
     }
 
     /// Stat of a node, `None` if it does not exist.
     pub async fn exists(&self, path: &str) -> Result<Option<Stat>> {
         path::validate_path(path, false)?;
-        self.exec("exists", path, |e| async move { e.wire.exists(path).await }).await
+        self.exec("exists", path, |e| async move { e.wire.exists(path).await })
+            .await
     }
 
     /// Sets data, optionally only if the node is at `version` (compare-and-set).
     pub async fn set_data(&self, path: &str, data: &[u8], version: Option<i32>) -> Result<Stat> {
         path::validate_path(path, false)?;
         path::validate_data(data)?;
-        self.exec("set_data", path, |e| async move { e.wire.set_data(path, data, version).await }).await
+        self.exec("set_data", path, |e| async move {
+            e.wire.set_data(path, data, version).await
+        })
+        .await
     }
 
     /// Deletes a node, optionally only at `version`.
     pub async fn delete(&self, path: &str, version: Option<i32>) -> Result<()> {
         path::validate_path(path, false)?;
         if path == "/" {
-            return Err(Error::InvalidPath { path: path.into(), reason: "cannot delete the root" });
+            return Err(Error::InvalidPath {
+                path: path.into(),
+                reason: "cannot delete the root",
+            });
         }
-        self.exec("delete", path, |e| async move { e.wire.delete(path, version).await }).await
+        self.exec("delete", path, |e| async move {
+            e.wire.delete(path, version).await
+        })
+        .await
     }
 
     /// Deletes a node and everything below it (not atomic).
@@ -427,7 +525,10 @@ impl Client {
     /// Children names and the parent's stat.
     pub async fn get_children_with_stat(&self, path: &str) -> Result<(Vec<String>, Stat)> {
         path::validate_path(path, false)?;
-        self.exec("get_children", path, |e| async move { e.wire.get_children(path).await }).await
+        self.exec("get_children", path, |e| async move {
+            e.wire.get_children(path).await
+        })
+        .await
     }
 
     /// Creates a node and lists `list_path`'s children in ONE round trip: both requests are
@@ -457,7 +558,8 @@ impl Client {
     /// Brings this server up to date with the leader (so a following read is fresh).
     pub async fn sync(&self, path: &str) -> Result<()> {
         path::validate_path(path, false)?;
-        self.exec("sync", path, |e| async move { e.wire.sync(path).await }).await
+        self.exec("sync", path, |e| async move { e.wire.sync(path).await })
+            .await
     }
 
     /// `sync` then `get_data`, pipelined: a linearizable-enough fresh read in one round trip.
@@ -484,20 +586,28 @@ impl Client {
                     path::validate_path(path, false)?;
                     path::validate_data(data)?;
                 }
-                Op::Delete { path, .. } | Op::Check { path, .. } => path::validate_path(path, false)?,
+                Op::Delete { path, .. } | Op::Check { path, .. } => {
+                    path::validate_path(path, false)?
+                }
             }
         }
         if ops.is_empty() {
             return Ok(Vec::new());
         }
         let acl = &self.inner.default_acl;
-        self.exec("multi", ops[0].path(), |e| async move { e.wire.multi(ops, acl).await }).await
+        self.exec("multi", ops[0].path(), |e| async move {
+            e.wire.multi(ops, acl).await
+        })
+        .await
     }
 
     /// Adds authentication to the current session (not remembered for new sessions: use the
     /// builder's `digest_auth` for that).
     pub async fn add_auth(&self, scheme: &str, data: &[u8]) -> Result<()> {
-        self.exec("add_auth", "", |e| async move { e.wire.add_auth(scheme, data).await }).await
+        self.exec("add_auth", "", |e| async move {
+            e.wire.add_auth(scheme, data).await
+        })
+        .await
     }
 
     /// Retries an idempotent operation under `policy` on connection loss, timeouts and
@@ -514,13 +624,21 @@ impl Client {
     /// reconnects and new sessions. See [`crate::watch`].
     pub fn watch_data(&self, path: &str) -> Result<DataWatch> {
         path::validate_path(path, false)?;
-        Ok(DataWatch::new(self.inner.registry.subscribe(&self.inner, path, WatchKind::Data)))
+        Ok(DataWatch::new(self.inner.registry.subscribe(
+            &self.inner,
+            path,
+            WatchKind::Data,
+        )))
     }
 
     /// A stream of a node's children: the current list first, then every change.
     pub fn watch_children(&self, path: &str) -> Result<ChildrenWatch> {
         path::validate_path(path, false)?;
-        Ok(ChildrenWatch::new(self.inner.registry.subscribe(&self.inner, path, WatchKind::Children)))
+        Ok(ChildrenWatch::new(self.inner.registry.subscribe(
+            &self.inner,
+            path,
+            WatchKind::Children,
+        )))
     }
 
     /// Number of logical watches the client keeps (for leak checks).
@@ -534,7 +652,11 @@ impl Client {
     /// meanwhile: otherwise the client's instant reconnect and the killer keep taking the
     /// session from each other.
     #[cfg(feature = "testing")]
-    pub async fn expire_session_for_testing(&self, direct: &str, proxy: &crate::testing::FaultProxy) -> Result<()> {
+    pub async fn expire_session_for_testing(
+        &self,
+        direct: &str,
+        proxy: &crate::testing::FaultProxy,
+    ) -> Result<()> {
         let e = self.inner.shared.live_epoch().await?;
         let session = e.wire.session();
         proxy.cut();

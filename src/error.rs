@@ -28,7 +28,9 @@ pub enum Error {
     DataTooLarge { len: usize, max: usize },
 
     /// The connect string could not be parsed.
-    #[error("invalid connect string {input:?}: {reason} (expected host:port[,host:port...][/chroot])")]
+    #[error(
+        "invalid connect string {input:?}: {reason} (expected host:port[,host:port...][/chroot])"
+    )]
     InvalidConnectString { input: String, reason: String },
 
     /// Another argument was rejected before anything was sent.
@@ -76,7 +78,9 @@ pub enum Error {
     AuthFailed,
 
     /// Ephemeral nodes cannot have children.
-    #[error("cannot create {path}: its parent is ephemeral and ephemeral nodes cannot have children")]
+    #[error(
+        "cannot create {path}: its parent is ephemeral and ephemeral nodes cannot have children"
+    )]
     NoChildrenForEphemerals { path: String },
 
     /// The ACL given is invalid.
@@ -119,7 +123,10 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::ConnectionLoss | Error::Timeout { .. } | Error::SessionLost { .. } | Error::NotReadOnly
+            Error::ConnectionLoss
+                | Error::Timeout { .. }
+                | Error::SessionLost { .. }
+                | Error::NotReadOnly
         )
     }
 

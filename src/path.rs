@@ -9,7 +9,12 @@ pub const MAX_DATA_LEN: usize = 1024 * 1024 - 1024;
 /// Validates a znode path. With `sequential`, a trailing `/` is allowed (the server appends
 /// the sequence number).
 pub fn validate_path(path: &str, sequential: bool) -> Result<()> {
-    let bad = |reason: &'static str| Err(Error::InvalidPath { path: path.to_string(), reason });
+    let bad = |reason: &'static str| {
+        Err(Error::InvalidPath {
+            path: path.to_string(),
+            reason,
+        })
+    };
     if path.is_empty() {
         return bad("path is empty");
     }
@@ -17,12 +22,20 @@ pub fn validate_path(path: &str, sequential: bool) -> Result<()> {
         return bad("path must start with '/'");
     }
     if path.len() == 1 {
-        return if sequential { bad("cannot create a sequential node directly under the root name") } else { Ok(()) };
+        return if sequential {
+            bad("cannot create a sequential node directly under the root name")
+        } else {
+            Ok(())
+        };
     }
     if path.ends_with('/') && !sequential {
         return bad("path must not end with '/'");
     }
-    let body = if sequential && path.ends_with('/') { &path[1..path.len() - 1] } else { &path[1..] };
+    let body = if sequential && path.ends_with('/') {
+        &path[1..path.len() - 1]
+    } else {
+        &path[1..]
+    };
     for seg in body.split('/') {
         if seg.is_empty() {
             return bad("empty segment ('//')");
@@ -50,7 +63,10 @@ pub fn validate_path(path: &str, sequential: bool) -> Result<()> {
 /// Rejects data that the server would refuse.
 pub fn validate_data(data: &[u8]) -> Result<()> {
     if data.len() > MAX_DATA_LEN {
-        return Err(Error::DataTooLarge { len: data.len(), max: MAX_DATA_LEN });
+        return Err(Error::DataTooLarge {
+            len: data.len(),
+            max: MAX_DATA_LEN,
+        });
     }
     Ok(())
 }
@@ -88,7 +104,12 @@ pub struct ConnectString {
 impl ConnectString {
     /// Parses and validates; the port defaults to 2181.
     pub fn parse(input: &str) -> Result<ConnectString> {
-        let bad = |reason: &str| Err(Error::InvalidConnectString { input: input.to_string(), reason: reason.into() });
+        let bad = |reason: &str| {
+            Err(Error::InvalidConnectString {
+                input: input.to_string(),
+                reason: reason.into(),
+            })
+        };
         let s = input.trim();
         if s.is_empty() {
             return bad("empty");
@@ -114,7 +135,9 @@ impl ConnectString {
             }
             let (host, port) = if let Some(rest) = part.strip_prefix('[') {
                 // [ipv6]:port
-                let Some(end) = rest.find(']') else { return bad("unclosed '[' in IPv6 address") };
+                let Some(end) = rest.find(']') else {
+                    return bad("unclosed '[' in IPv6 address");
+                };
                 let host = &rest[..end];
                 let after = &rest[end + 1..];
                 let port = match after.strip_prefix(':') {
@@ -132,7 +155,10 @@ impl ConnectString {
             if host.is_empty() {
                 return bad("empty host name");
             }
-            if host.chars().any(|c| c.is_whitespace() || c == '/' || c == '@') {
+            if host
+                .chars()
+                .any(|c| c.is_whitespace() || c == '/' || c == '@')
+            {
                 return bad(&format!("bad host name {host:?}"));
             }
             let port: u16 = match port.parse() {
@@ -148,14 +174,24 @@ impl ConnectString {
     pub fn servers_string(&self) -> String {
         self.servers
             .iter()
-            .map(|(h, p)| if h.contains(':') { format!("[{h}]:{p}") } else { format!("{h}:{p}") })
+            .map(|(h, p)| {
+                if h.contains(':') {
+                    format!("[{h}]:{p}")
+                } else {
+                    format!("{h}:{p}")
+                }
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
 
     /// The whole string back (servers and chroot).
     pub fn to_wire(&self) -> String {
-        format!("{}{}", self.servers_string(), self.chroot.as_deref().unwrap_or(""))
+        format!(
+            "{}{}",
+            self.servers_string(),
+            self.chroot.as_deref().unwrap_or("")
+        )
     }
 }
 
@@ -169,20 +205,42 @@ mod tests {
         assert!(validate_path("/a/b", false).is_ok());
         assert!(validate_path("/a/b-", true).is_ok());
         assert!(validate_path("/a/", true).is_ok());
-        for bad in ["", "a", "/a/", "//a", "/a//b", "/a/./b", "/a/..", "/a\0b", "/a\u{1}"] {
-            assert!(matches!(validate_path(bad, false), Err(Error::InvalidPath { .. })), "{bad:?}");
+        for bad in [
+            "", "a", "/a/", "//a", "/a//b", "/a/./b", "/a/..", "/a\0b", "/a\u{1}",
+        ] {
+            assert!(
+                matches!(validate_path(bad, false), Err(Error::InvalidPath { .. })),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn connect_strings() {
         let c = ConnectString::parse("127.0.0.1:2181,localhost:2182/app/x").unwrap();
-        assert_eq!(c.servers, vec![("127.0.0.1".into(), 2181), ("localhost".into(), 2182)]);
+        assert_eq!(
+            c.servers,
+            vec![("127.0.0.1".into(), 2181), ("localhost".into(), 2182)]
+        );
         assert_eq!(c.chroot.as_deref(), Some("/app/x"));
-        assert_eq!(ConnectString::parse("h").unwrap().servers, vec![("h".into(), 2181)]);
-        assert_eq!(ConnectString::parse("[::1]:5").unwrap().servers, vec![("::1".into(), 5)]);
-        for bad in ["", ",", "h:0", "h:abc", "h:99999", ":2181", "h:1,,h:2", "h:1/a//b", "h :1"] {
-            assert!(matches!(ConnectString::parse(bad), Err(Error::InvalidConnectString { .. })), "{bad:?}");
+        assert_eq!(
+            ConnectString::parse("h").unwrap().servers,
+            vec![("h".into(), 2181)]
+        );
+        assert_eq!(
+            ConnectString::parse("[::1]:5").unwrap().servers,
+            vec![("::1".into(), 5)]
+        );
+        for bad in [
+            "", ",", "h:0", "h:abc", "h:99999", ":2181", "h:1,,h:2", "h:1/a//b", "h :1",
+        ] {
+            assert!(
+                matches!(
+                    ConnectString::parse(bad),
+                    Err(Error::InvalidConnectString { .. })
+                ),
+                "{bad:?}"
+            );
         }
     }
 

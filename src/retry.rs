@@ -35,14 +35,22 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// 10 ms doubling to 1 s, ±50 % jitter, for at most 30 s.
     fn default() -> Self {
-        RetryPolicy::exponential(Duration::from_millis(10), Duration::from_secs(1)).max_elapsed(Duration::from_secs(30))
+        RetryPolicy::exponential(Duration::from_millis(10), Duration::from_secs(1))
+            .max_elapsed(Duration::from_secs(30))
     }
 }
 
 impl RetryPolicy {
     /// Exponential backoff from `initial` doubling up to `max_delay`, ±50 % jitter, unbounded.
     pub fn exponential(initial: Duration, max_delay: Duration) -> Self {
-        RetryPolicy { initial, max_delay, multiplier: 2.0, jitter: 0.5, max_elapsed: None, max_attempts: None }
+        RetryPolicy {
+            initial,
+            max_delay,
+            multiplier: 2.0,
+            jitter: 0.5,
+            max_elapsed: None,
+            max_attempts: None,
+        }
     }
 
     /// Never retry.
@@ -119,7 +127,8 @@ mod tests {
     #[tokio::test]
     async fn retries_only_retryable_errors() {
         let n = AtomicU32::new(0);
-        let p = RetryPolicy::exponential(Duration::from_millis(1), Duration::from_millis(2)).max_attempts(5);
+        let p = RetryPolicy::exponential(Duration::from_millis(1), Duration::from_millis(2))
+            .max_attempts(5);
         let r: Result<()> = p
             .run(|| async {
                 n.fetch_add(1, Ordering::SeqCst);

@@ -58,7 +58,11 @@ pub enum SessionState {
     /// Back on the same session after `Suspended`: ephemeral nodes and watches kept.
     Reconnected { session: SessionId, epoch: u64 },
     /// The session is over; its ephemeral nodes are gone (or about to be).
-    Lost { session: SessionId, epoch: u64, reason: LostReason },
+    Lost {
+        session: SessionId,
+        epoch: u64,
+        reason: LostReason,
+    },
     /// The client was closed by the application. Terminal.
     Closed,
 }
@@ -66,7 +70,12 @@ pub enum SessionState {
 impl SessionState {
     /// Whether requests can currently be served on a live session.
     pub fn is_connected(&self) -> bool {
-        matches!(self, SessionState::Connected { .. } | SessionState::Reconnected { .. } | SessionState::ReadOnly { .. })
+        matches!(
+            self,
+            SessionState::Connected { .. }
+                | SessionState::Reconnected { .. }
+                | SessionState::ReadOnly { .. }
+        )
     }
 
     /// The epoch this state belongs to (`None` for `Connecting` and `Closed`).
@@ -139,17 +148,24 @@ impl Epoch {
 
     /// Records that a request sent at `sent` got a reply from the server.
     pub fn heard(&self, sent: Instant) {
-        self.last_ok_sent.fetch_max(self.micros(sent), Ordering::AcqRel);
-        self.last_ok_recv.fetch_max(self.micros(Instant::now()), Ordering::AcqRel);
+        self.last_ok_sent
+            .fetch_max(self.micros(sent), Ordering::AcqRel);
+        self.last_ok_recv
+            .fetch_max(self.micros(Instant::now()), Ordering::AcqRel);
     }
 
     fn since_recv(&self, now: Instant) -> Duration {
-        Duration::from_micros(self.micros(now).saturating_sub(self.last_ok_recv.load(Ordering::Acquire)))
+        Duration::from_micros(
+            self.micros(now)
+                .saturating_sub(self.last_ok_recv.load(Ordering::Acquire)),
+        )
     }
 
     /// When this client must consider the session lost if nothing is heard before.
     fn lost_deadline(&self) -> Instant {
-        self.base + Duration::from_micros(self.last_ok_sent.load(Ordering::Acquire)) + self.timeout * 9 / 10
+        self.base
+            + Duration::from_micros(self.last_ok_sent.load(Ordering::Acquire))
+            + self.timeout * 9 / 10
     }
 
     pub fn is_ended(&self) -> bool {
@@ -173,7 +189,10 @@ impl Epoch {
     }
 
     pub fn lost_error(&self) -> Error {
-        Error::SessionLost { session: self.session.0, epoch: self.n }
+        Error::SessionLost {
+            session: self.session.0,
+            epoch: self.n,
+        }
     }
 
     /// Runs one request of this epoch: records liveness, and fails with `SessionLost` if the
@@ -296,7 +315,10 @@ pub(crate) async fn start(cfg: SessionConfig) -> Result<Arc<Shared>> {
     let (epoch_tx, _) = watch::channel(None);
     let shared = Arc::new(Shared {
         cfg,
-        hub: Mutex::new(StateHub { current: SessionState::Connecting, subscribers: Vec::new() }),
+        hub: Mutex::new(StateHub {
+            current: SessionState::Connecting,
+            subscribers: Vec::new(),
+        }),
         state_tx,
         epoch_tx,
         closed: AtomicBool::new(false),
@@ -311,7 +333,10 @@ pub(crate) async fn start(cfg: SessionConfig) -> Result<Arc<Shared>> {
 fn install(shared: &Shared, epoch: &Arc<Epoch>) {
     epoch.heard(Instant::now());
     shared.epoch_tx.send_replace(Some(epoch.clone()));
-    shared.publish(SessionState::Connected { session: epoch.session, epoch: epoch.n });
+    shared.publish(SessionState::Connected {
+        session: epoch.session,
+        epoch: epoch.n,
+    });
 }
 
 enum EpochEnd {
@@ -332,7 +357,10 @@ async fn supervise(weak: std::sync::Weak<Shared>, mut epoch: Arc<Epoch>, mut sta
                 // CloseSession and shut down, so ephemeral nodes are gone when close() returns.
                 drop(epoch);
                 let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    while !matches!(states.changed().await, WireState::Closed | WireState::Expired) {}
+                    while !matches!(
+                        states.changed().await,
+                        WireState::Closed | WireState::Expired
+                    ) {}
                 })
                 .await;
                 shared.publish(SessionState::Closed);
@@ -340,7 +368,11 @@ async fn supervise(weak: std::sync::Weak<Shared>, mut epoch: Arc<Epoch>, mut sta
             }
             EpochEnd::Lost(reason) => {
                 tracing::warn!(session = %session, epoch = n, ?reason, "zkr session lost");
-                shared.publish(SessionState::Lost { session, epoch: n, reason });
+                shared.publish(SessionState::Lost {
+                    session,
+                    epoch: n,
+                    reason,
+                });
                 shared.publish(SessionState::Connecting);
             }
         }
@@ -363,10 +395,13 @@ async fn supervise(weak: std::sync::Weak<Shared>, mut epoch: Arc<Epoch>, mut sta
                     return;
                 }
                 Some(Ok(w)) => break w,
-                Some(Err(e)) => tracing::warn!(error = %e, "zkr: opening a new session failed; retrying"),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "zkr: opening a new session failed; retrying")
+                }
             }
             drop(shared);
-            let jitter = Duration::from_millis(rand::random::<u64>() % (delay.as_millis() as u64 + 1));
+            let jitter =
+                Duration::from_millis(rand::random::<u64>() % (delay.as_millis() as u64 + 1));
             tokio::time::sleep(delay + jitter / 2).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         };

@@ -66,12 +66,18 @@ pub enum CreateMode {
 impl CreateMode {
     /// Whether the server appends a sequence number.
     pub fn is_sequential(self) -> bool {
-        matches!(self, CreateMode::PersistentSequential | CreateMode::EphemeralSequential)
+        matches!(
+            self,
+            CreateMode::PersistentSequential | CreateMode::EphemeralSequential
+        )
     }
 
     /// Whether the node dies with its session.
     pub fn is_ephemeral(self) -> bool {
-        matches!(self, CreateMode::Ephemeral | CreateMode::EphemeralSequential)
+        matches!(
+            self,
+            CreateMode::Ephemeral | CreateMode::EphemeralSequential
+        )
     }
 }
 
@@ -105,17 +111,29 @@ pub struct Acl {
 impl Acl {
     /// Everyone may do everything (ZooKeeper's OPEN_ACL_UNSAFE).
     pub fn open() -> Vec<Acl> {
-        vec![Acl { perms: perms::ALL, scheme: "world".into(), id: "anyone".into() }]
+        vec![Acl {
+            perms: perms::ALL,
+            scheme: "world".into(),
+            id: "anyone".into(),
+        }]
     }
 
     /// Only the authenticated creator may do anything (CREATOR_ALL_ACL); needs auth on the client.
     pub fn creator_all() -> Vec<Acl> {
-        vec![Acl { perms: perms::ALL, scheme: "auth".into(), id: String::new() }]
+        vec![Acl {
+            perms: perms::ALL,
+            scheme: "auth".into(),
+            id: String::new(),
+        }]
     }
 
     /// Everyone may read (READ_ACL_UNSAFE).
     pub fn read_only() -> Vec<Acl> {
-        vec![Acl { perms: perms::READ, scheme: "world".into(), id: "anyone".into() }]
+        vec![Acl {
+            perms: perms::READ,
+            scheme: "world".into(),
+            id: "anyone".into(),
+        }]
     }
 }
 
@@ -124,9 +142,17 @@ impl Acl {
 #[allow(missing_docs)] // fields are named for what they hold
 pub enum Op {
     /// Create a node (default ACL of the client).
-    Create { path: String, data: Vec<u8>, mode: CreateMode },
+    Create {
+        path: String,
+        data: Vec<u8>,
+        mode: CreateMode,
+    },
     /// Set data, optionally only at an expected version.
-    SetData { path: String, data: Vec<u8>, version: Option<i32> },
+    SetData {
+        path: String,
+        data: Vec<u8>,
+        version: Option<i32>,
+    },
     /// Delete, optionally only at an expected version.
     Delete { path: String, version: Option<i32> },
     /// Check that the node exists (and has the version, when given).
@@ -137,9 +163,10 @@ impl Op {
     /// The path the operation works on.
     pub fn path(&self) -> &str {
         match self {
-            Op::Create { path, .. } | Op::SetData { path, .. } | Op::Delete { path, .. } | Op::Check { path, .. } => {
-                path
-            }
+            Op::Create { path, .. }
+            | Op::SetData { path, .. }
+            | Op::Delete { path, .. }
+            | Op::Check { path, .. } => path,
         }
     }
 }

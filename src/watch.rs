@@ -138,13 +138,17 @@ pub(crate) struct Registry {
     map: Arc<Mutex<HashMap<Key, Arc<Entry>>>>,
 }
 
-fn lock_map(map: &Mutex<HashMap<Key, Arc<Entry>>>) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Entry>>> {
+fn lock_map(
+    map: &Mutex<HashMap<Key, Arc<Entry>>>,
+) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Entry>>> {
     map.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Registry {
     pub fn new() -> Registry {
-        Registry { map: Arc::new(Mutex::new(HashMap::new())) }
+        Registry {
+            map: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -160,7 +164,11 @@ impl Registry {
                 let e = Arc::new(Entry {
                     path: path.to_string(),
                     kind,
-                    state: Mutex::new(EntryState { subs: Vec::new(), last: None, next_id: 0 }),
+                    state: Mutex::new(EntryState {
+                        subs: Vec::new(),
+                        last: None,
+                        next_id: 0,
+                    }),
                     subs_changed: Notify::new(),
                 });
                 map.insert(key, e.clone());
@@ -217,7 +225,12 @@ macro_rules! watch_stream {
 
             /// The next event, or `Err(Timeout)` if none arrives within `d`.
             pub async fn next_timeout(&mut self, d: Duration) -> Result<Option<Result<$event>>> {
-                tokio::time::timeout(d, self.next_event()).await.map_err(|_| Error::Timeout { op: "watch", after: d })
+                tokio::time::timeout(d, self.next_event())
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        op: "watch",
+                        after: d,
+                    })
             }
 
             /// The watched path.
@@ -228,29 +241,42 @@ macro_rules! watch_stream {
 
         impl Stream for $name {
             type Item = Result<$event>;
-            fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            fn poll_next(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<Option<Self::Item>> {
                 self.sub.rx.poll_recv(cx).map(|o| o.map(|r| r.map($conv)))
             }
         }
     };
 }
 
-watch_stream!(DataWatch, DataEvent, "A stream of a node's data; see the [module docs](self).", |(change, s): (
-    Change,
-    Arc<Snapshot>
-)| {
-    DataEvent { change, node: s.stat.map(|st| (s.data.clone(), st)) }
-});
+watch_stream!(
+    DataWatch,
+    DataEvent,
+    "A stream of a node's data; see the [module docs](self).",
+    |(change, s): (Change, Arc<Snapshot>)| {
+        DataEvent {
+            change,
+            node: s.stat.map(|st| (s.data.clone(), st)),
+        }
+    }
+);
 
 watch_stream!(
     ChildrenWatch,
     ChildrenEvent,
     "A stream of a node's children; see the [module docs](self).",
-    |(change, s): (Change, Arc<Snapshot>)| ChildrenEvent { change, node: s.stat.map(|st| (s.children.clone(), st)) }
+    |(change, s): (Change, Arc<Snapshot>)| ChildrenEvent {
+        change,
+        node: s.stat.map(|st| (s.children.clone(), st))
+    }
 );
 
 fn diff(kind: WatchKind, last: Option<&Snapshot>, new: &Snapshot) -> Option<Change> {
-    let Some(last) = last else { return Some(Change::Initial) };
+    let Some(last) = last else {
+        return Some(Change::Initial);
+    };
     match (last.stat, new.stat) {
         (None, None) => None,
         (None, Some(_)) => Some(Change::Created),
@@ -269,19 +295,43 @@ fn diff(kind: WatchKind, last: Option<&Snapshot>, new: &Snapshot) -> Option<Chan
 /// Reads the node and sets a one-shot watch. `Ok(None)` means "changed under us, read again".
 async fn read(wire: &Wire, path: &str, kind: WatchKind) -> Result<Option<(Snapshot, WireWatch)>> {
     let present = match kind {
-        WatchKind::Data => wire
-            .get_data_watch(path)
-            .await
-            .map(|(data, stat, w)| (Snapshot { stat: Some(stat), data, children: Vec::new() }, w)),
-        WatchKind::Children => wire.get_children_watch(path).await.map(|(mut children, stat, w)| {
-            children.sort_unstable();
-            (Snapshot { stat: Some(stat), data: Vec::new(), children }, w)
+        WatchKind::Data => wire.get_data_watch(path).await.map(|(data, stat, w)| {
+            (
+                Snapshot {
+                    stat: Some(stat),
+                    data,
+                    children: Vec::new(),
+                },
+                w,
+            )
         }),
+        WatchKind::Children => {
+            wire.get_children_watch(path)
+                .await
+                .map(|(mut children, stat, w)| {
+                    children.sort_unstable();
+                    (
+                        Snapshot {
+                            stat: Some(stat),
+                            data: Vec::new(),
+                            children,
+                        },
+                        w,
+                    )
+                })
+        }
     };
     match present {
         Ok(r) => Ok(Some(r)),
         Err(Error::NoNode { .. }) => match wire.exists_watch(path).await? {
-            (None, w) => Ok(Some((Snapshot { stat: None, data: Vec::new(), children: Vec::new() }, w))),
+            (None, w) => Ok(Some((
+                Snapshot {
+                    stat: None,
+                    data: Vec::new(),
+                    children: Vec::new(),
+                },
+                w,
+            ))),
             // Created between the two reads: read again.
             (Some(_), _) => Ok(None),
         },
@@ -320,9 +370,14 @@ async fn drive(shared: Arc<Shared>, map: Arc<Mutex<HashMap<Key, Arc<Entry>>>>, e
         };
         states.borrow_and_update();
         let t = epoch.timeout;
-        let r = match tokio::time::timeout(t, epoch.run(read(&epoch.wire, &entry.path, entry.kind))).await {
+        let r = match tokio::time::timeout(t, epoch.run(read(&epoch.wire, &entry.path, entry.kind)))
+            .await
+        {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout { op: "watch read", after: t }),
+            Err(_) => Err(Error::Timeout {
+                op: "watch read",
+                after: t,
+            }),
         };
         let watch = match r {
             Ok(None) => continue,

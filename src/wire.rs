@@ -117,9 +117,15 @@ fn map_err(e: zk::Error, path: &str) -> Error {
         zk::Error::ClientClosed => Error::Closed,
         // The session-level kinds: the session layer turns these into `SessionLost` with the
         // epoch attached.
-        zk::Error::SessionExpired | zk::Error::SessionMoved => Error::SessionLost { session: 0, epoch: 0 },
+        zk::Error::SessionExpired | zk::Error::SessionMoved => Error::SessionLost {
+            session: 0,
+            epoch: 0,
+        },
         zk::Error::BadArguments(msg) => Error::InvalidArgument(format!("{msg} (path {path})")),
-        zk::Error::Timeout => Error::Timeout { op: "request", after: Duration::ZERO },
+        zk::Error::Timeout => Error::Timeout {
+            op: "request",
+            after: Duration::ZERO,
+        },
         zk::Error::NoHosts => Error::ConnectionLoss,
         // ConnectionLoss, raw I/O errors (`Custom`) and everything that means the connection
         // broke under the request: outcome unknown.
@@ -200,19 +206,29 @@ fn seq_path(path: &str, mode: CreateMode, seq: zk::CreateSequence) -> String {
 
 impl Wire {
     /// Opens a new session; fails with `Unreachable` if none is established within `connect_timeout`.
-    pub async fn connect(cfg: &WireConfig, connect_timeout: Duration) -> Result<(Wire, WireStates)> {
+    pub async fn connect(
+        cfg: &WireConfig,
+        connect_timeout: Duration,
+    ) -> Result<(Wire, WireStates)> {
         let mut connector = zk::Client::connector().with_session_timeout(cfg.session_timeout);
         for (scheme, auth) in &cfg.auth {
             connector = connector.with_auth(scheme, auth);
         }
         let fut = connector.connect(&cfg.connect);
         match tokio::time::timeout(connect_timeout, fut).await {
-            Err(_) => Err(Error::Unreachable { servers: cfg.connect.clone(), after: connect_timeout }),
-            Ok(Err(zk::Error::BadArguments(msg))) => {
-                Err(Error::InvalidConnectString { input: cfg.connect.clone(), reason: msg.to_string() })
-            }
+            Err(_) => Err(Error::Unreachable {
+                servers: cfg.connect.clone(),
+                after: connect_timeout,
+            }),
+            Ok(Err(zk::Error::BadArguments(msg))) => Err(Error::InvalidConnectString {
+                input: cfg.connect.clone(),
+                reason: msg.to_string(),
+            }),
             Ok(Err(zk::Error::AuthFailed)) => Err(Error::AuthFailed),
-            Ok(Err(_)) => Err(Error::Unreachable { servers: cfg.connect.clone(), after: connect_timeout }),
+            Ok(Err(_)) => Err(Error::Unreachable {
+                servers: cfg.connect.clone(),
+                after: connect_timeout,
+            }),
             Ok(Ok(client)) => {
                 let states = WireStates(client.state_watcher());
                 Ok((Wire { client }, states))
@@ -249,9 +265,16 @@ impl Wire {
         }
     }
 
-    pub fn get_data<'a>(&'a self, path: &'a str) -> impl Future<Output = Result<(Vec<u8>, Stat)>> + Send + 'a {
+    pub fn get_data<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> impl Future<Output = Result<(Vec<u8>, Stat)>> + Send + 'a {
         let fut = self.client.get_data(path);
-        async move { fut.await.map(|(d, s)| (d, stat(s))).map_err(|e| map_err(e, path)) }
+        async move {
+            fut.await
+                .map(|(d, s)| (d, stat(s)))
+                .map_err(|e| map_err(e, path))
+        }
     }
 
     pub fn get_data_watch<'a>(
@@ -259,10 +282,17 @@ impl Wire {
         path: &'a str,
     ) -> impl Future<Output = Result<(Vec<u8>, Stat, WireWatch)>> + Send + 'a {
         let fut = self.client.get_and_watch_data(path);
-        async move { fut.await.map(|(d, s, w)| (d, stat(s), WireWatch(w))).map_err(|e| map_err(e, path)) }
+        async move {
+            fut.await
+                .map(|(d, s, w)| (d, stat(s), WireWatch(w)))
+                .map_err(|e| map_err(e, path))
+        }
     }
 
-    pub fn exists<'a>(&'a self, path: &'a str) -> impl Future<Output = Result<Option<Stat>>> + Send + 'a {
+    pub fn exists<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> impl Future<Output = Result<Option<Stat>>> + Send + 'a {
         let fut = self.client.check_stat(path);
         async move { fut.await.map(|s| s.map(stat)).map_err(|e| map_err(e, path)) }
     }
@@ -272,7 +302,11 @@ impl Wire {
         path: &'a str,
     ) -> impl Future<Output = Result<(Option<Stat>, WireWatch)>> + Send + 'a {
         let fut = self.client.check_and_watch_stat(path);
-        async move { fut.await.map(|(s, w)| (s.map(stat), WireWatch(w))).map_err(|e| map_err(e, path)) }
+        async move {
+            fut.await
+                .map(|(s, w)| (s.map(stat), WireWatch(w)))
+                .map_err(|e| map_err(e, path))
+        }
     }
 
     pub fn set_data<'a>(
@@ -285,7 +319,11 @@ impl Wire {
         async move { fut.await.map(stat).map_err(|e| map_err(e, path)) }
     }
 
-    pub fn delete<'a>(&'a self, path: &'a str, version: Option<i32>) -> impl Future<Output = Result<()>> + Send + 'a {
+    pub fn delete<'a>(
+        &'a self,
+        path: &'a str,
+        version: Option<i32>,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
         let fut = self.client.delete(path, version);
         async move { fut.await.map_err(|e| map_err(e, path)) }
     }
@@ -295,7 +333,11 @@ impl Wire {
         path: &'a str,
     ) -> impl Future<Output = Result<(Vec<String>, Stat)>> + Send + 'a {
         let fut = self.client.get_children(path);
-        async move { fut.await.map(|(c, s)| (c, stat(s))).map_err(|e| map_err(e, path)) }
+        async move {
+            fut.await
+                .map(|(c, s)| (c, stat(s)))
+                .map_err(|e| map_err(e, path))
+        }
     }
 
     pub fn get_children_watch<'a>(
@@ -303,7 +345,11 @@ impl Wire {
         path: &'a str,
     ) -> impl Future<Output = Result<(Vec<String>, Stat, WireWatch)>> + Send + 'a {
         let fut = self.client.get_and_watch_children(path);
-        async move { fut.await.map(|(c, s, w)| (c, stat(s), WireWatch(w))).map_err(|e| map_err(e, path)) }
+        async move {
+            fut.await
+                .map(|(c, s, w)| (c, stat(s), WireWatch(w)))
+                .map_err(|e| map_err(e, path))
+        }
     }
 
     pub fn sync<'a>(&'a self, path: &'a str) -> impl Future<Output = Result<()>> + Send + 'a {
@@ -311,40 +357,70 @@ impl Wire {
         async move { fut.await.map_err(|e| map_err(e, path)) }
     }
 
-    pub fn add_auth<'a>(&'a self, scheme: &'a str, auth: &'a [u8]) -> impl Future<Output = Result<()>> + Send + 'a {
+    pub fn add_auth<'a>(
+        &'a self,
+        scheme: &'a str,
+        auth: &'a [u8],
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
         let fut = self.client.auth(scheme, auth);
         async move { fut.await.map_err(|e| map_err(e, "")) }
     }
 
     /// Atomic multi-write. All ops are sent now in one request.
-    pub fn multi<'a>(&'a self, ops: &'a [Op], acl: &[Acl]) -> impl Future<Output = Result<Vec<OpResult>>> + Send + 'a {
+    pub fn multi<'a>(
+        &'a self,
+        ops: &'a [Op],
+        acl: &[Acl],
+    ) -> impl Future<Output = Result<Vec<OpResult>>> + Send + 'a {
         let acls = AclBuf::new(acl);
         let mut writer = self.client.new_multi_writer();
         let mut build_err = None;
         for (i, op) in ops.iter().enumerate() {
             let r = match op {
-                Op::Create { path, data, mode } => writer.add_create(path, data, &acls.options(*mode)),
-                Op::SetData { path, data, version } => writer.add_set_data(path, data, *version),
+                Op::Create { path, data, mode } => {
+                    writer.add_create(path, data, &acls.options(*mode))
+                }
+                Op::SetData {
+                    path,
+                    data,
+                    version,
+                } => writer.add_set_data(path, data, *version),
                 Op::Delete { path, version } => writer.add_delete(path, *version),
-                Op::Check { path, version } => writer.add_check_version(path, version.unwrap_or(-1)),
+                Op::Check { path, version } => {
+                    writer.add_check_version(path, version.unwrap_or(-1))
+                }
             };
             if let Err(e) = r {
-                build_err = Some(Error::MultiFailed { index: i, source: Box::new(map_err(e, op.path())) });
+                build_err = Some(Error::MultiFailed {
+                    index: i,
+                    source: Box::new(map_err(e, op.path())),
+                });
                 break;
             }
         }
-        let fut = if build_err.is_none() { Some(writer.commit()) } else { None };
+        let fut = if build_err.is_none() {
+            Some(writer.commit())
+        } else {
+            None
+        };
         async move {
             if let Some(e) = build_err {
                 return Err(e);
             }
-            let Some(fut) = fut else { return Err(Error::Unexpected("multi not built".into())) };
+            let Some(fut) = fut else {
+                return Err(Error::Unexpected("multi not built".into()));
+            };
             match fut.await {
                 Ok(results) => Ok(results
                     .into_iter()
                     .map(|r| match r {
-                        zk::MultiWriteResult::Create { path, stat: s } => OpResult::Created { path, stat: stat(s) },
-                        zk::MultiWriteResult::SetData { stat: s } => OpResult::DataSet { stat: stat(s) },
+                        zk::MultiWriteResult::Create { path, stat: s } => OpResult::Created {
+                            path,
+                            stat: stat(s),
+                        },
+                        zk::MultiWriteResult::SetData { stat: s } => {
+                            OpResult::DataSet { stat: stat(s) }
+                        }
                         zk::MultiWriteResult::Delete => OpResult::Deleted,
                         _ => OpResult::Checked,
                     })
@@ -352,7 +428,10 @@ impl Wire {
                 Err(zk::MultiWriteError::RequestFailed { source }) => Err(map_err(source, "")),
                 Err(zk::MultiWriteError::OperationFailed { index, source }) => {
                     let path = ops.get(index).map(|o| o.path()).unwrap_or("");
-                    Err(Error::MultiFailed { index, source: Box::new(map_err(source, path)) })
+                    Err(Error::MultiFailed {
+                        index,
+                        source: Box::new(map_err(source, path)),
+                    })
                 }
             }
         }
@@ -362,10 +441,19 @@ impl Wire {
 /// Expires a session on purpose: connects a second client with the same session id and
 /// password, then closes it (what Curator's KillSession does).
 #[cfg_attr(not(feature = "testing"), allow(dead_code))]
-pub(crate) async fn expire_session(connect: &str, session: &WireSession, timeout: Duration) -> Result<()> {
-    let connector = zk::Client::connector().with_session(session.0.clone()).with_session_timeout(timeout);
+pub(crate) async fn expire_session(
+    connect: &str,
+    session: &WireSession,
+    timeout: Duration,
+) -> Result<()> {
+    let connector = zk::Client::connector()
+        .with_session(session.0.clone())
+        .with_session_timeout(timeout);
     match tokio::time::timeout(timeout, connector.connect(connect)).await {
-        Err(_) => Err(Error::Timeout { op: "expire_session", after: timeout }),
+        Err(_) => Err(Error::Timeout {
+            op: "expire_session",
+            after: timeout,
+        }),
         // Already expired: nothing to do.
         Ok(Err(zk::Error::SessionExpired)) => Ok(()),
         Ok(Err(e)) => Err(map_err(e, "")),

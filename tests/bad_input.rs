@@ -11,47 +11,135 @@ use zkr::{Client, CreateMode, Error, Op};
 async fn invalid_paths_and_oversized_data_are_typed_errors() {
     let ens = zkr::testing::shared().expect("zookeeper");
     let c = client(&ens.connect_string(), 10_000).await;
-    for bad in ["", "no-slash", "/trailing/", "//double", "/a//b", "/a/./b", "/a/../b", "/nul\0"] {
-        assert!(matches!(c.get_data(bad).await, Err(Error::InvalidPath { .. })), "get {bad:?}");
-        assert!(matches!(c.create(bad, b"", CreateMode::Persistent).await, Err(Error::InvalidPath { .. })), "{bad:?}");
-        assert!(matches!(c.watch_data(bad), Err(Error::InvalidPath { .. })), "watch {bad:?}");
+    for bad in [
+        "",
+        "no-slash",
+        "/trailing/",
+        "//double",
+        "/a//b",
+        "/a/./b",
+        "/a/../b",
+        "/nul\0",
+    ] {
+        assert!(
+            matches!(c.get_data(bad).await, Err(Error::InvalidPath { .. })),
+            "get {bad:?}"
+        );
+        assert!(
+            matches!(
+                c.create(bad, b"", CreateMode::Persistent).await,
+                Err(Error::InvalidPath { .. })
+            ),
+            "{bad:?}"
+        );
+        assert!(
+            matches!(c.watch_data(bad), Err(Error::InvalidPath { .. })),
+            "watch {bad:?}"
+        );
     }
-    assert!(matches!(c.delete("/", None).await, Err(Error::InvalidPath { .. })));
+    assert!(matches!(
+        c.delete("/", None).await,
+        Err(Error::InvalidPath { .. })
+    ));
     let root = root("bad");
     let big = vec![7u8; 1024 * 1024 + 1];
-    let e = c.create(&root, &big, CreateMode::Persistent).await.unwrap_err();
-    assert!(matches!(e, Error::DataTooLarge { len, .. } if len == big.len()), "{e:?}");
-    assert!(e.to_string().contains("exceeds"), "message says what is wrong: {e}");
-    assert!(c.exists(&root).await.unwrap().is_none(), "nothing was written");
-    c.create(&root, b"ok", CreateMode::Persistent).await.unwrap();
-    assert!(matches!(c.set_data(&root, &big, None).await, Err(Error::DataTooLarge { .. })));
-    let ops = [Op::SetData { path: root.clone(), data: big.clone(), version: None }];
-    assert!(matches!(c.multi(&ops).await, Err(Error::DataTooLarge { .. })));
+    let e = c
+        .create(&root, &big, CreateMode::Persistent)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::DataTooLarge { len, .. } if len == big.len()),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("exceeds"),
+        "message says what is wrong: {e}"
+    );
+    assert!(
+        c.exists(&root).await.unwrap().is_none(),
+        "nothing was written"
+    );
+    c.create(&root, b"ok", CreateMode::Persistent)
+        .await
+        .unwrap();
+    assert!(matches!(
+        c.set_data(&root, &big, None).await,
+        Err(Error::DataTooLarge { .. })
+    ));
+    let ops = [Op::SetData {
+        path: root.clone(),
+        data: big.clone(),
+        version: None,
+    }];
+    assert!(matches!(
+        c.multi(&ops).await,
+        Err(Error::DataTooLarge { .. })
+    ));
     assert_eq!(c.get_data(&root).await.unwrap().0, b"ok", "no data lost");
     // Server-side errors are typed too.
-    assert!(matches!(c.get_data(&format!("{root}/nope")).await, Err(Error::NoNode { .. })));
-    assert!(matches!(c.create(&root, b"", CreateMode::Persistent).await, Err(Error::NodeExists { .. })));
-    assert!(matches!(c.set_data(&root, b"x", Some(42)).await, Err(Error::BadVersion { .. })));
-    c.create(&format!("{root}/kid"), b"", CreateMode::Persistent).await.unwrap();
-    assert!(matches!(c.delete(&root, None).await, Err(Error::NotEmpty { .. })));
+    assert!(matches!(
+        c.get_data(&format!("{root}/nope")).await,
+        Err(Error::NoNode { .. })
+    ));
+    assert!(matches!(
+        c.create(&root, b"", CreateMode::Persistent).await,
+        Err(Error::NodeExists { .. })
+    ));
+    assert!(matches!(
+        c.set_data(&root, b"x", Some(42)).await,
+        Err(Error::BadVersion { .. })
+    ));
+    c.create(&format!("{root}/kid"), b"", CreateMode::Persistent)
+        .await
+        .unwrap();
+    assert!(matches!(
+        c.delete(&root, None).await,
+        Err(Error::NotEmpty { .. })
+    ));
     let e = c
         .multi(&[
-            Op::Check { path: root.clone(), version: Some(0) },
-            Op::Create { path: format!("{root}/kid"), data: vec![], mode: CreateMode::Persistent },
+            Op::Check {
+                path: root.clone(),
+                version: Some(0),
+            },
+            Op::Create {
+                path: format!("{root}/kid"),
+                data: vec![],
+                mode: CreateMode::Persistent,
+            },
         ])
         .await
         .unwrap_err();
-    assert!(matches!(&e, Error::MultiFailed { index: 1, source } if source.is_node_exists()), "{e:?}");
+    assert!(
+        matches!(&e, Error::MultiFailed { index: 1, source } if source.is_node_exists()),
+        "{e:?}"
+    );
     c.delete_recursive(&root).await.unwrap();
 }
 
 #[tokio::test]
 async fn malformed_connect_strings_are_rejected() {
-    for bad in ["", ",", "host:notaport", "host:0", "host:70000", ":2181", "a:1,,b:2", "h:1/bad//chroot", "h :1"] {
+    for bad in [
+        "",
+        ",",
+        "host:notaport",
+        "host:0",
+        "host:70000",
+        ":2181",
+        "a:1,,b:2",
+        "h:1/bad//chroot",
+        "h :1",
+    ] {
         let t = Instant::now();
         let r = Client::builder(bad).connect().await;
-        assert!(matches!(r, Err(Error::InvalidConnectString { .. })), "{bad:?}: {r:?}");
-        assert!(t.elapsed() < Duration::from_millis(100), "rejected before any network activity");
+        assert!(
+            matches!(r, Err(Error::InvalidConnectString { .. })),
+            "{bad:?}: {r:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "rejected before any network activity"
+        );
     }
 }
 
@@ -59,15 +147,28 @@ async fn malformed_connect_strings_are_rejected() {
 #[tokio::test]
 async fn unreachable_ensemble_fails_within_connect_timeout() {
     // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cpu_before = cpu_time();
     let t = Instant::now();
-    let r = Client::builder(&format!("127.0.0.1:{port}")).connect_timeout(Duration::from_millis(1500)).connect().await;
+    let r = Client::builder(&format!("127.0.0.1:{port}"))
+        .connect_timeout(Duration::from_millis(1500))
+        .connect()
+        .await;
     let took = t.elapsed();
     assert!(matches!(r, Err(Error::Unreachable { .. })), "{r:?}");
-    assert!(took >= Duration::from_millis(1400) && took < Duration::from_millis(2500), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
     let cpu = cpu_time() - cpu_before;
-    assert!(cpu < Duration::from_millis(500), "no busy loop while unreachable: {cpu:?} CPU in {took:?}");
+    assert!(
+        cpu < Duration::from_millis(500),
+        "no busy loop while unreachable: {cpu:?} CPU in {took:?}"
+    );
 }
 
 fn cpu_time() -> Duration {
@@ -75,6 +176,7 @@ fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0) + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let ticks: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
     Duration::from_millis(ticks * 10)
 }

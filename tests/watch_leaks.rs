@@ -17,7 +17,9 @@ async fn thousand_watch_streams_leave_no_server_watches() {
     let c = client(&ens.connect_string(), 10_000).await;
     c.create("/w", b"", CreateMode::Persistent).await.unwrap();
     for i in 0..500 {
-        c.create(&format!("/w/n{i}"), b"x", CreateMode::Persistent).await.unwrap();
+        c.create(&format!("/w/n{i}"), b"x", CreateMode::Persistent)
+            .await
+            .unwrap();
     }
     let baseline = ens.watch_count().unwrap();
 
@@ -33,13 +35,29 @@ async fn thousand_watch_streams_leave_no_server_watches() {
         }
         let mut kids = c.watch_children("/w").unwrap();
         for s in streams.iter_mut().chain(absent.iter_mut()) {
-            let ev = s.next_timeout(Duration::from_secs(10)).await.unwrap().unwrap().unwrap();
+            let ev = s
+                .next_timeout(Duration::from_secs(10))
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             assert_eq!(ev.change, Change::Initial);
         }
-        assert_eq!(kids.next_timeout(Duration::from_secs(10)).await.unwrap().unwrap().unwrap().change, Change::Initial);
+        assert_eq!(
+            kids.next_timeout(Duration::from_secs(10))
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+                .change,
+            Change::Initial
+        );
         assert_eq!(c.watch_registry_len(), 1001, "cycle {cycle}");
         let during = ens.watch_count().unwrap();
-        assert!(during >= baseline + 1001, "cycle {cycle}: {during} server watches while open (baseline {baseline})");
+        assert!(
+            during >= baseline + 1001,
+            "cycle {cycle}: {during} server watches while open (baseline {baseline})"
+        );
 
         drop(streams);
         drop(absent);
@@ -67,20 +85,48 @@ async fn streams_on_one_path_share_one_watch() {
     let ens = zkr::testing::shared().expect("zookeeper");
     let c = client(&ens.connect_string(), 10_000).await;
     let root = root("share");
-    c.create(&root, b"v0", CreateMode::Persistent).await.unwrap();
+    c.create(&root, b"v0", CreateMode::Persistent)
+        .await
+        .unwrap();
     let mut a = c.watch_data(&root).unwrap();
-    assert_eq!(a.next_timeout(Duration::from_secs(5)).await.unwrap().unwrap().unwrap().change, Change::Initial);
+    assert_eq!(
+        a.next_timeout(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .change,
+        Change::Initial
+    );
     let mut b = c.watch_data(&root).unwrap();
-    let first = b.next_timeout(Duration::from_secs(5)).await.unwrap().unwrap().unwrap();
-    assert_eq!((first.change, first.data()), (Change::Initial, Some(&b"v0"[..])));
+    let first = b
+        .next_timeout(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first.change, first.data()),
+        (Change::Initial, Some(&b"v0"[..]))
+    );
     c.set_data(&root, b"v1", None).await.unwrap();
     for s in [&mut a, &mut b] {
-        let ev = s.next_timeout(Duration::from_secs(5)).await.unwrap().unwrap().unwrap();
+        let ev = s
+            .next_timeout(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!((ev.change, ev.data()), (Change::Changed, Some(&b"v1"[..])));
     }
     drop(a);
     c.set_data(&root, b"v2", None).await.unwrap();
-    let ev = b.next_timeout(Duration::from_secs(5)).await.unwrap().unwrap().unwrap();
+    let ev = b
+        .next_timeout(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(ev.data(), Some(&b"v2"[..]));
     c.delete(&root, None).await.unwrap();
 }

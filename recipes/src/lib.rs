@@ -2,4 +2,10 @@
 //!
 //! One module per recipe; each module documents its znode layout, its guarantees and what it
 //! does on `Suspended`, `Reconnected` and `Lost`. Recipes never talk to the wire client: they use
-//! `zkr`'s retry, watch and session-state APIs.
+//! `zkr`'s retry, watch and session-state APIs. Nodes are named like Apache Curator's so that
+//! Rust and Java services can share a lock or an election on the same path.
+
+mod error;
+mod sequence;
+
+pub use error::{Error, Result};

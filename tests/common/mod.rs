@@ -49,12 +49,19 @@ pub async fn expect_state(
 /// The index of the ensemble member that serves `session` (from the `cons` four-letter word).
 pub fn member_of(ens: &ZkEnsemble, session: i64) -> Option<usize> {
     let needle = format!("sid={session:#x}");
-    (0..ens.len()).find(|&i| ens.four_letter(i, "cons").map(|s| s.contains(&needle)).unwrap_or(false))
+    (0..ens.len()).find(|&i| {
+        ens.four_letter(i, "cons")
+            .map(|s| s.contains(&needle))
+            .unwrap_or(false)
+    })
 }
 
 /// A unique root path for a test.
 pub fn root(name: &str) -> String {
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     format!("/t-{name}-{ms}")
 }
 

@@ -1,0 +1,316 @@
+//! Protected ephemeral-sequential nodes: the building block of locks, semaphores and elections.
+//!
+//! # Names
+//! Curator's protected names: `_c_<uuid>-<marker><sequence>`, e.g.
+//! `_c_6f1c…-lock-0000000042`. The uuid lets a client find its own node after a connection
+//! loss hid the create's reply (pitfall 9); the server appends the sequence (`%010d` of the
+//! parent's cversion, which wraps from `2147483647` to `-2147483648`).
+//!
+//! # Order
+//! Contenders are ordered by their sequence number *numerically and wrap-aware* (serial number
+//! arithmetic relative to a reference), never as strings (pitfall 16).
+//!
+//! # Cancellation
+//! [`create_protected`] returns a [`NodeGuard`]. Until the recipe `disarm`s it, dropping the
+//! guard — or dropping the future before the create's reply arrived — removes our node in the
+//! background: by path when known, otherwise by finding the uuid-prefixed node owned by our
+//! session. No node is left at the head of a queue to deadlock everyone (pitfalls 10, 11).
+
+use std::cmp::Ordering;
+
+use uuid::Uuid;
+use zkr::{Client, CreateMode, Stat};
+
+use crate::error::Result;
+
+/// The sequence number after `marker` in a child name, if it is a contender of that kind.
+pub(crate) fn parse_seq(name: &str, marker: &str) -> Option<i32> {
+    let i = name.rfind(marker)?;
+    name[i + marker.len()..].parse::<i32>().ok()
+}
+
+/// Wrap-aware comparison of two sequence numbers (serial number arithmetic): `a` is before
+/// `b` when `b` is less than 2^31 steps after `a`.
+pub(crate) fn seq_cmp(a: i32, b: i32) -> Ordering {
+    (a.wrapping_sub(b)).cmp(&0)
+}
+
+/// A contender: its child name and sequence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Contender {
+    pub name: String,
+    pub seq: i32,
+}
+
+/// The children that carry one of `markers`, in queue order (wrap-aware). `reference` is a
+/// sequence known to be inside the live window (ours, when we have a node).
+pub(crate) fn contenders(
+    children: &[String],
+    markers: &[&str],
+    reference: Option<i32>,
+) -> Vec<Contender> {
+    let mut v: Vec<Contender> = children
+        .iter()
+        .filter_map(|c| {
+            markers
+                .iter()
+                .find_map(|m| parse_seq(c, m))
+                .map(|seq| Contender {
+                    name: c.clone(),
+                    seq,
+                })
+        })
+        .collect();
+    // Keys relative to a point well before every live node: (seq - base) as i32 is then
+    // monotonic over the live window.
+    let base = reference
+        .or_else(|| v.first().map(|c| c.seq))
+        .unwrap_or(0)
+        .wrapping_sub(1 << 30);
+    v.sort_by_key(|c| (c.seq.wrapping_sub(base) as u32, c.name.clone()));
+    v
+}
+
+/// A created node, removed in the background on drop unless disarmed.
+pub(crate) struct NodeGuard {
+    client: Client,
+    dir: String,
+    uuid_prefix: String,
+    path: Option<String>,
+    armed: bool,
+}
+
+impl NodeGuard {
+    /// The created node's full path.
+    pub fn path(&self) -> &str {
+        self.path.as_deref().unwrap_or("")
+    }
+
+    /// The created node's name (last segment).
+    pub fn name(&self) -> &str {
+        let p = self.path();
+        p.rsplit('/').next().unwrap_or(p)
+    }
+
+    /// Keeps the node: the caller owns its removal from now on.
+    pub fn disarm(mut self) -> String {
+        self.armed = false;
+        self.path.take().unwrap_or_default()
+    }
+
+    /// Removes the node now (and waits for it).
+    pub async fn remove(mut self) -> Result<()> {
+        self.armed = false;
+        remove_node(&self.client, &self.dir, &self.uuid_prefix, self.path.take()).await
+    }
+}
+
+impl Drop for NodeGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (client, dir, prefix, path) = (
+            self.client.clone(),
+            self.dir.clone(),
+            self.uuid_prefix.clone(),
+            self.path.take(),
+        );
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(async move {
+                    if let Err(e) = remove_node(&client, &dir, &prefix, path).await {
+                        tracing::warn!(error = %e, dir, "could not remove an abandoned recipe node");
+                    }
+                });
+            }
+            Err(_) => tracing::warn!(
+                dir,
+                "recipe node dropped outside a runtime; it goes with the session"
+            ),
+        }
+    }
+}
+
+/// Deletes our node (by path, or by uuid prefix + our session as owner). Retries connection
+/// loss; a lost session means the node is gone anyway.
+async fn remove_node(
+    client: &Client,
+    dir: &str,
+    uuid_prefix: &str,
+    path: Option<String>,
+) -> Result<()> {
+    let policy = zkr::RetryPolicy::default();
+    let paths = match path {
+        Some(p) => vec![p],
+        None => match client
+            .retry(&policy, || find_ours(client, dir, uuid_prefix))
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.is_session_lost() || e.is_no_node() => return Ok(()),
+            Err(e) => return Err(e.into()),
+        },
+    };
+    for p in paths {
+        match client.retry(&policy, || client.delete(&p, None)).await {
+            Ok(()) => {}
+            Err(e) if e.is_no_node() || e.is_session_lost() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Children of `dir` with our uuid prefix whose ephemeral owner is our (pinned) session.
+async fn find_ours(client: &Client, dir: &str, uuid_prefix: &str) -> zkr::Result<Vec<String>> {
+    let sid = client.session_id().map(|s| s.0).unwrap_or(0);
+    let mut ours = Vec::new();
+    for c in client.get_children(dir).await? {
+        if c.starts_with(uuid_prefix) {
+            let p = zkr::path::join(dir, &c);
+            if let Some(st) = client.exists(&p).await? {
+                if st.ephemeral_owner == sid {
+                    ours.push(p);
+                }
+            }
+        }
+    }
+    Ok(ours)
+}
+
+/// Creates `dir/_c_<uuid>-<marker>NNNNNNNNNN` (ephemeral sequential) with `data` on the pinned
+/// `client`, and lists `dir` in the same round trip. Creates `dir` (as containers) if missing.
+/// After a connection loss it finds its own node by uuid and owner instead of creating a
+/// second one. Returns the guard, the node's stat and the children listing.
+pub(crate) async fn create_protected(
+    client: &Client,
+    dir: &str,
+    marker: &str,
+    data: &[u8],
+) -> Result<(NodeGuard, Stat, Vec<String>)> {
+    let uuid_prefix = format!("_c_{}-", Uuid::new_v4());
+    let prefix = zkr::path::join(dir, &format!("{uuid_prefix}{marker}"));
+    let mut guard = NodeGuard {
+        client: client.clone(),
+        dir: dir.to_string(),
+        uuid_prefix,
+        path: None,
+        armed: true,
+    };
+    let mut created_dir = false;
+    loop {
+        match client
+            .create_and_list(&prefix, data, CreateMode::EphemeralSequential, dir)
+            .await
+        {
+            Ok(((path, stat), listed)) => {
+                guard.path = Some(path);
+                let children = match listed {
+                    Ok(c) => c,
+                    Err(_) => {
+                        client
+                            .retry(&zkr::RetryPolicy::default(), || client.get_children(dir))
+                            .await?
+                    }
+                };
+                return Ok((guard, stat, children));
+            }
+            Err(zkr::Error::NoNode { .. }) if !created_dir => {
+                client.ensure_containers(dir).await?;
+                created_dir = true;
+            }
+            Err(zkr::Error::NoNode { .. }) => {
+                // The container was removed by the server between our mkdir and create: again.
+                client.ensure_containers(dir).await?;
+            }
+            Err(e) if e.is_connection_loss() => {
+                // The create may have run: look for our node before trying again (pitfall 9).
+                let found = client
+                    .retry(&zkr::RetryPolicy::default(), || {
+                        find_ours(client, dir, &guard.uuid_prefix)
+                    })
+                    .await;
+                if let Ok(mut found) = found {
+                    if let Some(path) = found.pop() {
+                        guard.path = Some(path.clone());
+                        for extra in found {
+                            let _ = client.delete(&extra, None).await;
+                        }
+                        let stat = client.exists(&path).await?;
+                        let children = client.get_children(dir).await?;
+                        if let Some(stat) = stat {
+                            return Ok((guard, stat, children));
+                        }
+                        guard.path = None;
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sequences_including_negative() {
+        assert_eq!(parse_seq("_c_ab-cd-lock-0000000042", "lock-"), Some(42));
+        assert_eq!(parse_seq("_c_ab-lock--2147483648", "lock-"), Some(i32::MIN));
+        assert_eq!(parse_seq("_c_ab-lock--000000005", "lock-"), Some(-5));
+        assert_eq!(parse_seq("abcdef__lock__0000000007", "__lock__"), Some(7));
+        assert_eq!(parse_seq("other", "lock-"), None);
+    }
+
+    #[test]
+    fn orders_across_the_32_bit_wrap() {
+        let names: Vec<String> = [
+            "x-lock--2147483648",
+            "x-lock-2147483646",
+            "x-lock--2147483647",
+            "x-lock-2147483647",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let order: Vec<i32> = contenders(&names, &["lock-"], Some(2147483646))
+            .into_iter()
+            .map(|c| c.seq)
+            .collect();
+        assert_eq!(order, vec![2147483646, 2147483647, i32::MIN, i32::MIN + 1]);
+        // Without a reference, the window is found from the first name listed.
+        let order: Vec<i32> = contenders(&names, &["lock-"], None)
+            .into_iter()
+            .map(|c| c.seq)
+            .collect();
+        assert_eq!(order, vec![2147483646, 2147483647, i32::MIN, i32::MIN + 1]);
+        assert_eq!(seq_cmp(i32::MAX, i32::MIN), Ordering::Less);
+        assert_eq!(seq_cmp(5, 7), Ordering::Less);
+    }
+
+    #[test]
+    fn mixed_markers_sort_together() {
+        let names: Vec<String> = [
+            "_c_a-lock-0000000003",
+            "ff__lock__0000000001",
+            "_c_b-lock-0000000002",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let order: Vec<String> = contenders(&names, &["lock-", "__lock__"], None)
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                "ff__lock__0000000001",
+                "_c_b-lock-0000000002",
+                "_c_a-lock-0000000003"
+            ]
+        );
+    }
+}
