@@ -325,8 +325,8 @@ impl Client {
     }
 
     /// Runs `f` against the epoch of this handle under the deadline and in-flight bound.
-    pub(crate) async fn exec<'a, T, F, Fut>(
-        &'a self,
+    pub(crate) async fn exec<T, F, Fut>(
+        &self,
         op: &'static str,
         path: &str,
         f: F,
@@ -404,10 +404,18 @@ impl Client {
             });
         }
         let acl = &self.inner.default_acl;
-        self.exec("create", path, |e| async move {
-            e.wire.create(path, data, mode, acl).await
-        })
-        .await
+        let r = self
+            .exec("create", path, |e| async move {
+                e.wire.create(path, data, mode, acl).await
+            })
+            .await;
+        match r {
+            // The server says NoNode when the *parent* is missing: name it.
+            Err(Error::NoNode { .. }) => Err(Error::NoNode {
+                path: path::parent(path).unwrap_or("/").to_string(),
+            }),
+            r => r,
+        }
     }
 
     /// Creates a node, creating missing ancestors as container nodes (the server removes
@@ -611,13 +619,18 @@ impl Client {
     }
 
     /// Retries an idempotent operation under `policy` on connection loss, timeouts and
-    /// session loss.
-    pub async fn retry<T, F, Fut>(&self, policy: &RetryPolicy, mut f: F) -> Result<T>
+    /// session loss. On a [pinned](Self::pinned) handle session loss is final (the operation
+    /// belongs to that session), so it is not retried.
+    pub async fn retry<T, F, Fut>(&self, policy: &RetryPolicy, f: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        policy.run(|| f()).await
+        if self.pin.is_some() {
+            policy.run_if(|e| e.is_retryable() && !e.is_session_lost(), f).await
+        } else {
+            policy.run(f).await
+        }
     }
 
     /// A stream of a node's data: the current state first, then every change, across

@@ -91,7 +91,16 @@ impl RetryPolicy {
 
     /// Runs `f` until it succeeds, fails with a non-retryable error, or the policy gives up
     /// (then the last error is returned).
-    pub async fn run<T, F, Fut>(&self, mut f: F) -> Result<T>
+    pub async fn run<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.run_if(Error::is_retryable, f).await
+    }
+
+    /// Like [`run`](Self::run), retrying only the errors `retryable` accepts.
+    pub async fn run_if<T, F, Fut>(&self, retryable: impl Fn(&Error) -> bool, mut f: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -102,7 +111,7 @@ impl RetryPolicy {
             attempts += 1;
             let err: Error = match f().await {
                 Ok(v) => return Ok(v),
-                Err(e) if !e.is_retryable() => return Err(e),
+                Err(e) if !retryable(&e) => return Err(e),
                 Err(e) => e,
             };
             if self.max_attempts.is_some_and(|m| attempts >= m) {

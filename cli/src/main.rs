@@ -1,1 +1,136 @@
-fn main() {}
+//! `zkr`: a command-line client for ZooKeeper built on the session-managed `zkr::Client`.
+//!
+//! Exit codes: 0 ok; 1 generic error; 2 usage (bad arguments, invalid path or connect
+//! string); 3 node does not exist; 4 node exists; 5 bad version; 6 connection, timeout or
+//! session trouble. Errors are one `zkr: <message>` line on stderr. Logs go to stderr,
+//! filtered by `RUST_LOG` (default `warn`).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use zkr_cli::cmd::{self, node, watch, CliError, GlobalOpts};
+
+/// Command-line client for ZooKeeper (zkr SDK).
+#[derive(Parser, Debug)]
+#[command(name = "zkr", version)]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 no such node, 4 node exists, \
+                        5 bad version, 6 connection/timeout/session trouble."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalOpts,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the children of a node, sorted, one per line
+    Ls(node::LsArgs),
+    /// Print a node's data (raw) on stdout
+    Get(node::GetArgs),
+    /// Set a node's data
+    Set(node::SetArgs),
+    /// Create a node and print its path
+    Create(node::CreateArgs),
+    /// Delete a node
+    Delete(node::DeleteArgs),
+    /// Print a node's stat as one JSON line
+    Stat(node::StatArgs),
+    /// Print one JSON line per change of a node's data (or children) until Ctrl-C
+    Watch(watch::WatchArgs),
+}
+
+/// Input a command needs that is read before connecting (so that e.g. stdin is consumed and
+/// paths are checked even when no server is reachable).
+enum Input {
+    None,
+    Data(Vec<u8>),
+}
+
+impl Command {
+    /// Validates paths and reads data arguments; nothing is sent yet.
+    fn prepare(&self) -> Result<Input, CliError> {
+        match self {
+            Command::Ls(a) => cmd::check_path(&a.path, false).map(|_| Input::None),
+            Command::Get(a) => cmd::check_path(&a.path, false).map(|_| Input::None),
+            Command::Stat(a) => cmd::check_path(&a.path, false).map(|_| Input::None),
+            Command::Delete(a) => cmd::check_path(&a.path, false).map(|_| Input::None),
+            Command::Watch(a) => cmd::check_path(&a.path, false).map(|_| Input::None),
+            Command::Set(a) => {
+                cmd::check_path(&a.path, false)?;
+                cmd::data_arg(Some(&a.data)).map(Input::Data)
+            }
+            Command::Create(a) => {
+                cmd::check_path(&a.path, a.sequential)?;
+                if a.path == "/" {
+                    return Err(CliError::Usage("cannot create the root node".into()));
+                }
+                cmd::data_arg(a.data.as_deref()).map(Input::Data)
+            }
+        }
+    }
+
+    async fn run(&self, ctx: &cmd::Ctx, input: Input) -> Result<(), CliError> {
+        let data = match &input {
+            Input::Data(d) => d.as_slice(),
+            Input::None => &[],
+        };
+        match self {
+            Command::Ls(a) => node::ls(ctx, a).await,
+            Command::Get(a) => node::get(ctx, a).await,
+            Command::Set(a) => node::set(ctx, a, data).await,
+            Command::Create(a) => node::create(ctx, a, data).await,
+            Command::Delete(a) => node::delete(ctx, a).await,
+            Command::Stat(a) => node::stat(ctx, a).await,
+            Command::Watch(a) => watch::run(ctx, a).await,
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    cmd::check_connect_string(&cli.global)?;
+    let input = cli.command.prepare()?;
+    let ctx = cmd::connect(&cli.global).await?;
+    let result = cli.command.run(&ctx, input).await;
+    ctx.client.close().await;
+    result
+}
+
+fn main() -> ExitCode {
+    zkr_cli::install_panic_hook("zkr");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help / --version print and exit 0; real usage errors exit 2.
+        Err(e) => e.exit(),
+    };
+    zkr_cli::init_logging();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("zkr: cannot start the async runtime: {e}");
+            return ExitCode::from(cmd::exit::GENERIC);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zkr: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_valid() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

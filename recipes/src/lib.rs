@@ -6,6 +6,14 @@
 //! Rust and Java services can share a lock or an election on the same path.
 
 mod error;
+mod lock_internals;
+pub mod mutex;
+pub mod rwlock;
+pub mod semaphore;
 mod sequence;
 
 pub use error::{Error, Result};
+pub use lock_internals::LossPolicy;
+pub use mutex::{Mutex, MutexGuard};
+pub use rwlock::RwLock;
+pub use semaphore::{Lease, Semaphore};

@@ -16,8 +16,6 @@
 //! background: by path when known, otherwise by finding the uuid-prefixed node owned by our
 //! session. No node is left at the head of a queue to deadlock everyone (pitfalls 10, 11).
 
-use std::cmp::Ordering;
-
 use uuid::Uuid;
 use zkr::{Client, CreateMode, Stat};
 
@@ -27,12 +25,6 @@ use crate::error::Result;
 pub(crate) fn parse_seq(name: &str, marker: &str) -> Option<i32> {
     let i = name.rfind(marker)?;
     name[i + marker.len()..].parse::<i32>().ok()
-}
-
-/// Wrap-aware comparison of two sequence numbers (serial number arithmetic): `a` is before
-/// `b` when `b` is less than 2^31 steps after `a`.
-pub(crate) fn seq_cmp(a: i32, b: i32) -> Ordering {
-    (a.wrapping_sub(b)).cmp(&0)
 }
 
 /// A contender: its child name and sequence.
@@ -286,8 +278,6 @@ mod tests {
             .map(|c| c.seq)
             .collect();
         assert_eq!(order, vec![2147483646, 2147483647, i32::MIN, i32::MIN + 1]);
-        assert_eq!(seq_cmp(i32::MAX, i32::MIN), Ordering::Less);
-        assert_eq!(seq_cmp(5, 7), Ordering::Less);
     }
 
     #[test]

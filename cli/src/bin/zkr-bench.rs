@@ -1,1 +1,112 @@
-fn main() {}
+//! `zkr-bench`: the benchmark program of `BENCHMARKS.md`. Each subcommand runs one workload and
+//! prints exactly one JSON line on stdout; logs go to stderr (`RUST_LOG`, default `warn`).
+//!
+//! Exit code 0 if the run completed and its own check passed (`ok: true`), 1 otherwise (the
+//! JSON line is printed either way once the workload started), 2 for bad usage.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use zkr_cli::bench::{self, Bench, BenchError, CommonArgs, Report};
+
+/// Benchmarks zkr against a real ZooKeeper; one JSON line per run on stdout.
+#[derive(Parser, Debug)]
+#[command(name = "zkr-bench", version)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy)]
+enum Workload {
+    /// W0-raw-floor: serial getData, 64-in-flight getData, 64-in-flight create+delete pairs
+    Raw,
+}
+
+impl Workload {
+    fn cmd(self) -> &'static str {
+        match self {
+            Workload::Raw => "raw",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Raw => bench::raw::WORKLOAD,
+        }
+    }
+
+    fn params(self, b: &Bench) -> serde_json::Map<String, serde_json::Value> {
+        match self {
+            Workload::Raw => bench::raw::params(b),
+        }
+    }
+
+    async fn run(self, b: &Bench) -> Result<Report, BenchError> {
+        match self {
+            Workload::Raw => bench::raw::run(b).await,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    zkr_cli::install_panic_hook("zkr-bench");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    zkr_cli::init_logging();
+    let workload = cli.workload;
+
+    // The throwaway server (if any) lives in `b` and is killed when `b` is dropped below.
+    let b = match Bench::prepare(workload.cmd(), &cli.common) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("zkr-bench: {e}");
+            let mut params = serde_json::Map::new();
+            params.insert("scale".into(), cli.common.scale.into());
+            params.insert("session_ms".into(), cli.common.session_ms.into());
+            if let Err(e) = Report::failed(workload.name(), params, &e).emit() {
+                eprintln!("zkr-bench: {e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("zkr-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(workload.run(&b)).unwrap_or_else(|e| {
+        eprintln!("zkr-bench: {} failed: {e}", workload.cmd());
+        Report::failed(workload.name(), workload.params(&b), &e)
+    });
+    drop(runtime);
+    drop(b);
+    let ok = report.ok;
+    if let Err(e) = report.emit() {
+        eprintln!("zkr-bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_valid() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

@@ -1,0 +1,205 @@
+//! The queue discipline shared by [`Mutex`](crate::Mutex), [`RwLock`](crate::RwLock) and
+//! [`Semaphore`](crate::Semaphore): a protected ephemeral-sequential node per acquirer, a
+//! predicate over the ordered contenders that says "acquired" or "wait for node X", and a wait
+//! that watches only that one node (no herd effect).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::time::Instant;
+use zkr::{Client, SessionState, SessionStates, Stat};
+
+use crate::error::{Error, Result};
+use crate::sequence::{contenders, create_protected, parse_seq, Contender};
+
+/// Every marker that names a contender on a lock path: Curator's mutex (`lock-`), kazoo's
+/// (`__lock__`), Curator's read/write lock (`__READ__`, `__WRIT__`).
+pub(crate) const LOCK_MARKERS: &[&str] = &["lock-", "__lock__"];
+
+/// What a predicate decides for our position in the queue.
+pub(crate) enum Decision {
+    Acquired,
+    /// Wait until the contender at this index is gone.
+    WaitFor(usize),
+}
+
+/// When a held lock counts as lost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LossPolicy {
+    /// As soon as the session is `Suspended` (Curator's standard policy): the connection is
+    /// gone or silent, so another client may acquire soon. The safe default.
+    #[default]
+    Suspended,
+    /// Only when the session is `Lost` (zkr decides `Lost` before the server can expire the
+    /// session, so the holder still learns first).
+    Lost,
+}
+
+/// A node we own in a lock queue.
+pub(crate) struct Acquired {
+    pub client: Client,
+    pub path: String,
+    pub stat: Stat,
+    pub states: SessionStates,
+}
+
+/// Waits (`deadline`, or not at all with `try_only`) until `decide` says we hold it.
+pub(crate) async fn acquire(
+    client: &Client,
+    dir: &str,
+    marker: &str,
+    markers: &[&str],
+    data: &[u8],
+    deadline: Option<Instant>,
+    try_only: bool,
+    decide: impl Fn(&[Contender], usize) -> Decision,
+) -> Result<Option<Acquired>> {
+    let pinned = within(deadline, "lock acquire", client.pinned()).await??;
+    // Subscribe before creating: a Suspended from here on is seen by the guard.
+    let states = pinned.states();
+    let (node, stat, mut children) = within(deadline, "lock acquire", create_protected(&pinned, dir, marker, data)).await??;
+    let our_name = node.name().to_string();
+    let our_seq = parse_seq(&our_name, marker);
+    loop {
+        let cs = contenders(&children, markers, our_seq);
+        let Some(ours) = cs.iter().position(|c| c.name == our_name) else {
+            // Our node is gone: only a lost session does that.
+            return Err(Error::SessionLost { what: "lock acquire" });
+        };
+        match decide(&cs, ours) {
+            Decision::Acquired => {
+                let path = node.disarm();
+                return Ok(Some(Acquired { client: pinned, path, stat, states }));
+            }
+            Decision::WaitFor(_) if try_only => {
+                node.remove().await?;
+                return Ok(None);
+            }
+            Decision::WaitFor(i) => {
+                let pred = zkr::path::join(dir, &cs[i].name);
+                tracing::debug!(waiting_for = %pred, "queued");
+                within(deadline, "lock acquire", wait_gone(&pinned, &pred)).await??;
+                children = within(deadline, "lock acquire", pinned.get_children(dir)).await??;
+            }
+        }
+    }
+}
+
+/// Completes when `path` no longer exists (or the pinned session ends: an error).
+async fn wait_gone(pinned: &Client, path: &str) -> Result<()> {
+    let mut w = pinned.watch_data(path)?;
+    loop {
+        tokio::select! {
+            ev = w.next() => match ev {
+                Some(Ok(ev)) if ev.node.is_none() => return Ok(()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(zkr::Error::Closed.into()),
+            },
+            _ = pinned.pin_lost() => return Err(Error::SessionLost { what: "lock acquire" }),
+        }
+    }
+}
+
+/// Runs `f` until `deadline` (if any); the timeout is a recipe error.
+pub(crate) async fn within<T>(
+    deadline: Option<Instant>,
+    what: &'static str,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T> {
+    match deadline {
+        None => Ok(f.await),
+        Some(d) => {
+            let after = d.saturating_duration_since(Instant::now());
+            tokio::time::timeout_at(d, f).await.map_err(|_| Error::Timeout { what, after })
+        }
+    }
+}
+
+/// Whether `s` ends a hold under `policy` (the pinned epoch ending is checked separately).
+pub(crate) fn is_loss(s: &SessionState, policy: LossPolicy, epoch: Option<u64>) -> bool {
+    match s {
+        SessionState::Suspended { .. } => policy == LossPolicy::Suspended,
+        SessionState::Lost { .. } | SessionState::Closed | SessionState::Connecting => true,
+        SessionState::Connected { epoch: e, .. } => Some(*e) != epoch,
+        _ => false,
+    }
+}
+
+/// Tracks whether a held node may no longer be held.
+pub(crate) struct HoldMonitor {
+    states: tokio::sync::Mutex<SessionStates>,
+    lost: std::sync::atomic::AtomicBool,
+    policy: LossPolicy,
+    epoch: Option<u64>,
+}
+
+impl HoldMonitor {
+    /// Starts watching at acquisition: what happened before it (e.g. a suspension the acquire
+    /// rode out) does not count, only the state now and what follows.
+    pub fn new(mut states: SessionStates, policy: LossPolicy, epoch: Option<u64>) -> Self {
+        let mut last = None;
+        while let Some(Some(s)) = states.next().now_or_never() {
+            last = Some(s);
+        }
+        let lost = last.is_some_and(|s| is_loss(&s, policy, epoch));
+        HoldMonitor { states: tokio::sync::Mutex::new(states), lost: lost.into(), policy, epoch }
+    }
+
+    fn mark(&self) {
+        self.lost.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Non-blocking check: drains the state transitions seen so far.
+    pub fn is_lost(&self) -> bool {
+        if self.lost.load(std::sync::atomic::Ordering::Acquire) {
+            return true;
+        }
+        if let Ok(mut st) = self.states.try_lock() {
+            while let Some(Some(s)) = st.next().now_or_never() {
+                if is_loss(&s, self.policy, self.epoch) {
+                    self.mark();
+                    return true;
+                }
+            }
+        }
+        self.lost.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Completes when the hold may be lost.
+    pub async fn lost(&self) {
+        if self.is_lost() {
+            return;
+        }
+        let mut st = self.states.lock().await;
+        while let Some(s) = st.next().await {
+            if is_loss(&s, self.policy, self.epoch) {
+                self.mark();
+                return;
+            }
+        }
+        self.mark();
+    }
+}
+
+use futures::FutureExt;
+
+/// Deletes our node in the background (a guard dropped without `release`).
+pub(crate) fn release_in_background(client: Client, path: String) {
+    if let Ok(h) = tokio::runtime::Handle::try_current() {
+        h.spawn(async move {
+            let _ = release_node(&client, &path).await;
+        });
+    }
+}
+
+/// Deletes our node; `Ok(true)` if it was deleted now, `Ok(false)` if the session (and with it
+/// the node) was already gone.
+pub(crate) async fn release_node(client: &Client, path: &str) -> Result<bool> {
+    let policy = zkr::RetryPolicy::default().max_elapsed(Duration::from_secs(10));
+    match client.retry(&policy, || client.delete(path, None)).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_no_node() || e.is_session_lost() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}

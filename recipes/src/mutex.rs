@@ -1,0 +1,231 @@
+//! An exclusive lock, compatible with Apache Curator's `InterProcessMutex`.
+//!
+//! # Znode layout
+//! ```text
+//! <path>/                                   container, created on first use
+//! <path>/_c_<uuid>-lock-0000000042          one ephemeral-sequential node per acquirer
+//! <path>/<hex>__lock__0000000043            kazoo's contenders, recognised as such
+//! ```
+//! The node data is empty (or what [`Mutex::with_data`] sets). Curator uses the same names, so a
+//! Java service and a Rust service exclude each other on the same path; kazoo's `Lock`
+//! contenders are counted too, so a kazoo holder also excludes zkr.
+//!
+//! # Protocol
+//! 1. Create our node and list the children in **one round trip** (both requests are pipelined
+//!    on the session; the server runs them in order).
+//! 2. Order the contenders by sequence number, numerically and wrap-aware (the 32-bit counter
+//!    wraps from `2147483647` to `-2147483648`).
+//! 3. First in line holds the lock. Everyone else watches only its predecessor (no herd
+//!    effect) and looks again when it goes.
+//!
+//! # Guarantees
+//! * At most one holder at a time among clients that follow this protocol.
+//! * After a connection loss during the create, our node is found by its uuid **and** an
+//!   `ephemeralOwner` equal to our session; a node of another (or an expired) session is
+//!   never adopted. Exactly one node per acquirer.
+//! * Cancel-safe: dropping an `acquire` future at any point removes its node (in the
+//!   background); a [`MutexGuard`] releases on drop, or explicitly with
+//!   [`MutexGuard::release`], which reports the outcome.
+//! * Fencing: [`MutexGuard::fencing_token`] is the lock node's `czxid`, strictly increasing
+//!   across successive holders; [`MutexGuard::fenced_multi`] runs ZooKeeper writes that only
+//!   apply while our lock node exists.
+//!
+//! # Suspend, reconnect, loss
+//! The whole acquisition runs on one session ([`zkr::Client::pinned`]). If it ends while
+//! waiting, the acquire fails with [`Error::SessionLost`](crate::Error::SessionLost) and leaves
+//! nothing behind. While held, [`MutexGuard::is_held`] turns false and [`MutexGuard::lost`]
+//! completes as soon as the session is `Suspended` (default, Curator's policy) or only when it
+//! is `Lost` ([`LossPolicy::Lost`]). Both come before the server can expire the session, so
+//! the holder is told before anyone else can acquire. A lost hold stays lost: release and
+//! acquire again.
+//!
+//! ```no_run
+//! # async fn demo(client: zkr::Client) -> zkr_recipes::Result<()> {
+//! let mutex = zkr_recipes::Mutex::new(&client, "/locks/printer")?;
+//! let guard = mutex.acquire_timeout(std::time::Duration::from_secs(5)).await?;
+//! // ... exclusive work; check guard.is_held() before acting on shared state ...
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::Instrument;
+use zkr::{Client, Op, OpResult};
+
+use crate::error::{Error, Result};
+use crate::lock_internals::{self, Acquired, Decision, HoldMonitor, LossPolicy, LOCK_MARKERS};
+
+/// An exclusive lock on a ZooKeeper path.
+#[derive(Clone, Debug)]
+pub struct Mutex {
+    client: Client,
+    path: String,
+    policy: LossPolicy,
+    data: Vec<u8>,
+}
+
+impl Mutex {
+    /// A lock on `path` (validated now; created on first acquire).
+    pub fn new(client: &Client, path: &str) -> Result<Mutex> {
+        zkr::path::validate_path(path, false)?;
+        Ok(Mutex { client: client.clone(), path: path.to_string(), policy: LossPolicy::default(), data: Vec::new() })
+    }
+
+    /// When a held lock counts as lost (default: on `Suspended`).
+    pub fn with_loss_policy(mut self, policy: LossPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Data stored in our lock node (e.g. the holder's identity; Curator stores the IP).
+    pub fn with_data(mut self, data: &[u8]) -> Self {
+        self.data = data.to_vec();
+        self
+    }
+
+    /// The lock path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Waits until the lock is ours.
+    pub async fn acquire(&self) -> Result<MutexGuard> {
+        self.acquire_inner(None, false).await?.ok_or(Error::Invalid("blocking acquire returned nothing".into()))
+    }
+
+    /// Waits at most `timeout`; on timeout nothing is held and nothing is left behind.
+    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<MutexGuard> {
+        self.acquire_inner(Some(Instant::now() + timeout), false)
+            .await?
+            .ok_or(Error::Invalid("blocking acquire returned nothing".into()))
+    }
+
+    /// Takes the lock only if it is free right now.
+    pub async fn try_acquire(&self) -> Result<Option<MutexGuard>> {
+        self.acquire_inner(None, true).await
+    }
+
+    async fn acquire_inner(&self, deadline: Option<Instant>, try_only: bool) -> Result<Option<MutexGuard>> {
+        let span = tracing::debug_span!("zkr.mutex.acquire", path = %self.path, try_only);
+        let got = lock_internals::acquire(
+            &self.client,
+            &self.path,
+            "lock-",
+            LOCK_MARKERS,
+            &self.data,
+            deadline,
+            try_only,
+            |_, ours| if ours == 0 { Decision::Acquired } else { Decision::WaitFor(ours - 1) },
+        )
+        .instrument(span)
+        .await?;
+        Ok(got.map(|a| MutexGuard::new(a, self.policy)))
+    }
+
+    /// The contenders' node names in queue order (the first holds the lock).
+    pub async fn participants(&self) -> Result<Vec<String>> {
+        let children = match self.client.get_children(&self.path).await {
+            Ok(c) => c,
+            Err(e) if e.is_no_node() => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(crate::sequence::contenders(&children, LOCK_MARKERS, None).into_iter().map(|c| c.name).collect())
+    }
+}
+
+/// A held lock. Releases on drop (in the background) or with [`release`](Self::release).
+pub struct MutexGuard {
+    client: Client,
+    path: String,
+    token: i64,
+    monitor: HoldMonitor,
+    released: bool,
+}
+
+impl std::fmt::Debug for MutexGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MutexGuard").field("node", &self.path).field("token", &self.token).finish()
+    }
+}
+
+impl MutexGuard {
+    pub(crate) fn new(a: Acquired, policy: LossPolicy) -> Self {
+        let epoch = a.client.epoch();
+        MutexGuard {
+            monitor: HoldMonitor::new(a.states, policy, epoch),
+            client: a.client,
+            path: a.path,
+            token: a.stat.czxid,
+            released: false,
+        }
+    }
+
+    pub(crate) fn from_parts(client: Client, path: String, token: i64, monitor: HoldMonitor) -> Self {
+        MutexGuard { client, path, token, monitor, released: false }
+    }
+
+    /// Whether the lock is still held: false once the session was suspended (or lost, by
+    /// policy) since the acquisition.
+    pub fn is_held(&self) -> bool {
+        !self.released && !self.client.is_pin_lost() && !self.monitor.is_lost()
+    }
+
+    /// Completes when the lock may no longer be held.
+    pub async fn lost(&self) {
+        tokio::select! {
+            _ = self.monitor.lost() => {},
+            _ = self.client.pin_lost() => {},
+        }
+    }
+
+    /// A token that strictly increases across successive holders (the lock node's `czxid`).
+    pub fn fencing_token(&self) -> i64 {
+        self.token
+    }
+
+    /// Our lock node's path.
+    pub fn node_path(&self) -> &str {
+        &self.path
+    }
+
+    /// Runs `ops` atomically, only if our lock node still exists (a check is prepended).
+    /// Returns the results of `ops` (without the check's).
+    pub async fn fenced_multi(&self, ops: &[Op]) -> Result<Vec<OpResult>> {
+        let mut all = Vec::with_capacity(ops.len() + 1);
+        all.push(Op::Check { path: self.path.clone(), version: None });
+        all.extend_from_slice(ops);
+        match self.client.multi(&all).await {
+            Ok(mut r) => {
+                r.remove(0);
+                Ok(r)
+            }
+            Err(zkr::Error::MultiFailed { index: 0, .. }) => Err(Error::SessionLost { what: "fenced write" }),
+            Err(zkr::Error::MultiFailed { index, source }) => {
+                Err(zkr::Error::MultiFailed { index: index - 1, source }.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Releases the lock. `Err(SessionLost)` if it had already been lost with the session.
+    pub async fn release(mut self) -> Result<()> {
+        self.released = true;
+        let span = tracing::debug_span!("zkr.mutex.release", node = %self.path);
+        let deleted = lock_internals::release_node(&self.client, &self.path).instrument(span).await?;
+        if deleted {
+            Ok(())
+        } else {
+            Err(Error::SessionLost { what: "release" })
+        }
+    }
+}
+
+impl Drop for MutexGuard {
+    fn drop(&mut self) {
+        if !self.released {
+            lock_internals::release_in_background(self.client.clone(), std::mem::take(&mut self.path));
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! A read/write lock, compatible with Apache Curator's `InterProcessReadWriteLock`.
+//!
+//! # Znode layout
+//! ```text
+//! <path>/_c_<uuid>-__READ__0000000007      a reader's node (ephemeral sequential)
+//! <path>/_c_<uuid>-__WRIT__0000000008      a writer's node
+//! ```
+//! One queue, ordered by sequence number (numerically, wrap-aware) across both kinds.
+//!
+//! # Rules
+//! * A **writer** holds the lock when its node is first in the queue; it watches the node just
+//!   before it.
+//! * A **reader** holds the lock when no writer's node is before it; otherwise it watches the
+//!   nearest writer before it. Readers share. A reader never waits for a writer queued *after*
+//!   it (kazoo 2.8 deadlocks there), and writers queued before a reader keep it waiting, so
+//!   writers are not starved.
+//!
+//! Cancellation, release, fencing and the behaviour on `Suspended` / `Lost` are those of
+//! [`Mutex`](crate::Mutex): the guards are [`MutexGuard`]s.
+//!
+//! ```no_run
+//! # async fn demo(client: zkr::Client) -> zkr_recipes::Result<()> {
+//! let lock = zkr_recipes::RwLock::new(&client, "/locks/table")?;
+//! let read = lock.read().await?;   // shared with other readers
+//! read.release().await?;
+//! let write = lock.write().await?; // exclusive
+//! write.release().await?;
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::Instrument;
+use zkr::Client;
+
+use crate::error::{Error, Result};
+use crate::lock_internals::{self, Decision, LossPolicy};
+use crate::mutex::MutexGuard;
+use crate::sequence::Contender;
+
+const READ: &str = "__READ__";
+const WRITE: &str = "__WRIT__";
+const MARKERS: &[&str] = &[READ, WRITE];
+
+/// A read/write lock on a ZooKeeper path.
+#[derive(Clone, Debug)]
+pub struct RwLock {
+    client: Client,
+    path: String,
+    policy: LossPolicy,
+}
+
+fn is_write(c: &Contender) -> bool {
+    c.name.contains(WRITE)
+}
+
+impl RwLock {
+    /// A read/write lock on `path`.
+    pub fn new(client: &Client, path: &str) -> Result<RwLock> {
+        zkr::path::validate_path(path, false)?;
+        Ok(RwLock { client: client.clone(), path: path.to_string(), policy: LossPolicy::default() })
+    }
+
+    /// When a held lock counts as lost (default: on `Suspended`).
+    pub fn with_loss_policy(mut self, policy: LossPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Waits for a shared (read) lock.
+    pub async fn read(&self) -> Result<MutexGuard> {
+        self.lock(false, None).await
+    }
+
+    /// Waits at most `timeout` for a read lock.
+    pub async fn read_timeout(&self, timeout: Duration) -> Result<MutexGuard> {
+        self.lock(false, Some(Instant::now() + timeout)).await
+    }
+
+    /// Waits for the exclusive (write) lock.
+    pub async fn write(&self) -> Result<MutexGuard> {
+        self.lock(true, None).await
+    }
+
+    /// Waits at most `timeout` for the write lock.
+    pub async fn write_timeout(&self, timeout: Duration) -> Result<MutexGuard> {
+        self.lock(true, Some(Instant::now() + timeout)).await
+    }
+
+    /// Takes a read (or write) lock only if it is available right now.
+    pub async fn try_lock(&self, write: bool) -> Result<Option<MutexGuard>> {
+        self.lock_inner(write, None, true).await
+    }
+
+    async fn lock(&self, write: bool, deadline: Option<Instant>) -> Result<MutexGuard> {
+        self.lock_inner(write, deadline, false)
+            .await?
+            .ok_or(Error::Invalid("blocking acquire returned nothing".into()))
+    }
+
+    async fn lock_inner(&self, write: bool, deadline: Option<Instant>, try_only: bool) -> Result<Option<MutexGuard>> {
+        let span = tracing::debug_span!("zkr.rwlock.acquire", path = %self.path, write, try_only);
+        let got = lock_internals::acquire(
+            &self.client,
+            &self.path,
+            if write { WRITE } else { READ },
+            MARKERS,
+            &[],
+            deadline,
+            try_only,
+            |cs, ours| {
+                if write {
+                    if ours == 0 {
+                        Decision::Acquired
+                    } else {
+                        Decision::WaitFor(ours - 1)
+                    }
+                } else {
+                    match cs[..ours].iter().rposition(is_write) {
+                        None => Decision::Acquired,
+                        Some(w) => Decision::WaitFor(w),
+                    }
+                }
+            },
+        )
+        .instrument(span)
+        .await?;
+        Ok(got.map(|a| MutexGuard::new(a, self.policy)))
+    }
+}
