@@ -37,7 +37,7 @@ use crate::client::Inner;
 use crate::error::{Error, Result};
 use crate::session::{Epoch, SessionState, Shared};
 use crate::types::Stat;
-use crate::wire::{Wire, WireWatch};
+use crate::wire::{Wire, WireEvent, WireWatch};
 
 /// What happened to a watched node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -406,16 +406,28 @@ async fn drive(shared: Arc<Shared>, map: Arc<Mutex<HashMap<Key, Arc<Entry>>>>, e
         // Wait for a reason to read again. Dropping `fired` drops the server watch.
         let fired = async move {
             match watch {
-                Some(w) => {
-                    w.fired().await;
+                Some(w) => Some(w.fired().await),
+                None => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    None
                 }
-                None => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
         tokio::pin!(fired);
         loop {
             tokio::select! {
-                _ = &mut fired => continue 'outer,
+                ev = &mut fired => {
+                    // A deletion is certain from the event alone: tell subscribers now (lock
+                    // waiters act on it), then re-read as usual (it may have been re-created).
+                    if ev == Some(WireEvent::Deleted) {
+                        let present = entry.lock().last.as_ref().is_some_and(|l| l.stat.is_some());
+                        if present {
+                            let gone = Snapshot { stat: None, data: Vec::new(), children: Vec::new() };
+                            entry.emit(Ok((Change::Deleted, Arc::new(gone))));
+                        }
+                    }
+                    continue 'outer;
+                }
                 _ = epoch.ended() => continue 'outer,
                 c = states.changed() => {
                     if c.is_err() {

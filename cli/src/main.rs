@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use zkr_cli::cmd::{self, node, watch, CliError, GlobalOpts};
+use zkr_cli::cmd::{self, lock, node, watch, CliError, GlobalOpts};
 
 /// Command-line client for ZooKeeper (zkr SDK).
 #[derive(Parser, Debug)]
@@ -41,6 +41,9 @@ enum Command {
     Stat(node::StatArgs),
     /// Print one JSON line per change of a node's data (or children) until Ctrl-C
     Watch(watch::WatchArgs),
+    /// Run a command while holding a lock (the global --timeout bounds the wait); exits with
+    /// the command's status, 7 if not acquired in time, 8 if the lock was lost
+    Lock(lock::LockArgs),
 }
 
 /// Input a command needs that is read before connecting (so that e.g. stdin is consumed and
@@ -59,6 +62,7 @@ impl Command {
             Command::Stat(a) => cmd::check_path(&a.path, false).map(|_| Input::None),
             Command::Delete(a) => cmd::check_path(&a.path, false).map(|_| Input::None),
             Command::Watch(a) => cmd::check_path(&a.path, false).map(|_| Input::None),
+            Command::Lock(a) => cmd::check_path(&a.path, false).map(|_| Input::None),
             Command::Set(a) => {
                 cmd::check_path(&a.path, false)?;
                 cmd::data_arg(Some(&a.data)).map(Input::Data)
@@ -73,7 +77,16 @@ impl Command {
         }
     }
 
-    async fn run(&self, ctx: &cmd::Ctx, input: Input) -> Result<(), CliError> {
+    /// Runs the command; `Ok(code)` is the process exit code (non-zero only for commands that
+    /// run a child, like `lock`).
+    async fn run(&self, ctx: &cmd::Ctx, input: Input, global: &GlobalOpts) -> Result<u8, CliError> {
+        if let Command::Lock(a) = self {
+            return lock::run(ctx, a, global.timeout).await.map(|e| e.0);
+        }
+        self.run_node(ctx, input).await.map(|()| 0)
+    }
+
+    async fn run_node(&self, ctx: &cmd::Ctx, input: Input) -> Result<(), CliError> {
         let data = match &input {
             Input::Data(d) => d.as_slice(),
             Input::None => &[],
@@ -86,15 +99,16 @@ impl Command {
             Command::Delete(a) => node::delete(ctx, a).await,
             Command::Stat(a) => node::stat(ctx, a).await,
             Command::Watch(a) => watch::run(ctx, a).await,
+            Command::Lock(_) => Ok(()),
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<(), CliError> {
+async fn run(cli: Cli) -> Result<u8, CliError> {
     cmd::check_connect_string(&cli.global)?;
     let input = cli.command.prepare()?;
     let ctx = cmd::connect(&cli.global).await?;
-    let result = cli.command.run(&ctx, input).await;
+    let result = cli.command.run(&ctx, input, &cli.global).await;
     ctx.client.close().await;
     result
 }
@@ -118,7 +132,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("zkr: {e}");

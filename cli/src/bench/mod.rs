@@ -7,6 +7,7 @@
 //! [`Bench::setup_root`] and removes it with [`Bench::teardown_root`], and builds its
 //! [`Report`] (the common fields plus workload-specific ones via [`Report::field`]).
 
+pub mod locks;
 pub mod raw;
 
 use std::fmt;

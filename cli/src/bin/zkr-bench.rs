@@ -24,30 +24,47 @@ struct Cli {
 enum Workload {
     /// W0-raw-floor: serial getData, 64-in-flight getData, 64-in-flight create+delete pairs
     Raw,
+    /// W1-lock-uncontended: 2,000 acquire+release of one exclusive lock by one client
+    W1,
+    /// W2-lock-contended: 8 clients × 250 acquire+release on one lock
+    W2,
+    /// W3-rwlock: 8 clients × 250 read/write lock ops, 20 % writes
+    W3,
 }
 
 impl Workload {
     fn cmd(self) -> &'static str {
         match self {
             Workload::Raw => "raw",
+            Workload::W1 => "w1",
+            Workload::W2 => "w2",
+            Workload::W3 => "w3",
         }
     }
 
     fn name(self) -> &'static str {
         match self {
             Workload::Raw => bench::raw::WORKLOAD,
+            Workload::W1 => bench::locks::W1,
+            Workload::W2 => bench::locks::W2,
+            Workload::W3 => bench::locks::W3,
         }
     }
 
     fn params(self, b: &Bench) -> serde_json::Map<String, serde_json::Value> {
         match self {
             Workload::Raw => bench::raw::params(b),
+            Workload::W1 => bench::locks::w1_params(b),
+            Workload::W2 | Workload::W3 => bench::locks::contended_params(b),
         }
     }
 
     async fn run(self, b: &Bench) -> Result<Report, BenchError> {
         match self {
             Workload::Raw => bench::raw::run(b).await,
+            Workload::W1 => bench::locks::w1(b).await,
+            Workload::W2 => bench::locks::w2(b).await,
+            Workload::W3 => bench::locks::w3(b).await,
         }
     }
 }

@@ -6,6 +6,8 @@
 //! `Command` in `main.rs` and one arm to its dispatch. Long-running commands wait on
 //! [`shutdown_signal`] and print one JSON line per event with [`print_json_line`].
 
+pub mod child;
+pub mod lock;
 pub mod node;
 pub mod watch;
 
@@ -29,6 +31,10 @@ pub mod exit {
     pub const BAD_VERSION: u8 = 5;
     /// Connection, timeout or session trouble.
     pub const CONNECTION: u8 = 6;
+    /// `lock` / `elect`: not acquired within `--timeout`.
+    pub const LOCK_TIMEOUT: u8 = 7;
+    /// `lock` / `elect`: lost while the command ran (the command got SIGTERM).
+    pub const LOCK_LOST: u8 = 8;
 }
 
 /// Options every subcommand understands.
