@@ -66,14 +66,27 @@ async fn fencing_tokens_increase_and_fenced_writes_check_the_lock() {
         let g = m.acquire().await.unwrap();
         assert!(g.fencing_token() > last);
         last = g.fencing_token();
-        g.fenced_multi(&[Op::SetData { path: data.clone(), data: format!("{i}").into_bytes(), version: None }])
-            .await
-            .unwrap();
+        g.fenced_multi(&[Op::SetData {
+            path: data.clone(),
+            data: format!("{i}").into_bytes(),
+            version: None,
+        }])
+        .await
+        .unwrap();
         // Someone deletes our lock node (an operator, or our session's expiry): fenced writes stop.
         if i == 4 {
             c.delete(g.node_path(), None).await.unwrap();
-            let r = g.fenced_multi(&[Op::SetData { path: data.clone(), data: b"late".to_vec(), version: None }]).await;
-            assert!(r.is_err(), "fenced write after the lock node is gone must fail");
+            let r = g
+                .fenced_multi(&[Op::SetData {
+                    path: data.clone(),
+                    data: b"late".to_vec(),
+                    version: None,
+                }])
+                .await;
+            assert!(
+                r.is_err(),
+                "fenced write after the lock node is gone must fail"
+            );
             assert_eq!(c.get_data(&data).await.unwrap().0, b"4");
         } else {
             g.release().await.unwrap();
@@ -92,7 +105,12 @@ async fn cut_off_holder_is_told_before_another_acquires() {
         let proxy = FaultProxy::for_ensemble(ens).unwrap();
         let holder = client(&proxy.connect_string(), 2000).await;
         let other = client(&ens.connect_string(), 10_000).await;
-        let g = Mutex::new(&holder, &path).unwrap().with_loss_policy(policy).acquire().await.unwrap();
+        let g = Mutex::new(&holder, &path)
+            .unwrap()
+            .with_loss_policy(policy)
+            .acquire()
+            .await
+            .unwrap();
         let m2 = Mutex::new(&other, &path).unwrap();
         let waiter = tokio::spawn(async move {
             let g2 = m2.acquire_timeout(Duration::from_secs(20)).await.unwrap();
@@ -100,7 +118,14 @@ async fn cut_off_holder_is_told_before_another_acquires() {
         });
         // Make sure the waiter is queued behind the holder before cutting.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Mutex::new(&other, &path).unwrap().participants().await.unwrap().len() < 2 {
+        while Mutex::new(&other, &path)
+            .unwrap()
+            .participants()
+            .await
+            .unwrap()
+            .len()
+            < 2
+        {
             assert!(Instant::now() < deadline, "waiter never queued");
             tokio::task::yield_now().await;
         }
@@ -109,7 +134,11 @@ async fn cut_off_holder_is_told_before_another_acquires() {
         let told = Instant::now();
         assert!(!g.is_held());
         let (acquired, g2) = waiter.await.unwrap();
-        assert!(told < acquired, "{policy:?}: holder told {:?} after the other acquired", told - acquired);
+        assert!(
+            told < acquired,
+            "{policy:?}: holder told {:?} after the other acquired",
+            told - acquired
+        );
         g2.release().await.unwrap();
         drop(g);
     }
@@ -159,11 +188,17 @@ async fn cancelled_acquires_leave_nothing_behind() {
     }
     let mut states = c2.states();
     proxy.cut();
-    expect_state(&mut states, deadline, "Suspended", |s| matches!(s, zkr::SessionState::Suspended { .. })).await;
+    expect_state(&mut states, deadline, "Suspended", |s| {
+        matches!(s, zkr::SessionState::Suspended { .. })
+    })
+    .await;
     h.abort();
     let _ = h.await;
     proxy.heal();
-    expect_state(&mut states, deadline, "Reconnected", |s| matches!(s, zkr::SessionState::Reconnected { .. })).await;
+    expect_state(&mut states, deadline, "Reconnected", |s| {
+        matches!(s, zkr::SessionState::Reconnected { .. })
+    })
+    .await;
     loop {
         let ev = w.next_timeout(deadline).await.unwrap().unwrap().unwrap();
         if ev.children().map(|c| c.len()) == Some(1) {
@@ -172,7 +207,12 @@ async fn cancelled_acquires_leave_nothing_behind() {
     }
     // The others proceed.
     holder.release().await.unwrap();
-    m.acquire_timeout(Duration::from_secs(5)).await.unwrap().release().await.unwrap();
+    m.acquire_timeout(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
 }
 
 /// Pitfall 9: connections dropped around the create: exactly one node per acquirer.
@@ -233,7 +273,10 @@ async fn lock_cycles_leave_no_watches() {
         if n == baseline && reg == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{n} server watches (baseline {baseline}), {reg} client watches");
+        assert!(
+            Instant::now() < deadline,
+            "{n} server watches (baseline {baseline}), {reg} client watches"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -250,7 +293,12 @@ async fn rwlock_invariants_under_contention() {
     let mut tasks = Vec::new();
     for i in 0..8usize {
         let c = client(&ens.connect_string(), 10_000).await;
-        let (path, readers, writers, max_readers) = (path.clone(), readers.clone(), writers.clone(), max_readers.clone());
+        let (path, readers, writers, max_readers) = (
+            path.clone(),
+            readers.clone(),
+            writers.clone(),
+            max_readers.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let l = RwLock::new(&c, &path).unwrap();
             let mut violations = 0;
@@ -258,7 +306,9 @@ async fn rwlock_invariants_under_contention() {
                 let write = (37 * j + 11 * i) % 5 == 0;
                 if write {
                     let g = l.write_timeout(Duration::from_secs(30)).await.unwrap();
-                    if writers.fetch_add(1, Ordering::SeqCst) != 0 || readers.load(Ordering::SeqCst) != 0 {
+                    if writers.fetch_add(1, Ordering::SeqCst) != 0
+                        || readers.load(Ordering::SeqCst) != 0
+                    {
                         violations += 1;
                     }
                     tokio::task::yield_now().await;
@@ -284,7 +334,10 @@ async fn rwlock_invariants_under_contention() {
         violations += t.await.unwrap();
     }
     assert_eq!(violations, 0);
-    assert!(max_readers.load(Ordering::SeqCst) > 1, "readers shared the lock");
+    assert!(
+        max_readers.load(Ordering::SeqCst) > 1,
+        "readers shared the lock"
+    );
 }
 
 /// Pitfall 15: a reader queued before a writer is not blocked by it (kazoo 2.8's deadlock).
@@ -300,14 +353,22 @@ async fn reader_does_not_wait_for_a_later_writer() {
     // Wait until the writer is queued behind r1.
     let mut kids = c.watch_children(&path).unwrap();
     loop {
-        let ev = kids.next_timeout(Duration::from_secs(5)).await.unwrap().unwrap().unwrap();
+        let ev = kids
+            .next_timeout(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if ev.children().map(|c| c.len()) == Some(2) {
             break;
         }
     }
     // r1 re-entering as a second read is queued after the writer: it must wait (writers are
     // not starved); but r1 itself holds and the writer waits for it.
-    assert!(l.try_lock(false).await.unwrap().is_none(), "a new reader queues behind the waiting writer");
+    assert!(
+        l.try_lock(false).await.unwrap().is_none(),
+        "a new reader queues behind the waiting writer"
+    );
     assert!(!w.is_finished());
     r1.release().await.unwrap();
     let wg = w.await.unwrap().unwrap();
@@ -358,7 +419,11 @@ async fn semaphore_bounds_holders() {
     // A lease held by a session that then dies is gone with it.
     let proxy = FaultProxy::for_ensemble(ens).unwrap();
     let dying = client(&proxy.connect_string(), 2000).await;
-    let lease = Semaphore::new(&dying, &path, 3).unwrap().acquire().await.unwrap();
+    let lease = Semaphore::new(&dying, &path, 3)
+        .unwrap()
+        .acquire()
+        .await
+        .unwrap();
     assert_eq!(s.lease_count().await.unwrap(), 1);
     proxy.cut();
     lease.lost().await;
@@ -369,7 +434,13 @@ async fn semaphore_bounds_holders() {
     }
     drop(lease);
     // All 3 leases are available again.
-    let held: Vec<_> = futures::stream::iter(0..3).then(|_| s.acquire_timeout(Duration::from_secs(5))).collect().await;
+    let held: Vec<_> = futures::stream::iter(0..3)
+        .then(|_| s.acquire_timeout(Duration::from_secs(5)))
+        .collect()
+        .await;
     assert!(held.iter().all(|l| l.is_ok()));
-    assert!(s.try_acquire().await.unwrap().is_none(), "a 4th lease is refused");
+    assert!(
+        s.try_acquire().await.unwrap().is_none(),
+        "a 4th lease is refused"
+    );
 }

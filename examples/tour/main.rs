@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use zkr::testing::{FaultProxy, ZkEnsemble};
 use zkr::{Client, DataWatch, SessionState, SessionStates};
 
+mod locks;
 mod session;
 
 /// Prints the tour as a timeline.
@@ -89,6 +90,7 @@ async fn run() -> Res<()> {
         root: root.clone(),
     };
     session::chapter(&tour).await?;
+    locks::chapter(&tour).await?;
     // Recipe chapters are added here as their recipes land.
 
     admin.delete_recursive(&root).await?;

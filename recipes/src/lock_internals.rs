@@ -57,19 +57,31 @@ pub(crate) async fn acquire(
     let pinned = within(deadline, "lock acquire", client.pinned()).await??;
     // Subscribe before creating: a Suspended from here on is seen by the guard.
     let states = pinned.states();
-    let (node, stat, mut children) = within(deadline, "lock acquire", create_protected(&pinned, dir, marker, data)).await??;
+    let (node, stat, mut children) = within(
+        deadline,
+        "lock acquire",
+        create_protected(&pinned, dir, marker, data),
+    )
+    .await??;
     let our_name = node.name().to_string();
     let our_seq = parse_seq(&our_name, marker);
     loop {
         let cs = contenders(&children, markers, our_seq);
         let Some(ours) = cs.iter().position(|c| c.name == our_name) else {
             // Our node is gone: only a lost session does that.
-            return Err(Error::SessionLost { what: "lock acquire" });
+            return Err(Error::SessionLost {
+                what: "lock acquire",
+            });
         };
         match decide(&cs, ours) {
             Decision::Acquired => {
                 let path = node.disarm();
-                return Ok(Some(Acquired { client: pinned, path, stat, states }));
+                return Ok(Some(Acquired {
+                    client: pinned,
+                    path,
+                    stat,
+                    states,
+                }));
             }
             Decision::WaitFor(_) if try_only => {
                 node.remove().await?;
@@ -111,7 +123,9 @@ pub(crate) async fn within<T>(
         None => Ok(f.await),
         Some(d) => {
             let after = d.saturating_duration_since(Instant::now());
-            tokio::time::timeout_at(d, f).await.map_err(|_| Error::Timeout { what, after })
+            tokio::time::timeout_at(d, f)
+                .await
+                .map_err(|_| Error::Timeout { what, after })
         }
     }
 }
@@ -143,7 +157,12 @@ impl HoldMonitor {
             last = Some(s);
         }
         let lost = last.is_some_and(|s| is_loss(&s, policy, epoch));
-        HoldMonitor { states: tokio::sync::Mutex::new(states), lost: lost.into(), policy, epoch }
+        HoldMonitor {
+            states: tokio::sync::Mutex::new(states),
+            lost: lost.into(),
+            policy,
+            epoch,
+        }
     }
 
     fn mark(&self) {

@@ -70,7 +70,12 @@ impl Mutex {
     /// A lock on `path` (validated now; created on first acquire).
     pub fn new(client: &Client, path: &str) -> Result<Mutex> {
         zkr::path::validate_path(path, false)?;
-        Ok(Mutex { client: client.clone(), path: path.to_string(), policy: LossPolicy::default(), data: Vec::new() })
+        Ok(Mutex {
+            client: client.clone(),
+            path: path.to_string(),
+            policy: LossPolicy::default(),
+            data: Vec::new(),
+        })
     }
 
     /// When a held lock counts as lost (default: on `Suspended`).
@@ -92,7 +97,9 @@ impl Mutex {
 
     /// Waits until the lock is ours.
     pub async fn acquire(&self) -> Result<MutexGuard> {
-        self.acquire_inner(None, false).await?.ok_or(Error::Invalid("blocking acquire returned nothing".into()))
+        self.acquire_inner(None, false)
+            .await?
+            .ok_or(Error::Invalid("blocking acquire returned nothing".into()))
     }
 
     /// Waits at most `timeout`; on timeout nothing is held and nothing is left behind.
@@ -107,7 +114,11 @@ impl Mutex {
         self.acquire_inner(None, true).await
     }
 
-    async fn acquire_inner(&self, deadline: Option<Instant>, try_only: bool) -> Result<Option<MutexGuard>> {
+    async fn acquire_inner(
+        &self,
+        deadline: Option<Instant>,
+        try_only: bool,
+    ) -> Result<Option<MutexGuard>> {
         let span = tracing::debug_span!("zkr.mutex.acquire", path = %self.path, try_only);
         let got = lock_internals::acquire(
             &self.client,
@@ -117,7 +128,13 @@ impl Mutex {
             &self.data,
             deadline,
             try_only,
-            |_, ours| if ours == 0 { Decision::Acquired } else { Decision::WaitFor(ours - 1) },
+            |_, ours| {
+                if ours == 0 {
+                    Decision::Acquired
+                } else {
+                    Decision::WaitFor(ours - 1)
+                }
+            },
         )
         .instrument(span)
         .await?;
@@ -131,7 +148,10 @@ impl Mutex {
             Err(e) if e.is_no_node() => Vec::new(),
             Err(e) => return Err(e.into()),
         };
-        Ok(crate::sequence::contenders(&children, LOCK_MARKERS, None).into_iter().map(|c| c.name).collect())
+        Ok(crate::sequence::contenders(&children, LOCK_MARKERS, None)
+            .into_iter()
+            .map(|c| c.name)
+            .collect())
     }
 }
 
@@ -146,7 +166,10 @@ pub struct MutexGuard {
 
 impl std::fmt::Debug for MutexGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MutexGuard").field("node", &self.path).field("token", &self.token).finish()
+        f.debug_struct("MutexGuard")
+            .field("node", &self.path)
+            .field("token", &self.token)
+            .finish()
     }
 }
 
@@ -162,8 +185,19 @@ impl MutexGuard {
         }
     }
 
-    pub(crate) fn from_parts(client: Client, path: String, token: i64, monitor: HoldMonitor) -> Self {
-        MutexGuard { client, path, token, monitor, released: false }
+    pub(crate) fn from_parts(
+        client: Client,
+        path: String,
+        token: i64,
+        monitor: HoldMonitor,
+    ) -> Self {
+        MutexGuard {
+            client,
+            path,
+            token,
+            monitor,
+            released: false,
+        }
     }
 
     /// Whether the lock is still held: false once the session was suspended (or lost, by
@@ -194,17 +228,24 @@ impl MutexGuard {
     /// Returns the results of `ops` (without the check's).
     pub async fn fenced_multi(&self, ops: &[Op]) -> Result<Vec<OpResult>> {
         let mut all = Vec::with_capacity(ops.len() + 1);
-        all.push(Op::Check { path: self.path.clone(), version: None });
+        all.push(Op::Check {
+            path: self.path.clone(),
+            version: None,
+        });
         all.extend_from_slice(ops);
         match self.client.multi(&all).await {
             Ok(mut r) => {
                 r.remove(0);
                 Ok(r)
             }
-            Err(zkr::Error::MultiFailed { index: 0, .. }) => Err(Error::SessionLost { what: "fenced write" }),
-            Err(zkr::Error::MultiFailed { index, source }) => {
-                Err(zkr::Error::MultiFailed { index: index - 1, source }.into())
+            Err(zkr::Error::MultiFailed { index: 0, .. }) => Err(Error::SessionLost {
+                what: "fenced write",
+            }),
+            Err(zkr::Error::MultiFailed { index, source }) => Err(zkr::Error::MultiFailed {
+                index: index - 1,
+                source,
             }
+            .into()),
             Err(e) => Err(e.into()),
         }
     }
@@ -213,7 +254,9 @@ impl MutexGuard {
     pub async fn release(mut self) -> Result<()> {
         self.released = true;
         let span = tracing::debug_span!("zkr.mutex.release", node = %self.path);
-        let deleted = lock_internals::release_node(&self.client, &self.path).instrument(span).await?;
+        let deleted = lock_internals::release_node(&self.client, &self.path)
+            .instrument(span)
+            .await?;
         if deleted {
             Ok(())
         } else {
@@ -225,7 +268,10 @@ impl MutexGuard {
 impl Drop for MutexGuard {
     fn drop(&mut self) {
         if !self.released {
-            lock_internals::release_in_background(self.client.clone(), std::mem::take(&mut self.path));
+            lock_internals::release_in_background(
+                self.client.clone(),
+                std::mem::take(&mut self.path),
+            );
         }
     }
 }

@@ -59,7 +59,11 @@ impl RwLock {
     /// A read/write lock on `path`.
     pub fn new(client: &Client, path: &str) -> Result<RwLock> {
         zkr::path::validate_path(path, false)?;
-        Ok(RwLock { client: client.clone(), path: path.to_string(), policy: LossPolicy::default() })
+        Ok(RwLock {
+            client: client.clone(),
+            path: path.to_string(),
+            policy: LossPolicy::default(),
+        })
     }
 
     /// When a held lock counts as lost (default: on `Suspended`).
@@ -99,7 +103,12 @@ impl RwLock {
             .ok_or(Error::Invalid("blocking acquire returned nothing".into()))
     }
 
-    async fn lock_inner(&self, write: bool, deadline: Option<Instant>, try_only: bool) -> Result<Option<MutexGuard>> {
+    async fn lock_inner(
+        &self,
+        write: bool,
+        deadline: Option<Instant>,
+        try_only: bool,
+    ) -> Result<Option<MutexGuard>> {
         let span = tracing::debug_span!("zkr.rwlock.acquire", path = %self.path, write, try_only);
         let got = lock_internals::acquire(
             &self.client,

@@ -52,7 +52,9 @@ impl Semaphore {
     pub fn new(client: &Client, path: &str, max_leases: usize) -> Result<Semaphore> {
         zkr::path::validate_path(path, false)?;
         if max_leases == 0 {
-            return Err(Error::Invalid("a semaphore needs at least one lease".into()));
+            return Err(Error::Invalid(
+                "a semaphore needs at least one lease".into(),
+            ));
         }
         Ok(Semaphore {
             client: client.clone(),
@@ -71,7 +73,9 @@ impl Semaphore {
 
     /// Waits for a lease.
     pub async fn acquire(&self) -> Result<Lease> {
-        self.acquire_inner(None, false).await?.ok_or(Error::Invalid("blocking acquire returned nothing".into()))
+        self.acquire_inner(None, false)
+            .await?
+            .ok_or(Error::Invalid("blocking acquire returned nothing".into()))
     }
 
     /// Waits at most `timeout` for a lease.
@@ -95,7 +99,11 @@ impl Semaphore {
         }
     }
 
-    async fn acquire_inner(&self, deadline: Option<Instant>, try_only: bool) -> Result<Option<Lease>> {
+    async fn acquire_inner(
+        &self,
+        deadline: Option<Instant>,
+        try_only: bool,
+    ) -> Result<Option<Lease>> {
         let span = tracing::debug_span!("zkr.semaphore.acquire", path = %self.leases, max = self.max_leases, try_only);
         async {
             let lock = match (deadline, try_only) {

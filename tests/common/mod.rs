@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod java;
+
 use std::time::Duration;
 
 use zkr::{testing::ZkEnsemble, Client, SessionState, SessionStates};

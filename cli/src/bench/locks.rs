@@ -53,17 +53,34 @@ pub async fn w1(b: &Bench) -> Result<Report, BenchError> {
     let n = b.scaled(W1_CYCLES);
     let result = async {
         for _ in 0..W1_WARM {
-            lock.acquire().await.map_err(err)?.release().await.map_err(err)?;
+            lock.acquire()
+                .await
+                .map_err(err)?
+                .release()
+                .await
+                .map_err(err)?;
         }
         let mut lat = Latencies::with_capacity(n);
         let start = Instant::now();
         for _ in 0..n {
             let t = Instant::now();
-            lock.acquire().await.map_err(err)?.release().await.map_err(err)?;
+            lock.acquire()
+                .await
+                .map_err(err)?
+                .release()
+                .await
+                .map_err(err)?;
             lat.push(t.elapsed());
         }
         let elapsed = start.elapsed();
-        Ok(Report::new(W1, w1_params(b), n as u64, elapsed, &mut lat, true))
+        Ok(Report::new(
+            W1,
+            w1_params(b),
+            n as u64,
+            elapsed,
+            &mut lat,
+            true,
+        ))
     }
     .await;
     b.teardown_root(&client, &root).await;
@@ -91,10 +108,19 @@ pub async fn w2(b: &Bench) -> Result<Report, BenchError> {
     let counter = Arc::new(std::sync::Mutex::new(0usize));
     let start = Instant::now();
     let outs = fan_out(CLIENTS, |i| {
-        let (c, path, inside, counter) = (clients[i].clone(), path.clone(), inside.clone(), counter.clone());
+        let (c, path, inside, counter) = (
+            clients[i].clone(),
+            path.clone(),
+            inside.clone(),
+            counter.clone(),
+        );
         async move {
             let lock = Mutex::new(&c, &path).map_err(err)?;
-            let mut o = Outcome { waits: Vec::with_capacity(per), violations: 0, timeouts: 0 };
+            let mut o = Outcome {
+                waits: Vec::with_capacity(per),
+                violations: 0,
+                timeouts: 0,
+            };
             for _ in 0..per {
                 let t = Instant::now();
                 let g = match lock.acquire_timeout(ACQUIRE_TIMEOUT).await {
@@ -136,11 +162,13 @@ pub async fn w2(b: &Bench) -> Result<Report, BenchError> {
     let final_count = *counter.lock().unwrap_or_else(|e| e.into_inner());
     let lost = done.saturating_sub(final_count);
     let ok = violations == 0 && lost == 0 && timeouts == 0;
-    Ok(Report::new(W2, contended_params(b), done as u64, elapsed, &mut lat, ok)
-        .field("violations", violations)
-        .field("lost_updates", lost)
-        .field("acquire_timeouts", timeouts)
-        .field("latency_of", "acquire_wait"))
+    Ok(
+        Report::new(W2, contended_params(b), done as u64, elapsed, &mut lat, ok)
+            .field("violations", violations)
+            .field("lost_updates", lost)
+            .field("acquire_timeouts", timeouts)
+            .field("latency_of", "acquire_wait"),
+    )
 }
 
 /// W3: 8 clients on one read/write lock, 20 % writes.
@@ -155,14 +183,23 @@ pub async fn w3(b: &Bench) -> Result<Report, BenchError> {
     let start = Instant::now();
     let outs = fan_out(CLIENTS, |i| {
         let (c, path) = (clients[i].clone(), path.clone());
-        let (readers, writers, max_readers) = (readers.clone(), writers.clone(), max_readers.clone());
+        let (readers, writers, max_readers) =
+            (readers.clone(), writers.clone(), max_readers.clone());
         async move {
             let lock = RwLock::new(&c, &path).map_err(err)?;
-            let mut o = Outcome { waits: Vec::with_capacity(per), violations: 0, timeouts: 0 };
+            let mut o = Outcome {
+                waits: Vec::with_capacity(per),
+                violations: 0,
+                timeouts: 0,
+            };
             for j in 0..per {
                 let write = (37 * j + 11 * i) % 5 == 0;
                 let t = Instant::now();
-                let r = if write { lock.write_timeout(ACQUIRE_TIMEOUT).await } else { lock.read_timeout(ACQUIRE_TIMEOUT).await };
+                let r = if write {
+                    lock.write_timeout(ACQUIRE_TIMEOUT).await
+                } else {
+                    lock.read_timeout(ACQUIRE_TIMEOUT).await
+                };
                 let g = match r {
                     Ok(g) => g,
                     Err(zkr_recipes::Error::Timeout { .. }) => {
@@ -173,7 +210,9 @@ pub async fn w3(b: &Bench) -> Result<Report, BenchError> {
                 };
                 o.waits.push(t.elapsed());
                 if write {
-                    if writers.fetch_add(1, Ordering::SeqCst) != 0 || readers.load(Ordering::SeqCst) != 0 {
+                    if writers.fetch_add(1, Ordering::SeqCst) != 0
+                        || readers.load(Ordering::SeqCst) != 0
+                    {
                         o.violations += 1;
                     }
                     tokio::task::yield_now().await;
@@ -208,9 +247,11 @@ pub async fn w3(b: &Bench) -> Result<Report, BenchError> {
     }
     let done = lat.len();
     let ok = violations == 0 && timeouts == 0;
-    Ok(Report::new(W3, contended_params(b), done as u64, elapsed, &mut lat, ok)
-        .field("violations", violations)
-        .field("max_concurrent_readers", max_readers.load(Ordering::SeqCst))
-        .field("acquire_timeouts", timeouts)
-        .field("latency_of", "acquire_wait"))
+    Ok(
+        Report::new(W3, contended_params(b), done as u64, elapsed, &mut lat, ok)
+            .field("violations", violations)
+            .field("max_concurrent_readers", max_readers.load(Ordering::SeqCst))
+            .field("acquire_timeouts", timeouts)
+            .field("latency_of", "acquire_wait"),
+    )
 }

@@ -32,7 +32,10 @@ pub fn exit_code(status: &ExitStatus) -> u8 {
 }
 
 /// Starts `argv` and waits until it exits, `stop` completes, or `zkr` is interrupted.
-pub async fn run_while(argv: &[String], stop: impl std::future::Future<Output = ()>) -> Result<Ended, CliError> {
+pub async fn run_while(
+    argv: &[String],
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Ended, CliError> {
     let Some((prog, args)) = argv.split_first() else {
         return Err(CliError::Usage("no command given (put it after --)".into()));
     };
@@ -57,7 +60,10 @@ pub async fn run_while(argv: &[String], stop: impl std::future::Future<Output = 
 }
 
 /// SIGTERM by pid, then SIGKILL after the grace period.
-async fn terminate(child: &mut tokio::process::Child, pid: Option<u32>) -> Result<ExitStatus, CliError> {
+async fn terminate(
+    child: &mut tokio::process::Child,
+    pid: Option<u32>,
+) -> Result<ExitStatus, CliError> {
     if let Some(pid) = pid {
         // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
         unsafe {
@@ -65,10 +71,16 @@ async fn terminate(child: &mut tokio::process::Child, pid: Option<u32>) -> Resul
         }
     }
     match tokio::time::timeout(GRACE, child.wait()).await {
-        Ok(r) => r.map_err(|source| CliError::Io { context: "waiting for the command", source }),
+        Ok(r) => r.map_err(|source| CliError::Io {
+            context: "waiting for the command",
+            source,
+        }),
         Err(_) => {
             let _ = child.start_kill();
-            child.wait().await.map_err(|source| CliError::Io { context: "waiting for the command", source })
+            child.wait().await.map_err(|source| CliError::Io {
+                context: "waiting for the command",
+                source,
+            })
         }
     }
 }

@@ -67,7 +67,11 @@ pub async fn run(ctx: &Ctx, args: &LockArgs, wait: Option<Duration>) -> Result<L
         },
         _ = super::shutdown_signal() => return Ok(LockExit(130)),
     };
-    tracing::info!(node = guard.node_path(), token = guard.fencing_token(), "lock acquired");
+    tracing::info!(
+        node = guard.node_path(),
+        token = guard.fencing_token(),
+        "lock acquired"
+    );
     let ended = child::run_while(&args.command, guard.lost()).await;
     let code = match ended {
         Ok(Ended::Finished(s)) | Ok(Ended::Interrupted(s)) => LockExit(child::exit_code(&s)),
