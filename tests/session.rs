@@ -101,6 +101,17 @@ async fn paused_member_lost_before_server_expiry() {
         .unwrap()
         .node
         .is_some());
+    // Record when the observer learns of the expiry, independently of this task.
+    let deleted_at = tokio::spawn(async move {
+        let ev = w
+            .next_timeout(Duration::from_secs(20))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev.change, Change::Deleted);
+        Instant::now()
+    });
     let mut states = c.states();
 
     let e2 = ens.clone();
@@ -126,14 +137,7 @@ async fn paused_member_lost_before_server_expiry() {
         }
     );
     // The server expires the session later: the observer sees the ephemeral node go.
-    let ev = w
-        .next_timeout(Duration::from_secs(10))
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let t_deleted = Instant::now();
-    assert_eq!(ev.change, Change::Deleted);
+    let t_deleted = deleted_at.await.unwrap();
     assert!(
         t_lost <= t_deleted,
         "client declared Lost before the server expired the session"
@@ -443,4 +447,63 @@ async fn state_order_over_repeated_expiry() {
             _ => {}
         }
     }
+}
+
+/// Pitfall 6: a half-open connection (the network silently drops everything) is noticed:
+/// `Suspended` within 2/3 of the session timeout, `Lost` before the server expires the session
+/// (an observer sees the ephemeral node go only afterwards).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connection_is_noticed_before_expiry() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let path = root("half-open");
+    let proxy = FaultProxy::for_ensemble(ens).unwrap();
+    let observer = client(&ens.connect_string(), 10_000).await;
+    let c = client(&proxy.connect_string(), 3000).await;
+    let timeout = c.session_timeout().unwrap();
+    c.create(&path, b"", CreateMode::Ephemeral).await.unwrap();
+    let mut w = observer.watch_data(&path).unwrap();
+    assert!(w
+        .next_timeout(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .node
+        .is_some());
+    let mut states = c.states();
+    let t0 = Instant::now();
+    proxy.blackhole();
+    expect_state(&mut states, timeout, "Suspended", |s| {
+        matches!(s, SessionState::Suspended { .. })
+    })
+    .await;
+    let suspended_after = t0.elapsed();
+    assert!(
+        suspended_after <= timeout * 2 / 3 + Duration::from_millis(300),
+        "{suspended_after:?}"
+    );
+    expect_state(&mut states, timeout, "Lost", |s| {
+        matches!(s, SessionState::Lost { .. })
+    })
+    .await;
+    let lost_at = Instant::now();
+    let ev = w
+        .next_timeout(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.change, Change::Deleted);
+    assert!(lost_at <= Instant::now());
+    assert!(
+        lost_at.duration_since(t0) < timeout,
+        "Lost {:?} after the cut",
+        lost_at.duration_since(t0)
+    );
+    proxy.heal();
+    expect_state(&mut states, Duration::from_secs(10), "Connected", |s| {
+        matches!(s, SessionState::Connected { .. })
+    })
+    .await;
 }
