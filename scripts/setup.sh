@@ -1,6 +1,7 @@
 # Sourced by scripts/demo and scripts/test: installs what zkr needs on a fresh Debian machine.
 # - Java and Apache ZooKeeper 3.8 (Debian's `zookeeper` package: jars in /usr/share/java)
-# - Apache Curator 5.4 jars (libcurator-recipes-java), for the interoperability tests
+# - Apache Curator 5.4 jars (libcurator-recipes-java) and kazoo 2.8 (python3-kazoo), for the
+#   interoperability tests
 # - a Rust toolchain (cargo) must already be there.
 
 zkr_need_root() {
@@ -12,6 +13,7 @@ zkr_setup() {
     local missing=()
     [ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
     [ -f /usr/share/java/curator-recipes.jar ] || missing+=(libcurator-recipes-java)
+    [ -d /usr/lib/python3/dist-packages/kazoo ] || missing+=(python3-kazoo)
     command -v java >/dev/null || missing+=(default-jre-headless)
     command -v javac >/dev/null || missing+=(default-jdk-headless)
     if [ ${#missing[@]} -gt 0 ]; then
