@@ -101,6 +101,10 @@ impl ClientBuilder {
                 connect: cs.to_wire(),
                 session_timeout: self.session_timeout,
                 auth: self.auth,
+                // zookeeper-client 0.11 cannot parse the ConnectResponse of a ZooKeeper 3.8
+                // server in read-only mode ("insufficient buf", measured), so read-only
+                // sessions are not offered yet.
+                read_only: false,
             },
             connect_timeout,
         };

@@ -420,7 +420,11 @@ async fn monitor(shared: &Shared, epoch: &Arc<Epoch>, states: &mut WireStates) -
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut suspended = false;
-    let mut wire_connected = matches!(states.current(), WireState::Connected | WireState::ReadOnly);
+    let now = states.current();
+    let mut wire_connected = matches!(now, WireState::Connected | WireState::ReadOnly);
+    if now == WireState::ReadOnly {
+        shared.publish(SessionState::ReadOnly { session, epoch: n });
+    }
     let mut heartbeat: Option<tokio::task::JoinHandle<()>> = None;
     let suspend = |suspended: &mut bool| {
         if !*suspended {

@@ -23,6 +23,8 @@ pub(crate) struct WireConfig {
     pub connect: String,
     pub session_timeout: Duration,
     pub auth: Vec<(String, Vec<u8>)>,
+    /// Accept read-only sessions from a server that lost its quorum.
+    pub read_only: bool,
 }
 
 /// The state the wire client reports.
@@ -210,7 +212,8 @@ impl Wire {
         cfg: &WireConfig,
         connect_timeout: Duration,
     ) -> Result<(Wire, WireStates)> {
-        let mut connector = zk::Client::connector().with_session_timeout(cfg.session_timeout);
+        let mut connector =
+            zk::Client::connector().with_session_timeout(cfg.session_timeout).with_readonly(cfg.read_only);
         for (scheme, auth) in &cfg.auth {
             connector = connector.with_auth(scheme, auth);
         }
