@@ -249,6 +249,8 @@ impl Shared {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
         let _ = tx.send(hub.current);
+        // Forget subscribers that went away (recipes subscribe per acquisition).
+        hub.subscribers.retain(|t| !t.is_closed());
         hub.subscribers.push(tx);
         rx
     }

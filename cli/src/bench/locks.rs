@@ -98,6 +98,29 @@ struct Outcome {
     timeouts: usize,
 }
 
+/// Cleans up after a contended run and merges the clients' outcomes: (acquire waits,
+/// violations, acquire timeouts).
+async fn finish(
+    b: &Bench,
+    clients: &[zkr::Client],
+    root: &str,
+    outs: Result<Vec<Result<Outcome, BenchError>>, BenchError>,
+) -> Result<(Latencies, usize, usize), BenchError> {
+    b.teardown_root(&clients[0], root).await;
+    for c in clients {
+        c.close().await;
+    }
+    let outs: Vec<Outcome> = outs?.into_iter().collect::<Result<_, _>>()?;
+    let mut lat = Latencies::with_capacity(outs.iter().map(|o| o.waits.len()).sum());
+    let (mut violations, mut timeouts) = (0, 0);
+    for o in outs {
+        o.waits.into_iter().for_each(|w| lat.push(w));
+        violations += o.violations;
+        timeouts += o.timeouts;
+    }
+    Ok((lat, violations, timeouts))
+}
+
 /// W2: 8 clients contending for one mutex.
 pub async fn w2(b: &Bench) -> Result<Report, BenchError> {
     let clients = b.clients(CLIENTS).await?;
@@ -146,18 +169,7 @@ pub async fn w2(b: &Bench) -> Result<Report, BenchError> {
     })
     .await;
     let elapsed = start.elapsed();
-    b.teardown_root(&clients[0], &root).await;
-    for c in &clients {
-        c.close().await;
-    }
-    let outs: Vec<Outcome> = outs?.into_iter().collect::<Result<_, _>>()?;
-    let mut lat = Latencies::with_capacity(CLIENTS * per);
-    let (mut violations, mut timeouts) = (0, 0);
-    for o in outs {
-        o.waits.into_iter().for_each(|w| lat.push(w));
-        violations += o.violations;
-        timeouts += o.timeouts;
-    }
+    let (mut lat, violations, timeouts) = finish(b, &clients, &root, outs).await?;
     let done = lat.len();
     let final_count = *counter.lock().unwrap_or_else(|e| e.into_inner());
     let lost = done.saturating_sub(final_count);
@@ -233,18 +245,7 @@ pub async fn w3(b: &Bench) -> Result<Report, BenchError> {
     })
     .await;
     let elapsed = start.elapsed();
-    b.teardown_root(&clients[0], &root).await;
-    for c in &clients {
-        c.close().await;
-    }
-    let outs: Vec<Outcome> = outs?.into_iter().collect::<Result<_, _>>()?;
-    let mut lat = Latencies::with_capacity(CLIENTS * per);
-    let (mut violations, mut timeouts) = (0, 0);
-    for o in outs {
-        o.waits.into_iter().for_each(|w| lat.push(w));
-        violations += o.violations;
-        timeouts += o.timeouts;
-    }
+    let (mut lat, violations, timeouts) = finish(b, &clients, &root, outs).await?;
     let done = lat.len();
     let ok = violations == 0 && timeouts == 0;
     Ok(
