@@ -1,6 +1,7 @@
 //! Running a command while something is held (`zkr lock`, `zkr elect`): the child gets SIGTERM
 //! when the hold is lost or when `zkr` itself is told to stop, and SIGKILL if it ignores that
-//! for [`GRACE`]. Children are signalled by their pid.
+//! for [`GRACE`]. The child runs in its own process group, and the signals go to that group (by
+//! its id), so that a shell's own children (`sh -c 'a; b'`) are stopped too.
 
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -41,6 +42,7 @@ pub async fn run_while(
     };
     let mut child = tokio::process::Command::new(prog)
         .args(args)
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| CliError::Other(format!("cannot start {prog:?}: {e}")))?;
@@ -59,15 +61,16 @@ pub async fn run_while(
     }
 }
 
-/// SIGTERM by pid, then SIGKILL after the grace period.
+/// SIGTERM to the child's process group, then SIGKILL to it after the grace period.
 async fn terminate(
     child: &mut tokio::process::Child,
     pid: Option<u32>,
 ) -> Result<ExitStatus, CliError> {
     if let Some(pid) = pid {
-        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+        // SAFETY: kill(2) on the process group we created for our child (its pid is the
+        // group id; the child is not reaped yet, so the id is still ours).
         unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            libc::kill(-(pid as libc::pid_t), libc::SIGTERM);
         }
     }
     match tokio::time::timeout(GRACE, child.wait()).await {
@@ -76,6 +79,12 @@ async fn terminate(
             source,
         }),
         Err(_) => {
+            if let Some(pid) = pid {
+                // SAFETY: as above.
+                unsafe {
+                    libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
+                }
+            }
             let _ = child.start_kill();
             child.wait().await.map_err(|source| CliError::Io {
                 context: "waiting for the command",
