@@ -21,7 +21,7 @@ use crate::retry::RetryPolicy;
 use crate::session::{self, Epoch, SessionConfig, SessionState, Shared};
 use crate::types::{Acl, CreateMode, Op, OpResult, SessionId, Stat};
 use crate::watch::{ChildrenWatch, DataWatch, Registry, WatchKind};
-use crate::wire::WireConfig;
+use crate::wire::{Wire, WireConfig};
 
 /// Builds a [`Client`].
 #[derive(Clone, Debug)]
@@ -329,14 +329,9 @@ impl Client {
     }
 
     /// Runs `f` against the epoch of this handle under the deadline and in-flight bound.
-    pub(crate) async fn exec<T, F, Fut>(
-        &self,
-        op: &'static str,
-        path: &str,
-        f: F,
-    ) -> Result<T>
+    pub(crate) async fn exec<T, F, Fut>(&self, op: &'static str, path: &str, f: F) -> Result<T>
     where
-        F: FnOnce(Arc<Epoch>) -> Fut,
+        F: FnOnce(Wire) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let t = self.timeout();
@@ -366,8 +361,8 @@ impl Client {
                 .acquire()
                 .await
                 .map_err(|_| Error::Closed)?;
-            let fut = f(epoch.clone());
-            epoch.run(fut).await
+            let wire = epoch.wire()?;
+            epoch.run(f(wire)).await
         };
         let r = match tokio::time::timeout(t, fut.instrument(span.clone())).await {
             Ok(r) => r,
@@ -409,8 +404,8 @@ impl Client {
         }
         let acl = &self.inner.default_acl;
         let r = self
-            .exec("create", path, |e| async move {
-                e.wire.create(path, data, mode, acl).await
+            .exec("create", path, |w| async move {
+                w.create(path, data, mode, acl).await
             })
             .await;
         match r {
@@ -472,18 +467,14 @@ impl Client {
     /// Data and stat of a node.
     pub async fn get_data(&self, path: &str) -> Result<(Vec<u8>, Stat)> {
         path::validate_path(path, false)?;
-        self.exec(
-            "get_data",
-            path,
-            |e| async move { e.wire.get_data(path).await },
-        )
-        .await
+        self.exec("get_data", path, |w| async move { w.get_data(path).await })
+            .await
     }
 
     /// Stat of a node, `None` if it does not exist.
     pub async fn exists(&self, path: &str) -> Result<Option<Stat>> {
         path::validate_path(path, false)?;
-        self.exec("exists", path, |e| async move { e.wire.exists(path).await })
+        self.exec("exists", path, |w| async move { w.exists(path).await })
             .await
     }
 
@@ -491,8 +482,8 @@ impl Client {
     pub async fn set_data(&self, path: &str, data: &[u8], version: Option<i32>) -> Result<Stat> {
         path::validate_path(path, false)?;
         path::validate_data(data)?;
-        self.exec("set_data", path, |e| async move {
-            e.wire.set_data(path, data, version).await
+        self.exec("set_data", path, |w| async move {
+            w.set_data(path, data, version).await
         })
         .await
     }
@@ -506,9 +497,11 @@ impl Client {
                 reason: "cannot delete the root",
             });
         }
-        self.exec("delete", path, |e| async move {
-            e.wire.delete(path, version).await
-        })
+        self.exec(
+            "delete",
+            path,
+            |w| async move { w.delete(path, version).await },
+        )
         .await
     }
 
@@ -537,8 +530,8 @@ impl Client {
     /// Children names and the parent's stat.
     pub async fn get_children_with_stat(&self, path: &str) -> Result<(Vec<String>, Stat)> {
         path::validate_path(path, false)?;
-        self.exec("get_children", path, |e| async move {
-            e.wire.get_children(path).await
+        self.exec("get_children", path, |w| async move {
+            w.get_children(path).await
         })
         .await
     }
@@ -557,9 +550,9 @@ impl Client {
         path::validate_path(list_path, false)?;
         path::validate_data(data)?;
         let acl = &self.inner.default_acl;
-        self.exec("create_and_list", path, |e| async move {
-            let created = e.wire.create(path, data, mode, acl);
-            let listed = e.wire.get_children(list_path);
+        self.exec("create_and_list", path, |w| async move {
+            let created = w.create(path, data, mode, acl);
+            let listed = w.get_children(list_path);
             let created = created.await?;
             let listed = listed.await.map(|(c, _)| c);
             Ok((created, listed))
@@ -570,16 +563,16 @@ impl Client {
     /// Brings this server up to date with the leader (so a following read is fresh).
     pub async fn sync(&self, path: &str) -> Result<()> {
         path::validate_path(path, false)?;
-        self.exec("sync", path, |e| async move { e.wire.sync(path).await })
+        self.exec("sync", path, |w| async move { w.sync(path).await })
             .await
     }
 
     /// `sync` then `get_data`, pipelined: a linearizable-enough fresh read in one round trip.
     pub async fn get_data_fresh(&self, path: &str) -> Result<(Vec<u8>, Stat)> {
         path::validate_path(path, false)?;
-        self.exec("get_data_fresh", path, |e| async move {
-            let s = e.wire.sync(path);
-            let g = e.wire.get_data(path);
+        self.exec("get_data_fresh", path, |w| async move {
+            let s = w.sync(path);
+            let g = w.get_data(path);
             s.await?;
             g.await
         })
@@ -607,8 +600,8 @@ impl Client {
             return Ok(Vec::new());
         }
         let acl = &self.inner.default_acl;
-        self.exec("multi", ops[0].path(), |e| async move {
-            e.wire.multi(ops, acl).await
+        self.exec("multi", ops[0].path(), |w| async move {
+            w.multi(ops, acl).await
         })
         .await
     }
@@ -616,9 +609,11 @@ impl Client {
     /// Adds authentication to the current session (not remembered for new sessions: use the
     /// builder's `digest_auth` for that).
     pub async fn add_auth(&self, scheme: &str, data: &[u8]) -> Result<()> {
-        self.exec("add_auth", "", |e| async move {
-            e.wire.add_auth(scheme, data).await
-        })
+        self.exec(
+            "add_auth",
+            "",
+            |w| async move { w.add_auth(scheme, data).await },
+        )
         .await
     }
 
@@ -631,7 +626,9 @@ impl Client {
         Fut: Future<Output = Result<T>>,
     {
         if self.pin.is_some() {
-            policy.run_if(|e| e.is_retryable() && !e.is_session_lost(), f).await
+            policy
+                .run_if(|e| e.is_retryable() && !e.is_session_lost(), f)
+                .await
         } else {
             policy.run(f).await
         }
@@ -675,7 +672,7 @@ impl Client {
         proxy: &crate::testing::FaultProxy,
     ) -> Result<()> {
         let e = self.inner.shared.live_epoch().await?;
-        let session = e.wire.session();
+        let session = e.wire()?.session();
         proxy.cut();
         let r = crate::wire::expire_session(direct, &session, Duration::from_secs(10)).await;
         proxy.heal();

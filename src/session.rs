@@ -114,7 +114,9 @@ pub(crate) struct SessionConfig {
 #[derive(Debug)]
 pub(crate) struct Epoch {
     pub n: u64,
-    pub wire: Wire,
+    /// The wire client of this session; taken out (dropped) when the epoch ends, so that the
+    /// session is closed on the server even if handles pinned to this epoch live on.
+    wire: Mutex<Option<Wire>>,
     pub session: SessionId,
     pub timeout: Duration,
     base: Instant,
@@ -133,7 +135,7 @@ impl Epoch {
             n,
             session: SessionId(wire.session_id()),
             timeout: wire.negotiated_timeout(),
-            wire,
+            wire: Mutex::new(Some(wire)),
             base,
             last_ok_sent: AtomicU64::new(0),
             last_ok_recv: AtomicU64::new(0),
@@ -168,6 +170,14 @@ impl Epoch {
             + self.timeout * 9 / 10
     }
 
+    /// The wire client, while the epoch lasts.
+    pub fn wire(&self) -> Result<Wire> {
+        match &*self.wire.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(w) => Ok(w.clone()),
+            None => Err(self.lost_error()),
+        }
+    }
+
     pub fn is_ended(&self) -> bool {
         self.ended.load(Ordering::Acquire)
     }
@@ -175,6 +185,9 @@ impl Epoch {
     fn end(&self) {
         self.ended.store(true, Ordering::Release);
         self.ended_notify.notify_waiters();
+        // Drop our wire handle: once the operations of this epoch have aborted (they watch
+        // `ended`), the wire client closes the session.
+        self.wire.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Completes when this epoch ends.
@@ -488,7 +501,9 @@ async fn monitor(shared: &Shared, epoch: &Arc<Epoch>, states: &mut WireStates) -
                 if wire_connected && idle && silent >= t / 5 {
                     let e = epoch.clone();
                     heartbeat = Some(tokio::spawn(async move {
-                        let _ = e.run(e.wire.exists("/")).await;
+                        if let Ok(w) = e.wire() {
+                            let _ = e.run(w.exists("/")).await;
+                        }
                     }));
                 }
             }

@@ -370,14 +370,16 @@ async fn drive(shared: Arc<Shared>, map: Arc<Mutex<HashMap<Key, Arc<Entry>>>>, e
         };
         states.borrow_and_update();
         let t = epoch.timeout;
-        let r = match tokio::time::timeout(t, epoch.run(read(&epoch.wire, &entry.path, entry.kind)))
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout {
-                op: "watch read",
-                after: t,
-            }),
+        // The wire handle is held only for the read, never while waiting.
+        let r = {
+            let Ok(wire) = epoch.wire() else { continue };
+            match tokio::time::timeout(t, epoch.run(read(&wire, &entry.path, entry.kind))).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Timeout {
+                    op: "watch read",
+                    after: t,
+                }),
+            }
         };
         let watch = match r {
             Ok(None) => continue,

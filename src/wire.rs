@@ -212,8 +212,9 @@ impl Wire {
         cfg: &WireConfig,
         connect_timeout: Duration,
     ) -> Result<(Wire, WireStates)> {
-        let mut connector =
-            zk::Client::connector().with_session_timeout(cfg.session_timeout).with_readonly(cfg.read_only);
+        let mut connector = zk::Client::connector()
+            .with_session_timeout(cfg.session_timeout)
+            .with_readonly(cfg.read_only);
         for (scheme, auth) in &cfg.auth {
             connector = connector.with_auth(scheme, auth);
         }

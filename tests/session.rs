@@ -507,3 +507,32 @@ async fn half_open_connection_is_noticed_before_expiry() {
     })
     .await;
 }
+
+/// `close()` ends the session on the server at once — ephemeral nodes gone when it returns —
+/// even while handles pinned to that session (lock guards, leases) are still alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_the_session_despite_pinned_handles() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let path = root("close");
+    let observer = client(&ens.connect_string(), 10_000).await;
+    let c = client(&ens.connect_string(), 10_000).await;
+    c.create(&path, b"", CreateMode::Ephemeral).await.unwrap();
+    let pinned = c.pinned().await.unwrap();
+    let t = Instant::now();
+    c.close().await;
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "close took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        observer.exists(&path).await.unwrap().is_none(),
+        "ephemeral node gone when close() returns"
+    );
+    let r = pinned.exists(&path).await;
+    assert!(
+        matches!(r, Err(Error::SessionLost { .. }) | Err(Error::Closed)),
+        "{r:?}"
+    );
+}

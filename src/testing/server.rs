@@ -135,14 +135,19 @@ impl ZkEnsemble {
 
     /// Like [`start`](ZkEnsemble::start), with extra JVM options for every member, e.g.
     /// `-Dreadonlymode.enabled=true` (a member that loses its quorum keeps serving reads).
-    pub fn start_with_jvm_options(members: usize, options: &[&str]) -> Result<ZkEnsemble, HarnessError> {
+    pub fn start_with_jvm_options(
+        members: usize,
+        options: &[&str],
+    ) -> Result<ZkEnsemble, HarnessError> {
         if members == 0 {
             return Err(HarnessError::Other(
                 "an ensemble needs at least one member".to_string(),
             ));
         }
         let mut launch = Launch::locate()?;
-        launch.extra_opts.extend(options.iter().map(|o| o.to_string()));
+        launch
+            .extra_opts
+            .extend(options.iter().map(|o| o.to_string()));
         let mut attempt = 1;
         loop {
             match ZkEnsemble::try_start(&launch, members) {
