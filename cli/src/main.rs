@@ -8,7 +8,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use zkr_cli::cmd::{self, lock, node, watch, CliError, GlobalOpts};
+use zkr_cli::cmd::{
+    self, config, elect, id, lock, node, queue, register, watch, CliError, GlobalOpts,
+};
 
 /// Command-line client for ZooKeeper (zkr SDK).
 #[derive(Parser, Debug)]
@@ -44,6 +46,21 @@ enum Command {
     /// Run a command while holding a lock (the global --timeout bounds the wait); exits with
     /// the command's status, 7 if not acquired in time, 8 if the lock was lost
     Lock(lock::LockArgs),
+    /// Run a command while leader of an election (Curator LeaderLatch compatible); SIGTERM on
+    /// loss, then rejoin
+    Elect(elect::ElectArgs),
+    /// Print the current leader of an election (--watch: one JSON line per change)
+    Leader(elect::LeaderArgs),
+    /// A JSON config value: get (fresh), set (optionally compare-and-set), watch
+    Config(config::ConfigArgs),
+    /// Cluster-wide unique IDs (sequential nodes, atomic counter or ID blocks)
+    Id(id::IdArgs),
+    /// Register a service instance (Curator ServiceDiscovery layout) until Ctrl-C / SIGTERM
+    Register(register::RegisterArgs),
+    /// Print the live instances of a service (--watch: one JSON line per change)
+    Services(register::ServicesArgs),
+    /// Work queue with progress: put a task, work tasks, or show every task's status
+    Queue(queue::QueueArgs),
 }
 
 /// Input a command needs that is read before connecting (so that e.g. stdin is consumed and
@@ -63,6 +80,38 @@ impl Command {
             Command::Delete(a) => cmd::check_path(&a.path, false).map(|_| Input::None),
             Command::Watch(a) => cmd::check_path(&a.path, false).map(|_| Input::None),
             Command::Lock(a) => cmd::check_path(&a.path, false).map(|_| Input::None),
+            Command::Elect(a) => cmd::check_path(&a.path, false).map(|_| Input::None),
+            Command::Leader(a) => cmd::check_path(&a.path, false).map(|_| Input::None),
+            Command::Id(a) => cmd::check_path(a.op.path(), false).map(|_| Input::None),
+            Command::Services(a) => cmd::check_path(&a.base, false).map(|_| Input::None),
+            Command::Register(a) => {
+                cmd::check_path(&a.base, false)?;
+                let data = cmd::data_arg(a.data.as_deref())?;
+                register::parse_payload(&data)?;
+                Ok(Input::Data(data))
+            }
+            Command::Queue(a) => {
+                cmd::check_path(a.op.path(), false)?;
+                match &a.op {
+                    queue::QueueOp::Put { json, .. } => {
+                        let data = cmd::data_arg(Some(json))?;
+                        register::parse_payload(&data)?;
+                        Ok(Input::Data(data))
+                    }
+                    _ => Ok(Input::None),
+                }
+            }
+            Command::Config(a) => {
+                cmd::check_path(a.op.path(), false)?;
+                match &a.op {
+                    config::ConfigOp::Set { json, .. } => {
+                        let data = cmd::data_arg(Some(json))?;
+                        config::parse_json(&data)?;
+                        Ok(Input::Data(data))
+                    }
+                    _ => Ok(Input::None),
+                }
+            }
             Command::Set(a) => {
                 cmd::check_path(&a.path, false)?;
                 cmd::data_arg(Some(&a.data)).map(Input::Data)
@@ -80,6 +129,9 @@ impl Command {
     /// Runs the command; `Ok(code)` is the process exit code (non-zero only for commands that
     /// run a child, like `lock`).
     async fn run(&self, ctx: &cmd::Ctx, input: Input, global: &GlobalOpts) -> Result<u8, CliError> {
+        if let Command::Elect(a) = self {
+            return elect::elect(ctx, a).await;
+        }
         if let Command::Lock(a) = self {
             return lock::run(ctx, a, global.timeout).await.map(|e| e.0);
         }
@@ -100,6 +152,15 @@ impl Command {
             Command::Stat(a) => node::stat(ctx, a).await,
             Command::Watch(a) => watch::run(ctx, a).await,
             Command::Lock(_) => Ok(()),
+            Command::Elect(_) => Ok(()),
+            Command::Leader(a) => elect::leader(ctx, a).await,
+            Command::Config(a) => config::run(ctx, a, data).await,
+            Command::Id(a) => id::run(ctx, a).await,
+            Command::Register(a) => {
+                register::register(ctx, a, register::parse_payload(data)?).await
+            }
+            Command::Services(a) => register::services(ctx, a).await,
+            Command::Queue(a) => queue::run(ctx, a, data).await,
         }
     }
 }

@@ -9,13 +9,19 @@ use zkr::testing::{self, FaultProxy};
 const BIN: &str = env!("CARGO_BIN_EXE_zkr");
 
 fn root(test: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("/zkr-cli-lock/{test}-{nanos}")
 }
 
 fn zkr(zk: &str) -> Command {
     let mut c = Command::new(BIN);
-    c.env_remove("ZK_SERVERS").env_remove("RUST_LOG").arg("--zk").arg(zk);
+    c.env_remove("ZK_SERVERS")
+        .env_remove("RUST_LOG")
+        .arg("--zk")
+        .arg(zk);
     c
 }
 
@@ -23,8 +29,16 @@ fn zkr(zk: &str) -> Command {
 fn lock_runs_the_command_and_returns_its_status() {
     let zk = testing::shared().unwrap().connect_string();
     let path = root("status");
-    let o = zkr(&zk).args(["lock", &path, "--", "sh", "-c", "echo inside; exit 3"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = zkr(&zk)
+        .args(["lock", &path, "--", "sh", "-c", "echo inside; exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&o.stdout), "inside\n");
     // Released afterwards: the lock node is gone.
     let o = zkr(&zk).args(["ls", &path]).output().unwrap();
@@ -37,9 +51,18 @@ fn lock_excludes_between_processes() {
     let path = root("exclusive");
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
-    let script = format!("echo start >> {0}; sleep 0.2; echo end >> {0}", log.display());
+    let script = format!(
+        "echo start >> {0}; sleep 0.2; echo end >> {0}",
+        log.display()
+    );
     let children: Vec<_> = (0..4)
-        .map(|_| zkr(&zk).args(["lock", &path, "--", "sh", "-c", &script]).stdout(Stdio::null()).spawn().unwrap())
+        .map(|_| {
+            zkr(&zk)
+                .args(["lock", &path, "--", "sh", "-c", &script])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
         .collect();
     for mut c in children {
         assert!(c.wait().unwrap().success());
@@ -48,7 +71,11 @@ fn lock_excludes_between_processes() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 8);
     for pair in lines.chunks(2) {
-        assert_eq!(pair, ["start", "end"], "critical sections overlapped:\n{text}");
+        assert_eq!(
+            pair,
+            ["start", "end"],
+            "critical sections overlapped:\n{text}"
+        );
     }
 }
 
@@ -59,14 +86,29 @@ fn lock_timeout_has_its_own_exit_code() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (client, guard) = rt.block_on(async {
         let c = zkr::Client::connect(&zk).await.unwrap();
-        let g = zkr_recipes::Mutex::new(&c, &path).unwrap().acquire().await.unwrap();
+        let g = zkr_recipes::Mutex::new(&c, &path)
+            .unwrap()
+            .acquire()
+            .await
+            .unwrap();
         (c, g)
     });
     let t = Instant::now();
-    let o = zkr(&zk).args(["--timeout", "500ms", "lock", &path, "--", "echo", "never"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(7), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = zkr(&zk)
+        .args(["--timeout", "500ms", "lock", &path, "--", "echo", "never"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(t.elapsed() < Duration::from_secs(5));
-    assert!(String::from_utf8_lossy(&o.stdout).is_empty(), "the command must not run");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).is_empty(),
+        "the command must not run"
+    );
     assert!(String::from_utf8_lossy(&o.stderr).contains("not acquired"));
     rt.block_on(async {
         guard.release().await.unwrap();
@@ -82,9 +124,21 @@ fn lost_lock_terminates_the_command() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("term");
     // The command records SIGTERM, then exits.
-    let script = format!("trap 'echo term > {}; exit 0' TERM; echo ready; while true; do sleep 0.05; done", marker.display());
+    let script = format!(
+        "trap 'echo term > {}; exit 0' TERM; echo ready; while true; do sleep 0.05; done",
+        marker.display()
+    );
     let mut child = zkr(&proxy.connect_string())
-        .args(["--session-timeout-ms", "2000", "lock", &path, "--", "sh", "-c", &script])
+        .args([
+            "--session-timeout-ms",
+            "2000",
+            "lock",
+            &path,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -98,7 +152,11 @@ fn lost_lock_terminates_the_command() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(8));
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "term", "the command got SIGTERM");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        "term",
+        "the command got SIGTERM"
+    );
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(err.contains("lost"), "{err}");

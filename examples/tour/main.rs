@@ -11,8 +11,11 @@ use std::time::{Duration, Instant};
 use zkr::testing::{FaultProxy, ZkEnsemble};
 use zkr::{Client, DataWatch, SessionState, SessionStates};
 
+mod config;
+mod election;
 mod locks;
 mod session;
+mod workers;
 
 /// Prints the tour as a timeline.
 pub struct Timeline(Instant);
@@ -91,6 +94,9 @@ async fn run() -> Res<()> {
     };
     session::chapter(&tour).await?;
     locks::chapter(&tour).await?;
+    election::chapter(&tour).await?;
+    config::chapter(&tour).await?;
+    workers::chapter(&tour).await?;
     // Recipe chapters are added here as their recipes land.
 
     admin.delete_recursive(&root).await?;

@@ -18,16 +18,16 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
         .connect()
         .await?;
     let mut states = client.states();
-    next_state(&t, &mut states).await;
+    next_state(t, &mut states).await;
     let greeting = format!("{root}/greeting");
     t.say(format!("watching {greeting} (it does not exist yet)"));
     let mut watch = client.watch_data(&greeting)?;
-    show(&t, &mut watch).await?;
+    show(t, &mut watch).await?;
     admin
         .create_with_parents(&greeting, b"hello", CreateMode::Persistent)
         .await?;
     t.say("another client created it with \"hello\"");
-    show(&t, &mut watch).await?;
+    show(t, &mut watch).await?;
     client
         .create(&format!("{root}/tour-client"), b"", CreateMode::Ephemeral)
         .await?;
@@ -49,8 +49,8 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
                 ens.pid(member)
             ));
             ens.kill(member)?;
-            next_state(&t, &mut states).await;
-            next_state(&t, &mut states).await;
+            next_state(t, &mut states).await;
+            next_state(t, &mut states).await;
             t.say(format!("restarting member {member}"));
             let ens2 = ens.clone();
             tokio::task::spawn_blocking(move || ens2.restart(member)).await??;
@@ -58,9 +58,9 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
         None => {
             t.say("cutting our client's TCP connection");
             proxy.cut();
-            next_state(&t, &mut states).await;
+            next_state(t, &mut states).await;
             proxy.heal();
-            next_state(&t, &mut states).await;
+            next_state(t, &mut states).await;
         }
     }
     let owned = admin
@@ -80,10 +80,10 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
         .await?;
     t.say("meanwhile another client changed the greeting");
     proxy.heal();
-    client.expire_session_for_testing(&servers, &proxy).await?;
-    next_state(&t, &mut states).await; // Suspended or Lost
+    client.expire_session_for_testing(servers, proxy).await?;
+    next_state(t, &mut states).await; // Suspended or Lost
     loop {
-        if let SessionState::Connected { .. } = next_state(&t, &mut states).await {
+        if let SessionState::Connected { .. } = next_state(t, &mut states).await {
             break;
         }
     }
@@ -96,7 +96,7 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
         !owned
     ));
     t.say("the watch re-read the node after the new session and reports what it missed:");
-    show(&t, &mut watch).await?;
+    show(t, &mut watch).await?;
 
     client.close().await;
     Ok(())

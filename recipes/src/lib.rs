@@ -5,15 +5,37 @@
 //! `zkr`'s retry, watch and session-state APIs. Nodes are named like Apache Curator's so that
 //! Rust and Java services can share a lock or an election on the same path.
 
+pub mod atomic_counter;
+pub mod config;
+pub mod config_tree;
+pub mod discovery;
 mod error;
+pub mod id_blocks;
+pub mod leader_latch;
+pub mod leader_selector;
 mod lock_internals;
 pub mod mutex;
+pub mod registration;
 pub mod rwlock;
 pub mod semaphore;
 mod sequence;
+pub mod sequential_ids;
+pub mod work_queue;
 
+pub use atomic_counter::{AtomicCounter, AtomicValue};
+pub use config::{Config, ConfigEvent, ConfigSubscription, Versioned};
+pub use config_tree::{ConfigTree, TreeEvent, TreeSnapshot, TreeSubscription};
+pub use discovery::Discovery;
 pub use error::{Error, Result};
+pub use id_blocks::IdBlocks;
+pub use leader_latch::{Fence, LatchState, LeaderLatch, StepDown};
+pub use leader_selector::{LeaderSelector, Leadership, SelectorHandle};
 pub use lock_internals::LossPolicy;
 pub use mutex::{Mutex, MutexGuard};
+pub use registration::{Registration, RegistrationStatus, ServiceInstance};
 pub use rwlock::RwLock;
 pub use semaphore::{Lease, Semaphore};
+pub use sequential_ids::SequentialIds;
+pub use work_queue::{
+    ClaimedTask, Coordinator, QueueSnapshot, TaskState, TaskView, WorkQueue, Worker,
+};

@@ -43,17 +43,30 @@ pub(crate) struct Acquired {
     pub states: SessionStates,
 }
 
+/// One lock queue: the directory, the marker of our node's name, every marker that names a
+/// contender, and our node's data.
+#[derive(Clone, Copy)]
+pub(crate) struct Queue<'a> {
+    pub dir: &'a str,
+    pub marker: &'a str,
+    pub markers: &'a [&'a str],
+    pub data: &'a [u8],
+}
+
 /// Waits (`deadline`, or not at all with `try_only`) until `decide` says we hold it.
 pub(crate) async fn acquire(
     client: &Client,
-    dir: &str,
-    marker: &str,
-    markers: &[&str],
-    data: &[u8],
+    queue: &Queue<'_>,
     deadline: Option<Instant>,
     try_only: bool,
     decide: impl Fn(&[Contender], usize) -> Decision,
 ) -> Result<Option<Acquired>> {
+    let Queue {
+        dir,
+        marker,
+        markers,
+        data,
+    } = *queue;
     let pinned = within(deadline, "lock acquire", client.pinned()).await??;
     // Subscribe before creating: a Suspended from here on is seen by the guard.
     let states = pinned.states();

@@ -55,7 +55,9 @@ use tracing::Instrument;
 use zkr::{Client, Op, OpResult};
 
 use crate::error::{Error, Result};
-use crate::lock_internals::{self, Acquired, Decision, HoldMonitor, LossPolicy, LOCK_MARKERS};
+use crate::lock_internals::{
+    self, Acquired, Decision, HoldMonitor, LossPolicy, Queue, LOCK_MARKERS,
+};
 
 /// An exclusive lock on a ZooKeeper path.
 #[derive(Clone, Debug)]
@@ -120,22 +122,19 @@ impl Mutex {
         try_only: bool,
     ) -> Result<Option<MutexGuard>> {
         let span = tracing::debug_span!("zkr.mutex.acquire", path = %self.path, try_only);
-        let got = lock_internals::acquire(
-            &self.client,
-            &self.path,
-            "lock-",
-            LOCK_MARKERS,
-            &self.data,
-            deadline,
-            try_only,
-            |_, ours| {
-                if ours == 0 {
-                    Decision::Acquired
-                } else {
-                    Decision::WaitFor(ours - 1)
-                }
-            },
-        )
+        let queue = Queue {
+            dir: &self.path,
+            marker: "lock-",
+            markers: LOCK_MARKERS,
+            data: &self.data,
+        };
+        let got = lock_internals::acquire(&self.client, &queue, deadline, try_only, |_, ours| {
+            if ours == 0 {
+                Decision::Acquired
+            } else {
+                Decision::WaitFor(ours - 1)
+            }
+        })
         .instrument(span)
         .await?;
         Ok(got.map(|a| MutexGuard::new(a, self.policy)))

@@ -35,7 +35,7 @@ use tracing::Instrument;
 use zkr::Client;
 
 use crate::error::{Error, Result};
-use crate::lock_internals::{self, Decision, LossPolicy};
+use crate::lock_internals::{self, Decision, LossPolicy, Queue};
 use crate::mutex::MutexGuard;
 use crate::sequence::Contender;
 
@@ -110,29 +110,26 @@ impl RwLock {
         try_only: bool,
     ) -> Result<Option<MutexGuard>> {
         let span = tracing::debug_span!("zkr.rwlock.acquire", path = %self.path, write, try_only);
-        let got = lock_internals::acquire(
-            &self.client,
-            &self.path,
-            if write { WRITE } else { READ },
-            MARKERS,
-            &[],
-            deadline,
-            try_only,
-            |cs, ours| {
-                if write {
-                    if ours == 0 {
-                        Decision::Acquired
-                    } else {
-                        Decision::WaitFor(ours - 1)
-                    }
+        let queue = Queue {
+            dir: &self.path,
+            marker: if write { WRITE } else { READ },
+            markers: MARKERS,
+            data: &[],
+        };
+        let got = lock_internals::acquire(&self.client, &queue, deadline, try_only, |cs, ours| {
+            if write {
+                if ours == 0 {
+                    Decision::Acquired
                 } else {
-                    match cs[..ours].iter().rposition(is_write) {
-                        None => Decision::Acquired,
-                        Some(w) => Decision::WaitFor(w),
-                    }
+                    Decision::WaitFor(ours - 1)
                 }
-            },
-        )
+            } else {
+                match cs[..ours].iter().rposition(is_write) {
+                    None => Decision::Acquired,
+                    Some(w) => Decision::WaitFor(w),
+                }
+            }
+        })
         .instrument(span)
         .await?;
         Ok(got.map(|a| MutexGuard::new(a, self.policy)))

@@ -7,8 +7,13 @@
 //! [`Bench::setup_root`] and removes it with [`Bench::teardown_root`], and builds its
 //! [`Report`] (the common fields plus workload-specific ones via [`Report::field`]).
 
+pub mod config;
+pub mod election;
+pub mod ids;
 pub mod locks;
+pub mod progress;
 pub mod raw;
+pub mod registration;
 
 use std::fmt;
 use std::future::Future;
@@ -34,6 +39,11 @@ pub struct CommonArgs {
     /// Session timeout of every client, in milliseconds
     #[arg(long, global = true, default_value_t = 10_000, value_name = "N")]
     pub session_ms: u64,
+
+    /// An ensemble started elsewhere whose members a workload may freeze (w4pause): one
+    /// subdirectory per member with zoo.cfg and a pid file
+    #[arg(long, global = true, value_name = "DIR")]
+    pub ens_dir: Option<std::path::PathBuf>,
 }
 
 /// Why a run failed (the run still prints its one JSON line, with `ok: false` and `error`).
@@ -76,6 +86,8 @@ pub struct Bench {
     pub session: Duration,
     /// Op-count multiplier.
     pub scale: f64,
+    /// `--ens-dir`, if given.
+    pub ens_dir: Option<std::path::PathBuf>,
     server: Option<ZkEnsemble>,
 }
 
@@ -108,6 +120,7 @@ impl Bench {
             connect,
             session,
             scale: args.scale,
+            ens_dir: args.ens_dir.clone(),
             server,
         })
     }

@@ -30,6 +30,22 @@ enum Workload {
     W2,
     /// W3-rwlock: 8 clients × 250 read/write lock ops, 20 % writes
     W3,
+    /// W4-election-failover-close: 3 candidates, 10 rounds: the leader closes, time to the next
+    W4,
+    /// W4b-election-failover-pause: a leader's ZooKeeper member is frozen (SIGSTOP); 2 s sessions
+    W4pause,
+    /// W5-config-propagation: 1 publisher, 50 subscribers, 200 versions every 10 ms
+    W5,
+    /// W6a-ids-sequential: 4 clients, 5,000 IDs from sequential nodes
+    W6seq,
+    /// W6b-ids-counter: 4 clients, 2,000 atomic-counter increments (plus ID-blocks figures)
+    W6counter,
+    /// W6c-ids-blocks: 4 clients, 100,000 IDs from blocks of 1,000
+    W6blocks,
+    /// W7-registration: 10 sessions register 500 instances; a watcher sees them; 5 sessions close
+    W7,
+    /// W8-progress: 20 workers update their ephemeral progress nodes 100 times; a coordinator watches
+    W8,
 }
 
 impl Workload {
@@ -39,6 +55,14 @@ impl Workload {
             Workload::W1 => "w1",
             Workload::W2 => "w2",
             Workload::W3 => "w3",
+            Workload::W4 => "w4",
+            Workload::W4pause => "w4pause",
+            Workload::W5 => "w5",
+            Workload::W6seq => "w6seq",
+            Workload::W6counter => "w6counter",
+            Workload::W6blocks => "w6blocks",
+            Workload::W7 => "w7",
+            Workload::W8 => "w8",
         }
     }
 
@@ -48,6 +72,14 @@ impl Workload {
             Workload::W1 => bench::locks::W1,
             Workload::W2 => bench::locks::W2,
             Workload::W3 => bench::locks::W3,
+            Workload::W4 => bench::election::W4,
+            Workload::W4pause => bench::election::W4B,
+            Workload::W5 => bench::config::W5,
+            Workload::W6seq => bench::ids::W6A,
+            Workload::W6counter => bench::ids::W6B,
+            Workload::W6blocks => bench::ids::W6C,
+            Workload::W7 => bench::registration::W7,
+            Workload::W8 => bench::progress::W8,
         }
     }
 
@@ -56,6 +88,14 @@ impl Workload {
             Workload::Raw => bench::raw::params(b),
             Workload::W1 => bench::locks::w1_params(b),
             Workload::W2 | Workload::W3 => bench::locks::contended_params(b),
+            Workload::W4 => bench::election::w4_params(b),
+            Workload::W4pause => bench::election::w4pause_params(b),
+            Workload::W5 => bench::config::params(b),
+            Workload::W6seq => bench::ids::seq_params(b),
+            Workload::W6counter => bench::ids::counter_params(b),
+            Workload::W6blocks => bench::ids::blocks_params(b),
+            Workload::W7 => bench::registration::params(b),
+            Workload::W8 => bench::progress::params(b),
         }
     }
 
@@ -65,6 +105,14 @@ impl Workload {
             Workload::W1 => bench::locks::w1(b).await,
             Workload::W2 => bench::locks::w2(b).await,
             Workload::W3 => bench::locks::w3(b).await,
+            Workload::W4 => bench::election::run_w4(b).await,
+            Workload::W4pause => bench::election::run_w4pause(b).await,
+            Workload::W5 => bench::config::w5(b).await,
+            Workload::W6seq => bench::ids::w6seq(b).await,
+            Workload::W6counter => bench::ids::w6counter(b).await,
+            Workload::W6blocks => bench::ids::w6blocks(b).await,
+            Workload::W7 => bench::registration::w7(b).await,
+            Workload::W8 => bench::progress::w8(b).await,
         }
     }
 }

@@ -49,7 +49,7 @@ pub async fn run_while(
     let pid = child.id();
     let interrupted = super::shutdown_signal();
     tokio::select! {
-        r = child.wait() => return r.map(Ended::Finished).map_err(|source| CliError::Io { context: "waiting for the command", source }),
+        r = child.wait() => r.map(Ended::Finished).map_err(|source| CliError::Io { context: "waiting for the command", source }),
         _ = stop => {
             let status = terminate(&mut child, pid).await?;
             Ok(Ended::Stopped(status))

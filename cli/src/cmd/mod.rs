@@ -7,8 +7,13 @@
 //! [`shutdown_signal`] and print one JSON line per event with [`print_json_line`].
 
 pub mod child;
+pub mod config;
+pub mod elect;
+pub mod id;
 pub mod lock;
 pub mod node;
+pub mod queue;
+pub mod register;
 pub mod watch;
 
 use std::fmt;

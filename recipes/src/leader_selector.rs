@@ -1,0 +1,315 @@
+//! Run-while-leader (Curator's `LeaderSelector` style), built on the [leader latch](crate::leader_latch).
+//!
+//! # Znode layout
+//! The same as the leader latch (`<path>/_c_<uuid>-latch-NNNNNNNNNN`, data = participant id):
+//! selectors, latches and Curator `LeaderLatch`es on one path take part in one election.
+//!
+//! # Behaviour
+//! [`LeaderSelector::run`] joins the election and, each time this candidate becomes leader,
+//! calls the closure with a [`Leadership`] token (the [`Fence`] and a future that completes when
+//! leadership ends). Then:
+//! * **the closure returns**: we resign (our node is deleted, the next candidate takes over
+//!   within one notification) and, unless [`LeaderSelectorBuilder::requeue`] is `false`, join
+//!   again at the back of the line;
+//! * **leadership is lost** (`Suspended` by default, `Lost`, or our node deleted): the token
+//!   fires at once; the closure's future gets [`LeaderSelectorBuilder::grace`] (default zero) to
+//!   finish and is then dropped (cancelled). The candidate keeps its place: after `Reconnected`
+//!   with its node intact it leads again; after `Lost` it rejoins with a new node;
+//! * **[`SelectorHandle::interrupt`]**: the token fires, the closure's future is treated as
+//!   after a loss, and we resign and rejoin. Interrupting any number of times (also while not
+//!   leading) never stops the candidate from rejoining;
+//! * **[`SelectorHandle::stop`]** (or dropping every handle *and* the `run` future): the token
+//!   fires, we resign and `run` returns.
+//!
+//! ```no_run
+//! # async fn demo(client: zkr::Client) -> zkr_recipes::Result<()> {
+//! use zkr_recipes::leader_selector::LeaderSelector;
+//!
+//! let selector = LeaderSelector::builder(&client, "/app/election").id("worker-1").build();
+//! selector
+//!     .run(|leadership| async move {
+//!         println!("leading with epoch {}", leadership.fence().epoch);
+//!         // Do leader work until leadership is lost (or return to hand it over).
+//!         leadership.lost().await;
+//!     })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::Instrument;
+use zkr::Client;
+
+use crate::error::Result;
+use crate::leader_latch::{Fence, LatchState, LeaderLatch, StepDown};
+
+/// Builds a [`LeaderSelector`].
+#[derive(Clone, Debug)]
+pub struct LeaderSelectorBuilder {
+    client: Client,
+    path: String,
+    id: String,
+    step_down: StepDown,
+    requeue: bool,
+    grace: Duration,
+}
+
+impl LeaderSelectorBuilder {
+    /// Participant id (node data).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// When to give up leadership on connection trouble (default [`StepDown::Suspended`]).
+    pub fn step_down_on(mut self, s: StepDown) -> Self {
+        self.step_down = s;
+        self
+    }
+
+    /// Whether to join again after the closure returns (default `true`). With `false`, `run`
+    /// returns after the first term that ended by the closure returning.
+    pub fn requeue(mut self, requeue: bool) -> Self {
+        self.requeue = requeue;
+        self
+    }
+
+    /// How long the closure's future may keep running after leadership ended before it is
+    /// dropped (default zero: dropped at once).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The selector (nothing happens until [`LeaderSelector::run`]).
+    pub fn build(self) -> LeaderSelector {
+        let (ctl_tx, _) = watch::channel(Control::default());
+        LeaderSelector {
+            b: self,
+            ctl: Arc::new(ctl_tx),
+            leading: Arc::new(watch::channel(None).0),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Control {
+    interrupts: u64,
+    stopped: bool,
+}
+
+/// Runs a closure while leader; see the [module docs](self).
+pub struct LeaderSelector {
+    b: LeaderSelectorBuilder,
+    ctl: Arc<watch::Sender<Control>>,
+    leading: Arc<watch::Sender<Option<Fence>>>,
+}
+
+/// Controls a running [`LeaderSelector`] from elsewhere.
+#[derive(Clone, Debug)]
+pub struct SelectorHandle {
+    ctl: Arc<watch::Sender<Control>>,
+    state: watch::Receiver<Option<Fence>>,
+}
+
+impl SelectorHandle {
+    /// Ends the current term (if leading): the token fires, we resign and rejoin.
+    pub fn interrupt(&self) {
+        self.ctl.send_modify(|c| c.interrupts += 1);
+    }
+
+    /// Resigns and makes `run` return.
+    pub fn stop(&self) {
+        self.ctl.send_modify(|c| c.stopped = true);
+    }
+
+    /// The fence of the current term, while the closure runs as leader.
+    pub fn leading(&self) -> Option<Fence> {
+        self.state.borrow().clone()
+    }
+}
+
+/// Given to the closure for one term of leadership.
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    fence: Fence,
+    latch: watch::Receiver<LatchState>,
+    ended: watch::Receiver<bool>,
+}
+
+impl Leadership {
+    /// This term's fence (stamp writes with `fence().epoch`).
+    pub fn fence(&self) -> &Fence {
+        &self.fence
+    }
+
+    /// Whether leadership has ended (lost, interrupted or stopped).
+    pub fn is_lost(&self) -> bool {
+        *self.ended.borrow() || self.latch.borrow().fence() != Some(&self.fence)
+    }
+
+    /// Completes when leadership ends.
+    pub async fn lost(&self) {
+        let (mut latch, mut ended) = (self.latch.clone(), self.ended.clone());
+        let fence = &self.fence;
+        tokio::select! {
+            _ = latch.wait_for(|s| s.fence() != Some(fence)) => {}
+            _ = ended.wait_for(|e| *e) => {}
+        }
+    }
+}
+
+impl LeaderSelector {
+    /// A builder for a selector on `path`.
+    pub fn builder(client: &Client, path: &str) -> LeaderSelectorBuilder {
+        LeaderSelectorBuilder {
+            client: client.clone(),
+            path: path.to_string(),
+            id: String::new(),
+            step_down: StepDown::default(),
+            requeue: true,
+            grace: Duration::ZERO,
+        }
+    }
+
+    /// A handle to interrupt or stop the selector while `run` runs.
+    pub fn handle(&self) -> SelectorHandle {
+        SelectorHandle {
+            ctl: self.ctl.clone(),
+            state: self.leading.subscribe(),
+        }
+    }
+
+    /// Takes part in the election until stopped, running `f` during each term of leadership.
+    /// Returns `Ok` when stopped (or, with `requeue(false)`, after the closure returned once);
+    /// `Err` only if the client was closed or the path is invalid.
+    pub async fn run<F, Fut>(self, mut f: F) -> Result<()>
+    where
+        F: FnMut(Leadership) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let span = tracing::info_span!("zkr.leader_selector", path = %self.b.path, id = %self.b.id);
+        async move {
+            let b = &self.b;
+            let mut ctl = self.ctl.subscribe();
+            let mut delay = Duration::from_millis(20);
+            loop {
+                if ctl.borrow().stopped {
+                    return Ok(());
+                }
+                let start = LeaderLatch::builder(&b.client, &b.path)
+                    .id(b.id.clone())
+                    .step_down_on(b.step_down)
+                    .start();
+                let r = tokio::select! {
+                    r = start => r,
+                    _ = wait_stopped(&mut ctl) => return Ok(()),
+                };
+                let latch = match r {
+                    Ok(l) => l,
+                    Err(e)
+                        if e.is_zk(|z| {
+                            matches!(z, zkr::Error::Closed | zkr::Error::InvalidPath { .. })
+                        }) =>
+                    {
+                        return Err(e)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not join the election; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = wait_stopped(&mut ctl) => return Ok(()),
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                };
+                delay = Duration::from_millis(20);
+                let mut state = latch.state_receiver();
+                loop {
+                    let fence = tokio::select! {
+                        r = latch.wait_leader(None) => match r {
+                            Ok(f) => f,
+                            Err(_) => break,
+                        },
+                        _ = wait_stopped(&mut ctl) => {
+                            let _ = latch.close().await;
+                            return Ok(());
+                        }
+                    };
+                    // Interrupts sent while we were not leading do not count.
+                    let seen = ctl.borrow_and_update().interrupts;
+                    let (ended_tx, ended_rx) = watch::channel(false);
+                    let token = Leadership {
+                        fence: fence.clone(),
+                        latch: latch.state_receiver(),
+                        ended: ended_rx,
+                    };
+                    self.leading.send_replace(Some(fence.clone()));
+                    tracing::info!(epoch = fence.epoch, "term started");
+                    let fut = f(token);
+                    tokio::pin!(fut);
+                    let end = tokio::select! {
+                        _ = &mut fut => End::Returned,
+                        _ = state.wait_for(|s| s.fence() != Some(&fence)) => End::Lost,
+                        stopped = wait_interrupt(&mut ctl, seen) => if stopped {
+                            End::Stopped
+                        } else {
+                            End::Interrupted
+                        },
+                    };
+                    ended_tx.send_replace(true);
+                    self.leading.send_replace(None);
+                    tracing::info!(?end, "term ended");
+                    if end != End::Returned && !self.b.grace.is_zero() {
+                        let _ = tokio::time::timeout(self.b.grace, &mut fut).await;
+                    }
+                    match end {
+                        End::Lost => continue,
+                        End::Returned => {
+                            let _ = latch.close().await;
+                            if !self.b.requeue {
+                                return Ok(());
+                            }
+                            break;
+                        }
+                        End::Interrupted => {
+                            let _ = latch.close().await;
+                            break;
+                        }
+                        End::Stopped => {
+                            let _ = latch.close().await;
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+async fn wait_stopped(ctl: &mut watch::Receiver<Control>) {
+    let _ = ctl.wait_for(|c| c.stopped).await;
+}
+
+/// Waits for a stop or a new interrupt; `true` = stopped.
+async fn wait_interrupt(ctl: &mut watch::Receiver<Control>, seen: u64) -> bool {
+    match ctl.wait_for(|c| c.stopped || c.interrupts != seen).await {
+        Ok(c) => c.stopped,
+        Err(_) => true,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Returned,
+    Lost,
+    Interrupted,
+    Stopped,
+}

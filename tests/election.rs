@@ -1,0 +1,684 @@
+//! Master election (leader latch, run-while-leader, observe) against real ZooKeeper with real
+//! faults. Pitfalls covered: 18 (at most one leader, sampled continuously, under member kills,
+//! pauses, cuts and expiry), 19 (never lead from an older session's node), 20 (two quick
+//! reconnects), 21 (election path deleted while disconnected), 22 (interrupting twice).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{blocking, client, init_tracing, member_of, root};
+use tokio::sync::watch;
+use zkr::testing::{self, FaultProxy, ZkEnsemble};
+use zkr::Client;
+use zkr_recipes::leader_latch::{self, LatchState, LeaderLatch, StepDown};
+use zkr_recipes::leader_selector::LeaderSelector;
+
+const T: Duration = Duration::from_secs(15);
+
+/// Samples every candidate's belief continuously: never two leaders; distinct leaders' fencing
+/// epochs strictly increase.
+struct Sampler {
+    add: std::sync::mpsc::Sender<(String, watch::Receiver<LatchState>)>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<SampleReport>,
+}
+
+#[derive(Debug, Default)]
+struct SampleReport {
+    samples: u64,
+    violations: Vec<String>,
+    leaders: Vec<(String, i64)>,
+}
+
+impl Sampler {
+    fn start() -> Sampler {
+        let (add, rx) = std::sync::mpsc::channel::<(String, watch::Receiver<LatchState>)>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut cands: Vec<(String, watch::Receiver<LatchState>)> = Vec::new();
+            let mut rep = SampleReport::default();
+            let mut last: Option<(String, i64)> = None;
+            while !stop2.load(Ordering::Acquire) {
+                while let Ok(c) = rx.try_recv() {
+                    cands.push(c);
+                }
+                let leading: Vec<(String, i64)> = cands
+                    .iter()
+                    .filter_map(|(id, rx)| rx.borrow().fence().map(|f| (id.clone(), f.epoch)))
+                    .collect();
+                rep.samples += 1;
+                if leading.len() > 1 {
+                    rep.violations.push(format!("two leaders: {leading:?}"));
+                }
+                if let Some(l) = leading.into_iter().next() {
+                    if last.as_ref() != Some(&l) {
+                        if let Some((_, e)) = &last {
+                            if l.1 <= *e {
+                                rep.violations
+                                    .push(format!("epoch did not increase: {last:?} -> {l:?}"));
+                            }
+                        }
+                        rep.leaders.push(l.clone());
+                        last = Some(l);
+                    }
+                }
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+            rep
+        });
+        Sampler { add, stop, task }
+    }
+
+    fn watch(&self, latch: &LeaderLatch) {
+        let _ = self
+            .add
+            .send((latch.id().to_string(), latch.state_receiver()));
+    }
+
+    async fn finish(self) -> SampleReport {
+        self.stop.store(true, Ordering::Release);
+        let rep = self.task.await.expect("sampler");
+        assert!(
+            rep.violations.is_empty(),
+            "violations: {:?}",
+            rep.violations
+        );
+        rep
+    }
+}
+
+/// The leader's node exists, is owned by the leader's current session and is first in line.
+async fn assert_leader_node_sound(admin: &Client, latch: &LeaderLatch, c: &Client) {
+    let fence = latch.fence().expect("leading");
+    let parts = leader_latch::participants(admin, latch.path())
+        .await
+        .unwrap();
+    let first = parts.first().expect("a participant");
+    assert_eq!(first.node, fence.node, "the leader's node is first");
+    assert_eq!(first.id, latch.id());
+    assert_eq!(
+        Some(first.session),
+        c.session_id(),
+        "owned by its current session"
+    );
+    assert_eq!(fence.session, first.session);
+    assert_eq!(fence.epoch, first.epoch);
+}
+
+async fn wait_any_leader<'a>(latches: &'a [&'a LeaderLatch], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(i) = latches.iter().position(|l| l.is_leader()) {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "no leader within {within:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latch_elects_hands_over_fast_and_reports_participants() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let path = format!("{}/election", root("latch-basic"));
+    let admin = client(&ens.connect_string(), 10_000).await;
+    let sampler = Sampler::start();
+    let mut clients = Vec::new();
+    let mut latches = Vec::new();
+    for i in 0..3 {
+        let c = client(&ens.connect_string(), 10_000).await;
+        let l = LeaderLatch::start(&c, &path, &format!("cand-{i}"))
+            .await
+            .unwrap();
+        sampler.watch(&l);
+        clients.push(c);
+        latches.push(l);
+    }
+    let f0 = latches[0]
+        .wait_leader(Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(!latches[1].is_leader() && !latches[2].is_leader());
+    let parts = latches[1].participants().await.unwrap();
+    let ids: Vec<&str> = parts.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, vec!["cand-0", "cand-1", "cand-2"]);
+    assert!(parts[0].is_leader && !parts[1].is_leader);
+    assert_eq!(latches[2].leader().await.unwrap().unwrap().id, "cand-0");
+    assert_leader_node_sound(&admin, &latches[0], &clients[0]).await;
+    // Node names are Curator's.
+    let node = latches[0].node().unwrap();
+    let name = node.rsplit('/').next().unwrap();
+    assert!(
+        name.starts_with("_c_") && name.contains("-latch-"),
+        "{name}"
+    );
+    assert_eq!(admin.get_data(&node).await.unwrap().0, b"cand-0");
+
+    // Failover after close(), five rounds, a fresh candidate each round.
+    let mut epochs = vec![f0.epoch];
+    let mut took = Vec::new();
+    for next_id in 3..8 {
+        let leader = latches.iter().position(|l| l.is_leader()).unwrap();
+        let next = leader + 1;
+        let mut ch = latches[next].changes();
+        assert_eq!(ch.next_change().await, Some(LatchState::NotLeader));
+        let t0 = Instant::now();
+        latches[leader].close().await.unwrap();
+        assert!(!latches[leader].is_leader());
+        let st = ch.next_timeout(Duration::from_secs(5)).await.unwrap();
+        let dt = t0.elapsed();
+        let f = match st {
+            Some(LatchState::Leader(f)) => f,
+            other => panic!("expected leadership, got {other:?}"),
+        };
+        took.push(dt);
+        epochs.push(f.epoch);
+        let c = client(&ens.connect_string(), 10_000).await;
+        let l = LeaderLatch::start(&c, &path, &format!("cand-{next_id}"))
+            .await
+            .unwrap();
+        sampler.watch(&l);
+        clients.push(c);
+        latches.push(l);
+    }
+    took.sort();
+    eprintln!("failover after close(): {took:?}");
+    assert!(
+        took[took.len() / 2] < Duration::from_millis(50),
+        "median failover {:?} (all {took:?})",
+        took[took.len() / 2]
+    );
+    assert!(epochs.windows(2).all(|w| w[0] < w[1]), "{epochs:?}");
+    // wait_leader times out cleanly; closed latches say so.
+    let last = latches.len() - 1;
+    let e = latches[last]
+        .wait_leader(Some(Duration::from_millis(50)))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, zkr_recipes::Error::Timeout { .. }), "{e}");
+    assert!(matches!(
+        latches[0].wait_leader(None).await,
+        Err(zkr_recipes::Error::Closed(_))
+    ));
+    let rep = sampler.finish().await;
+    assert!(rep.leaders.len() >= 6, "{:?}", rep.leaders);
+    for l in &latches {
+        l.close().await.unwrap();
+    }
+    assert!(leader_latch::participants(&admin, &path)
+        .await
+        .unwrap()
+        .is_empty());
+    admin.delete_recursive(&root_of(&path)).await.unwrap();
+}
+
+fn root_of(path: &str) -> String {
+    path.rsplit_once('/').map(|(a, _)| a.to_string()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_follows_the_leader() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let path = format!("{}/election", root("latch-observe"));
+    let watcher = client(&ens.connect_string(), 10_000).await;
+    let mut obs = leader_latch::observe(&watcher, &path).unwrap();
+    let first = obs.next_timeout(T).await.unwrap().unwrap().unwrap();
+    assert_eq!(first, None, "nobody leads yet");
+    let a = client(&ens.connect_string(), 10_000).await;
+    let b = client(&ens.connect_string(), 10_000).await;
+    let la = LeaderLatch::start(&a, &path, "a").await.unwrap();
+    let lb = LeaderLatch::start(&b, &path, "b").await.unwrap();
+    let p = obs
+        .next_timeout(T)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.id, "a");
+    assert_eq!(Some(p.node.clone()), la.node());
+    la.close().await.unwrap();
+    let p2 = obs
+        .next_timeout(T)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(p2.id, "b");
+    assert!(p2.epoch > p.epoch);
+    // The leader's process dies (its session is closed): nobody leads.
+    b.close().await;
+    assert_eq!(obs.next_timeout(T).await.unwrap().unwrap().unwrap(), None);
+    assert!(lb.wait_leader(Some(Duration::from_secs(1))).await.is_err());
+    watcher.delete_recursive(&root_of(&path)).await.unwrap();
+}
+
+/// A leader cut off from ZooKeeper steps down before anyone else is elected (default: on
+/// Suspended; with `StepDown::Lost` still before the server expires its session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_off_leader_steps_down_before_another_is_elected() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    for policy in [StepDown::Suspended, StepDown::Lost] {
+        let path = format!("{}/election", root("latch-cutoff"));
+        let proxy = FaultProxy::for_ensemble(ens).unwrap();
+        let a = client(&proxy.connect_string(), 3_000).await;
+        let b = client(&ens.connect_string(), 3_000).await;
+        let watcher = client(&ens.connect_string(), 3_000).await;
+        let la = LeaderLatch::builder(&a, &path)
+            .id("a")
+            .step_down_on(policy)
+            .start()
+            .await
+            .unwrap();
+        la.wait_leader(Some(T)).await.unwrap();
+        let lb = LeaderLatch::start(&b, &path, "b").await.unwrap();
+        let mut obs = leader_latch::observe(&watcher, &path).unwrap();
+        assert_eq!(
+            obs.next_timeout(T)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+                .unwrap()
+                .id,
+            "a"
+        );
+        let mut cha = la.changes();
+        assert!(cha.next_change().await.unwrap().is_leader());
+        let t0 = Instant::now();
+        proxy.blackhole();
+        // A learns first ...
+        assert_eq!(
+            cha.next_timeout(T).await.unwrap(),
+            Some(LatchState::NotLeader)
+        );
+        let demoted = t0.elapsed();
+        assert!(
+            !lb.is_leader(),
+            "{policy:?}: b already leads when a steps down"
+        );
+        // ... then the server expires A's session and B is elected.
+        let p = obs
+            .next_timeout(T)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let elected = t0.elapsed();
+        assert_eq!(p.id, "b");
+        lb.wait_leader(Some(T)).await.unwrap();
+        eprintln!("{policy:?}: a stepped down after {demoted:?}, b elected after {elected:?}");
+        assert!(demoted < elected);
+        proxy.heal();
+        // A comes back on a new session and queues behind B.
+        let deadline = Instant::now() + T;
+        loop {
+            let parts = lb.participants().await.unwrap();
+            if parts.len() == 2 && parts[1].id == "a" && Some(parts[1].session) == a.session_id() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a never rejoined: {parts:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!la.is_leader());
+        la.close().await.unwrap();
+        lb.close().await.unwrap();
+        watcher.delete_recursive(&root_of(&path)).await.unwrap();
+    }
+}
+
+/// Pitfalls 19 and 20: after two quick reconnects the leader still has its (same) node; after
+/// its session expired it never leads from the old node, and leads again only from a node of
+/// its new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_and_expiry_never_leave_a_stale_leader() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let path = format!("{}/election", root("latch-reconnect"));
+    let proxy = FaultProxy::for_ensemble(ens).unwrap();
+    let admin = client(&ens.connect_string(), 10_000).await;
+    let a = client(&proxy.connect_string(), 4_000).await;
+    let b = client(&ens.connect_string(), 4_000).await;
+    let sampler = Sampler::start();
+    let la = LeaderLatch::start(&a, &path, "a").await.unwrap();
+    sampler.watch(&la);
+    let f1 = la.wait_leader(Some(T)).await.unwrap();
+    let lb = LeaderLatch::start(&b, &path, "b").await.unwrap();
+    sampler.watch(&lb);
+
+    // Two quick flaps (pitfall 20).
+    let mut states = a.states();
+    proxy.drop_connections();
+    common::expect_state(&mut states, T, "Reconnected", |s| {
+        matches!(s, zkr::SessionState::Reconnected { .. })
+    })
+    .await;
+    proxy.drop_connections();
+    common::expect_state(&mut states, T, "Reconnected", |s| {
+        matches!(s, zkr::SessionState::Reconnected { .. })
+    })
+    .await;
+    let f2 = la.wait_leader(Some(T)).await.unwrap();
+    assert_eq!(f1, f2, "same node, same fence: no reset on reconnect");
+    assert_leader_node_sound(&admin, &la, &a).await;
+    assert!(!lb.is_leader());
+
+    // Expiry (pitfall 19): B takes over; A rejoins from its new session only.
+    let old_session = a.session_id().unwrap();
+    a.expire_session_for_testing(&ens.connect_string(), &proxy)
+        .await
+        .unwrap();
+    let fb = lb.wait_leader(Some(T)).await.unwrap();
+    assert!(fb.epoch > f1.epoch);
+    let deadline = Instant::now() + T;
+    loop {
+        let parts = lb.participants().await.unwrap();
+        if parts.len() == 2 && parts[1].id == "a" {
+            assert_ne!(parts[1].session, old_session);
+            assert_eq!(Some(parts[1].session), a.session_id());
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never rejoined: {parts:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(admin.exists(&f1.node).await.unwrap().is_none());
+    lb.close().await.unwrap();
+    let f3 = la.wait_leader(Some(T)).await.unwrap();
+    assert_ne!(f3.session, old_session);
+    assert_eq!(Some(f3.session), a.session_id());
+    assert!(f3.epoch > fb.epoch);
+    assert_leader_node_sound(&admin, &la, &a).await;
+
+    // An operator deletes the leader's node: it steps down and rejoins.
+    let mut ch = la.changes();
+    assert_eq!(ch.next_change().await, Some(LatchState::Leader(f3.clone())));
+    admin.delete(&f3.node, None).await.unwrap();
+    assert_eq!(
+        ch.next_timeout(T).await.unwrap(),
+        Some(LatchState::NotLeader)
+    );
+    let f4 = match ch.next_timeout(T).await.unwrap() {
+        Some(LatchState::Leader(f)) => f,
+        other => panic!("{other:?}"),
+    };
+    assert!(f4.epoch > f3.epoch);
+    assert_leader_node_sound(&admin, &la, &a).await;
+    sampler.finish().await;
+    la.close().await.unwrap();
+    admin.delete_recursive(&root_of(&path)).await.unwrap();
+}
+
+/// Pitfall 21: the election path is deleted while a candidate is disconnected; after healing it
+/// recreates the path and rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn election_path_deleted_while_disconnected_rejoins() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let path = format!("{}/election", root("latch-pathgone"));
+    let proxy = FaultProxy::for_ensemble(ens).unwrap();
+    let admin = client(&ens.connect_string(), 10_000).await;
+    let a = client(&proxy.connect_string(), 6_000).await;
+    let la = LeaderLatch::start(&a, &path, "a").await.unwrap();
+    let f1 = la.wait_leader(Some(T)).await.unwrap();
+    let mut states = a.states();
+    proxy.cut();
+    common::expect_state(&mut states, T, "Suspended", |s| {
+        matches!(s, zkr::SessionState::Suspended { .. })
+    })
+    .await;
+    assert!(!la.is_leader(), "steps down on Suspended");
+    admin.delete_recursive(&path).await.unwrap();
+    assert!(admin.exists(&path).await.unwrap().is_none());
+    proxy.heal();
+    common::expect_state(&mut states, T, "Reconnected", |s| {
+        matches!(s, zkr::SessionState::Reconnected { .. })
+    })
+    .await;
+    let f2 = la.wait_leader(Some(T)).await.unwrap();
+    assert_ne!(f2.node, f1.node);
+    assert_eq!(f2.session, f1.session, "same session, new node");
+    assert!(f2.epoch > f1.epoch);
+    assert_leader_node_sound(&admin, &la, &a).await;
+    la.close().await.unwrap();
+    admin.delete_recursive(&root_of(&path)).await.unwrap();
+}
+
+/// Pitfall 18 on a 3-member ensemble: members killed and paused, a candidate's session
+/// expired, a candidate's process gone; at most one leader at every sample, fencing epochs
+/// strictly increasing, and every elected leader's node is its own and first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_one_leader_under_member_faults() {
+    init_tracing();
+    let ens = Arc::new(blocking(|| ZkEnsemble::start(3)).await.expect("ensemble"));
+    let path = "/election-faults/e".to_string();
+    let admin = client(&ens.connect_string(), 10_000).await;
+    let sampler = Sampler::start();
+    struct Cand {
+        client: Client,
+        proxy: FaultProxy,
+        latch: LeaderLatch,
+    }
+    let mut cands = Vec::new();
+    for i in 0..4 {
+        let proxy = FaultProxy::for_ensemble(&ens).unwrap();
+        let c = client(&proxy.connect_string(), 2_000).await;
+        let latch = LeaderLatch::start(&c, &path, &format!("c{i}"))
+            .await
+            .unwrap();
+        sampler.watch(&latch);
+        cands.push(Cand {
+            client: c,
+            proxy,
+            latch,
+        });
+    }
+    for fault in ["kill", "pause", "expire", "die", "flap"] {
+        let latches: Vec<&LeaderLatch> = cands.iter().map(|c| &c.latch).collect();
+        let li = wait_any_leader(&latches, T).await;
+        assert_leader_node_sound(&admin, &cands[li].latch, &cands[li].client).await;
+        let sid = cands[li].client.session_id().unwrap().0;
+        eprintln!("fault {fault}: leader at index {li}");
+        match fault {
+            "kill" | "pause" => {
+                let e2 = ens.clone();
+                let m = blocking(move || member_of(&e2, sid)).await.unwrap_or(0);
+                let e2 = ens.clone();
+                if fault == "kill" {
+                    blocking(move || e2.kill(m)).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let e2 = ens.clone();
+                    blocking(move || e2.restart(m)).await.unwrap();
+                } else {
+                    blocking(move || e2.pause(m)).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(3_000)).await;
+                    let e2 = ens.clone();
+                    blocking(move || e2.resume(m)).await.unwrap();
+                }
+            }
+            "expire" => {
+                cands[li]
+                    .client
+                    .expire_session_for_testing(&ens.connect_string(), &cands[li].proxy)
+                    .await
+                    .unwrap();
+            }
+            "die" => {
+                // The leader's process dies: its client goes without resigning.
+                let dead = cands.remove(li);
+                dead.client.close().await;
+                drop(dead);
+                let proxy = FaultProxy::for_ensemble(&ens).unwrap();
+                let c = client(&proxy.connect_string(), 2_000).await;
+                let latch = LeaderLatch::start(&c, &path, "fresh").await.unwrap();
+                sampler.watch(&latch);
+                cands.push(Cand {
+                    client: c,
+                    proxy,
+                    latch,
+                });
+            }
+            _ => {
+                cands[li].proxy.drop_connections();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                cands[li].proxy.drop_connections();
+            }
+        }
+        // Someone leads again, soundly.
+        let latches: Vec<&LeaderLatch> = cands.iter().map(|c| &c.latch).collect();
+        let li = wait_any_leader(&latches, Duration::from_secs(20)).await;
+        let deadline = Instant::now() + T;
+        // Give the leader's view and the server a moment to agree (a rejoin may be in flight).
+        loop {
+            let parts = leader_latch::participants(&admin, &path).await.unwrap();
+            let f = cands[li].latch.fence();
+            if f.is_some() && parts.first().map(|p| &p.node) == f.as_ref().map(|f| &f.node) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leader view never matched: {parts:?} {f:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_leader_node_sound(&admin, &cands[li].latch, &cands[li].client).await;
+    }
+    let rep = sampler.finish().await;
+    eprintln!("samples {} leaders {:?}", rep.samples, rep.leaders);
+    for c in &cands {
+        c.latch.close().await.unwrap();
+    }
+}
+
+type Term = (zkr_recipes::Fence, Instant);
+
+async fn next_term(terms: &mut tokio::sync::mpsc::UnboundedReceiver<Term>) -> Term {
+    tokio::time::timeout(T, terms.recv())
+        .await
+        .expect("term event")
+        .expect("open")
+}
+
+/// Run-while-leader: terms alternate when the closure returns; the token fires on loss; two
+/// interrupts in a row never stop the candidate from rejoining (pitfall 22).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selector_runs_terms_interrupts_and_rejoins() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let path = format!("{}/election", root("selector"));
+    let admin = client(&ens.connect_string(), 10_000).await;
+    // Two selectors whose closures return after a short term: terms alternate.
+    let log = Arc::new(Mutex::new(Vec::<(String, i64)>::new()));
+    let mut handles = Vec::new();
+    let mut runs = Vec::new();
+    for id in ["x", "y"] {
+        let c = client(&ens.connect_string(), 10_000).await;
+        let sel = LeaderSelector::builder(&c, &path).id(id).build();
+        handles.push(sel.handle());
+        let log = log.clone();
+        runs.push(tokio::spawn(async move {
+            let r = sel
+                .run(|l| {
+                    let log = log.clone();
+                    async move {
+                        log.lock().unwrap().push((id.to_string(), l.fence().epoch));
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+                .await;
+            drop(c);
+            r
+        }));
+    }
+    let deadline = Instant::now() + T;
+    while log.lock().unwrap().len() < 6 {
+        assert!(Instant::now() < deadline, "{:?}", log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for h in &handles {
+        h.stop();
+    }
+    for r in runs {
+        r.await.unwrap().unwrap();
+    }
+    let log = log.lock().unwrap().clone();
+    assert!(
+        log.windows(2).all(|w| w[0].0 != w[1].0),
+        "alternating: {log:?}"
+    );
+    assert!(
+        log.windows(2).all(|w| w[0].1 < w[1].1),
+        "epochs increase: {log:?}"
+    );
+
+    // One selector, interrupted twice in a row, and again while not leading: it rejoins.
+    let proxy = FaultProxy::for_ensemble(ens).unwrap();
+    let c = client(&proxy.connect_string(), 3_000).await;
+    let sel = LeaderSelector::builder(&c, &path)
+        .id("z")
+        .grace(Duration::from_millis(200))
+        .build();
+    let h = sel.handle();
+    let (tx, mut terms) = tokio::sync::mpsc::unbounded_channel();
+    let run = tokio::spawn(async move {
+        sel.run(|l| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((l.fence().clone(), Instant::now()));
+                l.lost().await;
+                let _ = tx.send((l.fence().clone(), Instant::now()));
+                std::future::pending::<()>().await;
+            }
+        })
+        .await
+    });
+    let (f1, _) = next_term(&mut terms).await;
+    h.interrupt();
+    h.interrupt();
+    let (g1, _) = next_term(&mut terms).await;
+    assert_eq!(g1, f1, "the token fired for the first term");
+    let (f2, _) = next_term(&mut terms).await;
+    assert!(f2.epoch > f1.epoch, "rejoined with a new node");
+    // A second pair of interrupts after the new term started.
+    h.interrupt();
+    let _ = next_term(&mut terms).await;
+    h.interrupt();
+    let mut last = f2;
+    let deadline = Instant::now() + T;
+    loop {
+        let (f, _) = next_term(&mut terms).await;
+        if f.epoch > last.epoch && h.leading().as_ref() == Some(&f) {
+            break;
+        }
+        last = f;
+        assert!(Instant::now() < deadline);
+    }
+    // Losing the connection fires the token (before the session can be lost).
+    let (cur, _) = (h.leading().unwrap(), ());
+    let t0 = Instant::now();
+    proxy.blackhole();
+    let (g, at) = next_term(&mut terms).await;
+    assert_eq!(g, cur);
+    assert!(at.duration_since(t0) < Duration::from_millis(2_900));
+    proxy.heal();
+    let (f3, _) = next_term(&mut terms).await;
+    assert!(f3.epoch >= cur.epoch);
+    h.stop();
+    tokio::time::timeout(T, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(leader_latch::participants(&admin, &path)
+        .await
+        .unwrap()
+        .is_empty());
+    admin.delete_recursive(&root_of(&path)).await.unwrap();
+}

@@ -1,0 +1,331 @@
+//! Registration and discovery against real ZooKeeper, with session expiry and cut connections.
+//! Pitfalls 3, 23, 24.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{blocking, client, expect_state, init_tracing, root};
+use serde_json::{json, Value};
+use zkr::testing::{self, FaultProxy};
+use zkr::{CreateMode, SessionState};
+use zkr_recipes::discovery::Discovery;
+use zkr_recipes::registration::{Registration, RegistrationStatus, ServiceInstance};
+
+const T: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_is_curators_service_instance_json() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let base = root("reg-json");
+    let c = client(&ens.connect_string(), 10_000).await;
+    let inst = ServiceInstance::new("api", "a1")
+        .address("10.0.0.5")
+        .port(8080)
+        .payload(json!({"zone": "z1"}));
+    let reg = Registration::register(&c, &base, inst).await.unwrap();
+    assert_eq!(reg.path(), format!("{base}/api/a1"));
+    let (data, stat) = c.get_data(reg.path()).await.unwrap();
+    assert_eq!(stat.ephemeral_owner, c.session_id().unwrap().0);
+    let text = String::from_utf8(data).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let mut expected = vec![
+        "name",
+        "id",
+        "address",
+        "port",
+        "sslPort",
+        "payload",
+        "registrationTimeUTC",
+        "serviceType",
+        "uriSpec",
+    ];
+    let mut sorted = keys.clone();
+    sorted.sort();
+    expected.sort();
+    assert_eq!(sorted, expected, "{text}");
+    assert!(text.starts_with(r#"{"name":"api","id":"a1","address":"10.0.0.5","port":8080,"sslPort":null,"payload":{"zone":"z1"},"registrationTimeUTC":"#), "{text}");
+    assert!(
+        text.ends_with(r#","serviceType":"DYNAMIC","uriSpec":null}"#),
+        "{text}"
+    );
+
+    // A node written by Curator 5 (with `enabled` and a typed payload) is readable.
+    let java = r#"{"name":"api","id":"j1","address":"10.0.0.9","port":9090,"sslPort":null,"payload":{"@class":"java.util.LinkedHashMap","zone":"z2"},"registrationTimeUTC":1700000000000,"serviceType":"DYNAMIC","uriSpec":null,"enabled":true}"#;
+    c.create(
+        &format!("{base}/api/j1"),
+        java.as_bytes(),
+        CreateMode::Ephemeral,
+    )
+    .await
+    .unwrap();
+    let all = Discovery::instances(&c, &base, "api").await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].id, "j1");
+    assert_eq!(all[1].port, Some(9090));
+    assert_eq!(all[1].payload["zone"], "z2");
+    reg.unregister().await.unwrap();
+    assert!(c.exists(&format!("{base}/api/a1")).await.unwrap().is_none());
+    c.delete_recursive(&base).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_follows_adds_updates_and_removals() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let base = root("reg-disc");
+    let a = client(&ens.connect_string(), 10_000).await;
+    let b = client(&ens.connect_string(), 10_000).await;
+    let w = client(&ens.connect_string(), 10_000).await;
+    let mut disc = Discovery::watch(&w, &base, "svc").unwrap();
+    let first = disc.next_timeout(T).await.unwrap().unwrap();
+    assert!(first.is_empty());
+    let ra = Registration::register(
+        &a,
+        &base,
+        ServiceInstance::new("svc", "a").payload(json!(1)),
+    )
+    .await
+    .unwrap();
+    let _rb = Registration::register(
+        &b,
+        &base,
+        ServiceInstance::new("svc", "b").payload(json!(1)),
+    )
+    .await
+    .unwrap();
+    disc.wait_until(T, |s| s.len() == 2).await.unwrap();
+    ra.update(json!({"load": 7})).await.unwrap();
+    let s = disc
+        .wait_until(T, |s| {
+            s.iter()
+                .any(|i| i.id == "a" && i.payload == json!({"load": 7}))
+        })
+        .await
+        .unwrap();
+    assert_eq!(s.len(), 2);
+    ra.unregister().await.unwrap();
+    let s = disc.wait_until(T, |s| s.len() == 1).await.unwrap();
+    assert_eq!(s[0].id, "b");
+    b.close().await; // the session ends: its instance goes
+    disc.wait_until(T, |s| s.is_empty()).await.unwrap();
+    w.delete_recursive(&base).await.unwrap();
+}
+
+/// Pitfall 24: a node of another (old) session is in the way: it is replaced, no NodeExists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_sessions_node_is_replaced() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let base = root("reg-old");
+    let old = client(&ens.connect_string(), 10_000).await;
+    let c = client(&ens.connect_string(), 10_000).await;
+    let stale =
+        serde_json::to_vec(&ServiceInstance::new("svc", "x").payload(json!("stale"))).unwrap();
+    old.create_with_parents(&format!("{base}/svc/x"), &stale, CreateMode::Ephemeral)
+        .await
+        .unwrap();
+    let reg = Registration::register(
+        &c,
+        &base,
+        ServiceInstance::new("svc", "x").payload(json!("fresh")),
+    )
+    .await
+    .unwrap();
+    let (d, st) = c.get_data(reg.path()).await.unwrap();
+    assert_eq!(st.ephemeral_owner, c.session_id().unwrap().0);
+    assert_eq!(
+        ServiceInstance::from_json("x", &d).unwrap().payload,
+        json!("fresh")
+    );
+    drop(reg);
+    // Dropping unregisters in the background.
+    let mut wd = c.watch_data(&format!("{base}/svc/x")).unwrap();
+    loop {
+        let ev = wd.next_timeout(T).await.unwrap().unwrap().unwrap();
+        if ev.node.is_none() {
+            break;
+        }
+    }
+    old.close().await;
+    c.delete_recursive(&base).await.unwrap();
+}
+
+/// Pitfalls 23 + 24: after the session is lost the registration comes back with the newest
+/// payload (set while disconnected), replacing the old session's node if still present.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_after_session_loss_with_newest_payload() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let base = root("reg-expire");
+    let proxy = FaultProxy::for_ensemble(ens).unwrap();
+    let c = client(&proxy.connect_string(), 3000).await;
+    let w = client(&ens.connect_string(), 10_000).await;
+    let mut disc = Discovery::watch(&w, &base, "svc").unwrap();
+    let reg = Registration::register(
+        &c,
+        &base,
+        ServiceInstance::new("svc", "r1").payload(json!({"v": 1})),
+    )
+    .await
+    .unwrap();
+    disc.wait_until(T, |s| s.len() == 1).await.unwrap();
+    let first_session = c.session_id().unwrap();
+
+    // 1. Cut off past the session timeout: client-side Lost while the server may still hold
+    //    the old node; the payload changes meanwhile.
+    let mut states = c.states();
+    proxy.cut();
+    expect_state(&mut states, T, "Lost", |s| {
+        matches!(s, SessionState::Lost { .. })
+    })
+    .await;
+    reg.update(json!({"v": 2})).await.unwrap();
+    let old_node = w.exists(reg.path()).await.unwrap();
+    tracing::info!(?old_node, "old session's node after the client-side Lost");
+    proxy.heal();
+    expect_state(&mut states, T, "Connected", |s| {
+        matches!(s, SessionState::Connected { .. })
+    })
+    .await;
+    let st = reg.wait_registered(T).await.unwrap();
+    assert!(
+        matches!(st, RegistrationStatus::Registered { epoch: 2, .. }),
+        "{st:?}"
+    );
+    let s = disc
+        .wait_until(T, |s| s.len() == 1 && s[0].payload == json!({"v": 2}))
+        .await
+        .unwrap();
+    assert_eq!(s[0].id, "r1");
+    let (_, stat) = w.get_data(reg.path()).await.unwrap();
+    assert_eq!(stat.ephemeral_owner, c.session_id().unwrap().0);
+    assert_ne!(stat.ephemeral_owner, first_session.0);
+
+    // 2. A real server-side expiry; the newest payload is written after it.
+    c.expire_session_for_testing(&ens.connect_string(), &proxy)
+        .await
+        .unwrap();
+    expect_state(&mut states, T, "Lost", |s| {
+        matches!(s, SessionState::Lost { .. })
+    })
+    .await;
+    reg.update(json!({"v": 3})).await.unwrap();
+    expect_state(&mut states, T, "Connected", |s| {
+        matches!(s, SessionState::Connected { .. })
+    })
+    .await;
+    reg.wait_registered(T).await.unwrap();
+    disc.wait_until(T, |s| s.len() == 1 && s[0].payload == json!({"v": 3}))
+        .await
+        .unwrap();
+    let (d, stat) = w.get_data(reg.path()).await.unwrap();
+    assert_eq!(stat.ephemeral_owner, c.session_id().unwrap().0);
+    assert_eq!(
+        ServiceInstance::from_json("r1", &d).unwrap().payload,
+        json!({"v": 3})
+    );
+    reg.unregister().await.unwrap();
+    disc.wait_until(T, |s| s.is_empty()).await.unwrap();
+    w.delete_recursive(&base).await.unwrap();
+}
+
+/// Pitfall 23: unregister while the session is being replaced: the instance stays gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregister_during_reconnect_stays_gone() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let base = root("reg-unreg");
+    let proxy = FaultProxy::for_ensemble(ens).unwrap();
+    let c = client(&proxy.connect_string(), 2000).await;
+    let w = client(&ens.connect_string(), 10_000).await;
+    let reg = Registration::register(&c, &base, ServiceInstance::new("svc", "u1"))
+        .await
+        .unwrap();
+    let path = reg.path().to_string();
+    let mut states = c.states();
+    proxy.cut();
+    expect_state(&mut states, T, "Lost", |s| {
+        matches!(s, SessionState::Lost { .. })
+    })
+    .await;
+    // Unregister while no session exists; heal right away so that the new session and the
+    // re-registration race the unregister.
+    let unreg = tokio::spawn(reg.unregister());
+    proxy.heal();
+    unreg.await.unwrap().unwrap();
+    expect_state(&mut states, T, "Connected", |s| {
+        matches!(s, SessionState::Connected { .. })
+    })
+    .await;
+    // The old session's node (if it was still there) is gone, and nothing comes back.
+    let mut wd = w.watch_data(&path).unwrap();
+    loop {
+        let ev = wd.next_timeout(T).await.unwrap().unwrap().unwrap();
+        if ev.node.is_none() {
+            break;
+        }
+    }
+    // Give a wrong re-registration every chance to happen: a new session and 2 more seconds.
+    match wd.next_timeout(Duration::from_secs(2)).await {
+        Err(zkr::Error::Timeout { .. }) => {}
+        other => panic!("the unregistered instance came back: {other:?}"),
+    }
+    assert!(w.exists(&path).await.unwrap().is_none());
+    drop(c);
+    w.delete_recursive(&base).await.unwrap();
+    blocking(move || drop(proxy)).await;
+}
+
+/// Pitfall 3: instances vanish while the discovery loads; the load completes, treating them
+/// as gone, and converges to the survivors. Junk nodes are skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_load_survives_vanishing_children() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let base = root("reg-vanish");
+    let c = client(&ens.connect_string(), 10_000).await;
+    let w = client(&ens.connect_string(), 10_000).await;
+    let dir = format!("{base}/svc");
+    c.ensure_path(&dir).await.unwrap();
+    for i in 0..200 {
+        let inst = ServiceInstance::new("svc", &format!("i{i:03}"));
+        c.create(
+            &format!("{dir}/i{i:03}"),
+            &serde_json::to_vec(&inst).unwrap(),
+            CreateMode::Ephemeral,
+        )
+        .await
+        .unwrap();
+    }
+    c.create(&format!("{dir}/junk"), b"not json", CreateMode::Ephemeral)
+        .await
+        .unwrap();
+    // Delete the odd ones while the discovery (and a one-shot read) load.
+    let deleter = {
+        let c = c.clone();
+        let dir = dir.clone();
+        tokio::spawn(async move {
+            let dels = (0..200).filter(|i| i % 2 == 1).map(|i| {
+                let c = c.clone();
+                let p = format!("{dir}/i{i:03}");
+                async move { c.delete(&p, None).await }
+            });
+            for r in futures::future::join_all(dels).await {
+                r.unwrap();
+            }
+        })
+    };
+    let mut disc = Discovery::watch(&w, &base, "svc").unwrap();
+    let once = Discovery::instances(&w, &base, "svc").await.unwrap();
+    assert!(once.len() >= 100 && once.len() <= 200);
+    let first = disc.next_timeout(T).await.unwrap().unwrap();
+    assert!(first.len() >= 100, "{}", first.len());
+    deleter.await.unwrap();
+    let s = disc.wait_until(T, |s| s.len() == 100).await.unwrap();
+    assert!(s.iter().all(|i| i.id[1..].parse::<u32>().unwrap() % 2 == 0));
+    c.close().await;
+    w.delete_recursive(&base).await.unwrap();
+}

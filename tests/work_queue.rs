@@ -1,0 +1,256 @@
+//! Work queue with progress reporting against real ZooKeeper: exactly one worker per task,
+//! a live coordinator view, and a worker dying mid-task (closed client, expired session, cut
+//! connection) whose task is completed by another worker exactly once.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{client, expect_state, init_tracing, root};
+use serde_json::json;
+use zkr::testing::{self, FaultProxy};
+use zkr::SessionState;
+use zkr_recipes::work_queue::{TaskState, WorkQueue};
+
+const T: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_task_claimed_once_with_progress_and_completed() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let r = root("wq-basic");
+    let admin = client(&ens.connect_string(), 10_000).await;
+    let q = WorkQueue::open(&admin, &r).await.unwrap();
+    let coord = q.coordinator().unwrap();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(q.put(&json!({"n": i})).await.unwrap());
+    }
+    coord
+        .wait_until(T, |s| s.count(TaskState::Pending) == 20)
+        .await
+        .unwrap();
+    // Who holds what right now: a second holder of a task is a violation.
+    let holders: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let violations = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut handles = Vec::new();
+    for w in 0..4 {
+        let c = client(&ens.connect_string(), 10_000).await;
+        let q = WorkQueue::open(&c, &r).await.unwrap();
+        let holders = holders.clone();
+        let violations = violations.clone();
+        handles.push(tokio::spawn(async move {
+            let name = format!("w{w}");
+            let mut worker = q.worker(&name).await.unwrap();
+            let mut done = Vec::new();
+            loop {
+                let task = match worker.claim(Duration::from_millis(1500)).await {
+                    Ok(t) => t,
+                    Err(zkr_recipes::Error::Timeout { .. }) => break,
+                    Err(e) => panic!("claim: {e}"),
+                };
+                if let Some(other) = holders
+                    .lock()
+                    .unwrap()
+                    .insert(task.id().to_string(), name.clone())
+                {
+                    violations
+                        .lock()
+                        .unwrap()
+                        .push(format!("{} held by {other}", task.id()));
+                }
+                assert!(task.payload()["n"].is_u64());
+                task.progress(50.0, "half").await.unwrap();
+                holders.lock().unwrap().remove(task.id());
+                let id = task.id().to_string();
+                task.complete(json!({"by": name})).await.unwrap();
+                done.push(id);
+            }
+            c.close().await;
+            done
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    assert!(
+        violations.lock().unwrap().is_empty(),
+        "{:?}",
+        violations.lock().unwrap()
+    );
+    all.sort();
+    assert_eq!(all, ids, "every task completed exactly once");
+    let snap = coord
+        .wait_until(T, |s| s.count(TaskState::Completed) == 20)
+        .await
+        .unwrap();
+    assert_eq!(snap.tasks.len(), 20);
+    for t in &snap.tasks {
+        assert_eq!(
+            t.result.as_ref().unwrap()["by"],
+            json!(t.owner.clone().unwrap())
+        );
+    }
+    let once = q.snapshot().await.unwrap();
+    assert_eq!(once, snap);
+    admin.delete_recursive(&r).await.unwrap();
+}
+
+/// The coordinator sees a running task's owner and progress; a worker whose client is closed
+/// mid-task gives the task back, and another worker completes it exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_worker_task_completed_by_another() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let r = root("wq-close");
+    let admin = client(&ens.connect_string(), 10_000).await;
+    let q = WorkQueue::open(&admin, &r).await.unwrap();
+    let coord = q.coordinator().unwrap();
+    let id = q.put(&json!("job")).await.unwrap();
+
+    let ca = client(&ens.connect_string(), 10_000).await;
+    let mut wa = WorkQueue::open(&ca, &r)
+        .await
+        .unwrap()
+        .worker("A")
+        .await
+        .unwrap();
+    let ta = wa.claim(T).await.unwrap();
+    assert_eq!(ta.id(), id);
+    ta.progress(30.0, "resizing").await.unwrap();
+    let s = coord
+        .wait_until(T, |s| s.get(&id).and_then(|t| t.percent) == Some(30.0))
+        .await
+        .unwrap();
+    let t = s.get(&id).unwrap();
+    assert_eq!(t.state, TaskState::Running);
+    assert_eq!(t.owner.as_deref(), Some("A"));
+    assert_eq!(t.message.as_deref(), Some("resizing"));
+
+    let cb = client(&ens.connect_string(), 10_000).await;
+    let mut wb = WorkQueue::open(&cb, &r)
+        .await
+        .unwrap()
+        .worker("B")
+        .await
+        .unwrap();
+    assert!(
+        wb.try_claim().await.unwrap().is_none(),
+        "the task is held by A"
+    );
+    let b = tokio::spawn(async move {
+        let t = wb.claim(T).await.unwrap();
+        let id = t.id().to_string();
+        t.complete(json!("B did it")).await.unwrap();
+        (id, cb)
+    });
+    ca.close().await; // A dies
+    assert!(ta.progress(60.0, "too late").await.is_err());
+    let (bid, cb) = b.await.unwrap();
+    assert_eq!(bid, id);
+    let s = coord
+        .wait_until(T, |s| {
+            s.get(&id).map(|t| t.state) == Some(TaskState::Completed)
+        })
+        .await
+        .unwrap();
+    assert_eq!(s.get(&id).unwrap().owner.as_deref(), Some("B"));
+    assert_eq!(s.tasks.len(), 1);
+    cb.close().await;
+    admin.delete_recursive(&r).await.unwrap();
+}
+
+/// A worker cut off mid-task: its session is lost (client side first, then expired by the
+/// server); only then does another worker get the task; the dead worker's completion fails;
+/// the task is completed exactly once, by the other worker. Then a real server-side expiry of
+/// the second worker's session mid-task hands the next task over the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_session_death_task_completed_once_by_another() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let r = root("wq-expire");
+    let admin = client(&ens.connect_string(), 10_000).await;
+    let q = WorkQueue::open(&admin, &r).await.unwrap();
+    let coord = q.coordinator().unwrap();
+    let id1 = q.put(&json!(1)).await.unwrap();
+
+    let proxy_a = FaultProxy::for_ensemble(ens).unwrap();
+    let ca = client(&proxy_a.connect_string(), 2000).await;
+    let mut wa = WorkQueue::open(&ca, &r)
+        .await
+        .unwrap()
+        .worker("A")
+        .await
+        .unwrap();
+    let ta = wa.claim(T).await.unwrap();
+    assert_eq!(ta.id(), id1);
+    ta.progress(10.0, "started").await.unwrap();
+
+    let cb = client(&ens.connect_string(), 10_000).await;
+    let qb = WorkQueue::open(&cb, &r).await.unwrap();
+    let mut wb = qb.worker("B").await.unwrap();
+    let mut states = ca.states();
+    proxy_a.cut();
+    expect_state(&mut states, T, "Lost", |s| {
+        matches!(s, SessionState::Lost { .. })
+    })
+    .await;
+    tokio::time::timeout(T, ta.lost()).await.unwrap();
+    assert!(ta.is_lost());
+    // B gets the task only once the server expired A's session (its claim vanished).
+    let tb = wb.claim(T).await.unwrap();
+    assert_eq!(tb.id(), id1);
+    proxy_a.heal();
+    let err = ta.complete(json!("A")).await.unwrap_err();
+    assert!(
+        matches!(err, zkr_recipes::Error::SessionLost { .. }),
+        "{err}"
+    );
+    tb.complete(json!("B")).await.unwrap();
+    let s = coord
+        .wait_until(T, |s| {
+            s.get(&id1).map(|t| t.state) == Some(TaskState::Completed)
+        })
+        .await
+        .unwrap();
+    assert_eq!(s.get(&id1).unwrap().owner.as_deref(), Some("B"));
+    assert_eq!(
+        admin
+            .get_children(&format!("{r}/done"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Round 2: A (new session) takes a task, its session is expired by the server, B takes over.
+    let id2 = q.put(&json!(2)).await.unwrap();
+    let ta = wa.claim(T).await.unwrap();
+    assert_eq!(ta.id(), id2);
+    ta.progress(20.0, "working").await.unwrap();
+    coord
+        .wait_until(T, |s| s.get(&id2).and_then(|t| t.percent) == Some(20.0))
+        .await
+        .unwrap();
+    ca.expire_session_for_testing(&ens.connect_string(), &proxy_a)
+        .await
+        .unwrap();
+    let tb = wb.claim(T).await.unwrap();
+    assert_eq!(tb.id(), id2);
+    assert!(ta.progress(30.0, "zombie").await.is_err());
+    tb.complete(json!("B2")).await.unwrap();
+    assert!(ta.complete(json!("A2")).await.is_err());
+    let s = coord
+        .wait_until(T, |s| s.count(TaskState::Completed) == 2)
+        .await
+        .unwrap();
+    assert_eq!(s.get(&id2).unwrap().owner.as_deref(), Some("B"));
+    assert_eq!(s.get(&id2).unwrap().result, Some(json!("B2")));
+    assert_eq!(s.tasks.len(), 2);
+    ca.close().await;
+    cb.close().await;
+    admin.delete_recursive(&r).await.unwrap();
+}
