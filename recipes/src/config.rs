@@ -525,25 +525,14 @@ impl<T: Clone> ConfigSubscription<T> {
         d: Duration,
         mut pred: impl FnMut(&Versioned<T>) -> bool,
     ) -> Result<Versioned<T>> {
-        let mut rx = self.latest.clone();
-        let fut = async {
-            loop {
-                if let Some(v) = rx.borrow_and_update().as_ref() {
-                    if pred(v) {
-                        return Ok(v.clone());
-                    }
-                }
-                if rx.changed().await.is_err() {
-                    return Err(Error::Closed("config subscription"));
-                }
-            }
-        };
-        tokio::time::timeout(d, fut)
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "config value",
-                after: d,
-            })?
+        crate::wait::wait_until(
+            &self.latest,
+            d,
+            "config value",
+            "config subscription",
+            |v| v.as_ref().filter(|v| pred(v)).cloned(),
+        )
+        .await
     }
 }
 

@@ -613,26 +613,14 @@ impl<T: Clone> TreeSubscription<T> {
         d: Duration,
         mut pred: impl FnMut(&TreeSnapshot<T>) -> bool,
     ) -> Result<TreeSnapshot<T>> {
-        let mut rx = self.snap.clone();
-        let fut = async {
-            loop {
-                {
-                    let s = rx.borrow_and_update();
-                    if pred(&s) {
-                        return Ok(s.clone());
-                    }
-                }
-                if rx.changed().await.is_err() {
-                    return Err(Error::Closed("config tree subscription"));
-                }
-            }
-        };
-        tokio::time::timeout(d, fut)
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "config tree",
-                after: d,
-            })?
+        crate::wait::wait_until(
+            &self.snap,
+            d,
+            "config tree",
+            "config tree subscription",
+            |s| pred(s).then(|| s.clone()),
+        )
+        .await
     }
 }
 

@@ -316,26 +316,18 @@ impl Discovery {
         timeout: Duration,
         mut pred: impl FnMut(&[ServiceInstance]) -> bool,
     ) -> Result<Vec<ServiceInstance>> {
-        let mut rx = self.rx.clone();
-        let fut = async {
-            loop {
-                let snap = rx.borrow_and_update().clone();
-                if let Some(s) = snap {
-                    if pred(&s) {
-                        return Ok(s.as_ref().clone());
-                    }
-                }
-                if rx.changed().await.is_err() {
-                    return Err(Error::Closed("discovery"));
-                }
-            }
-        };
-        tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "discovery condition",
-                after: timeout,
-            })?
+        crate::wait::wait_until(
+            &self.rx,
+            timeout,
+            "discovery condition",
+            "discovery",
+            |snap| {
+                snap.as_ref()
+                    .filter(|s| pred(s))
+                    .map(|s| s.as_ref().clone())
+            },
+        )
+        .await
     }
 
     /// One-shot read of the live instances (no watch). Instances that vanish during the read

@@ -20,6 +20,7 @@ pub mod rwlock;
 pub mod semaphore;
 mod sequence;
 pub mod sequential_ids;
+mod wait;
 pub mod work_queue;
 
 pub use atomic_counter::{AtomicCounter, AtomicValue};

@@ -892,26 +892,18 @@ impl Coordinator {
         timeout: Duration,
         mut pred: impl FnMut(&QueueSnapshot) -> bool,
     ) -> Result<QueueSnapshot> {
-        let mut rx = self.rx.clone();
-        let fut = async {
-            loop {
-                let snap = rx.borrow_and_update().clone();
-                if let Some(s) = snap {
-                    if pred(&s) {
-                        return Ok(s.as_ref().clone());
-                    }
-                }
-                if rx.changed().await.is_err() {
-                    return Err(Error::Closed("coordinator"));
-                }
-            }
-        };
-        tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "coordinator condition",
-                after: timeout,
-            })?
+        crate::wait::wait_until(
+            &self.rx,
+            timeout,
+            "coordinator condition",
+            "coordinator",
+            |snap| {
+                snap.as_ref()
+                    .filter(|s| pred(s))
+                    .map(|s| s.as_ref().clone())
+            },
+        )
+        .await
     }
 }
 

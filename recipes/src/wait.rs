@@ -1,0 +1,36 @@
+//! Waiting on a recipe's `watch` channel for a condition, with a timeout.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+
+/// Waits until `pick` returns `Some` for the channel's value (tried on the current value first,
+/// then on every change); `Error::Timeout { what }` after `timeout`, `Error::Closed(closed)` if
+/// the sender goes away.
+pub(crate) async fn wait_until<V, R>(
+    rx: &watch::Receiver<V>,
+    timeout: Duration,
+    what: &'static str,
+    closed: &'static str,
+    mut pick: impl FnMut(&V) -> Option<R>,
+) -> Result<R> {
+    let mut rx = rx.clone();
+    let fut = async {
+        loop {
+            if let Some(r) = pick(&rx.borrow_and_update()) {
+                return Ok(r);
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::Closed(closed));
+            }
+        }
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| Error::Timeout {
+            what,
+            after: timeout,
+        })?
+}
