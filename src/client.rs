@@ -634,6 +634,56 @@ impl Client {
         }
     }
 
+    /// Completes once `path` does not exist: checked at once, then on every notification, across
+    /// reconnects (and, for an unpinned handle, new sessions). A lighter sibling of
+    /// [`watch_data`](Self::watch_data) for "wait for my predecessor to go" (one exists watch,
+    /// no re-reads, removed if the wait is dropped). Has no deadline of its own: wrap it in a
+    /// timeout. On a pinned handle it fails with [`Error::SessionLost`] when the session ends.
+    pub async fn wait_gone(&self, path: &str) -> Result<()> {
+        path::validate_path(path, false)?;
+        loop {
+            let epoch = match &self.pin {
+                Some(e) => e.clone(),
+                None => self.inner.shared.live_epoch().await?,
+            };
+            let r = match epoch.wire() {
+                Ok(w) => epoch.run(w.exists_watch(path)).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok((None, _)) => return Ok(()),
+                Ok((Some(_), watch)) => {
+                    tokio::select! {
+                        ev = watch.fired() => {
+                            if ev == crate::wire::WireEvent::Deleted {
+                                return Ok(());
+                            }
+                        }
+                        _ = epoch.ended() => {
+                            if self.pin.is_some() {
+                                return Err(epoch.lost_error());
+                            }
+                        }
+                    }
+                }
+                Err(Error::SessionLost { .. }) if self.pin.is_none() => {}
+                Err(e) if e.is_connection_loss() => {
+                    // Wait for the connection to come back (or the session to end).
+                    let mut rx = self.state_receiver();
+                    let _ = tokio::time::timeout(self.timeout(), async {
+                        while !rx.borrow_and_update().is_connected() {
+                            if rx.changed().await.is_err() {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// A stream of a node's data: the current state first, then every change, across
     /// reconnects and new sessions. See [`crate::watch`].
     pub fn watch_data(&self, path: &str) -> Result<DataWatch> {

@@ -130,3 +130,49 @@ async fn streams_on_one_path_share_one_watch() {
     assert_eq!(ev.data(), Some(&b"v2"[..]));
     c.delete(&root, None).await.unwrap();
 }
+
+/// `wait_gone`: immediate for an absent node, completes on deletion — also when the deletion
+/// happened while the client was cut off — and leaves no server watch behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_gone_sees_deletions_across_a_cut() {
+    init_tracing();
+    let ens = blocking(ZkEnsemble::standalone).await.expect("zookeeper");
+    let proxy = zkr::testing::FaultProxy::for_ensemble(&ens).unwrap();
+    let admin = client(&ens.connect_string(), 10_000).await;
+    let c = client(&proxy.connect_string(), 4000).await;
+    let baseline = ens.watch_count().unwrap();
+    c.wait_gone("/absent").await.unwrap();
+    admin
+        .create("/g", b"", CreateMode::Persistent)
+        .await
+        .unwrap();
+    let c2 = c.clone();
+    let waiter = tokio::spawn(async move { c2.wait_gone("/g").await });
+    // Wait until the exists watch is set, then delete the node while the client is cut off.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while ens.watch_count().unwrap() == baseline {
+        assert!(tokio::time::Instant::now() < deadline, "watch never set");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut states = c.states();
+    proxy.cut();
+    expect_state(&mut states, Duration::from_secs(5), "Suspended", |s| {
+        matches!(s, zkr::SessionState::Suspended { .. })
+    })
+    .await;
+    admin.delete("/g", None).await.unwrap();
+    proxy.heal();
+    tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("wait_gone completes")
+        .unwrap()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while ens.watch_count().unwrap() != baseline {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a watch was left behind"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

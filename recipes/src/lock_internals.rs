@@ -104,6 +104,21 @@ pub(crate) async fn acquire(
                 let pred = zkr::path::join(dir, &cs[i].name);
                 tracing::debug!(waiting_for = %pred, "queued");
                 within(deadline, "lock acquire", wait_gone(&pinned, &pred)).await??;
+                // Sequence numbers only grow, so nodes created since the listing queue behind
+                // us, and other deletions only move us forward: if the list without the node
+                // we waited for says "acquired", it is — no need to list again.
+                let rest: Vec<String> = children
+                    .iter()
+                    .filter(|c| **c != cs[i].name)
+                    .cloned()
+                    .collect();
+                let rest_cs = contenders(&rest, markers, our_seq);
+                if let Some(ours) = rest_cs.iter().position(|c| c.name == our_name) {
+                    if matches!(decide(&rest_cs, ours), Decision::Acquired) {
+                        children = rest;
+                        continue;
+                    }
+                }
                 children = within(deadline, "lock acquire", pinned.get_children(dir)).await??;
             }
         }
@@ -112,17 +127,12 @@ pub(crate) async fn acquire(
 
 /// Completes when `path` no longer exists (or the pinned session ends: an error).
 async fn wait_gone(pinned: &Client, path: &str) -> Result<()> {
-    let mut w = pinned.watch_data(path)?;
-    loop {
-        tokio::select! {
-            ev = w.next() => match ev {
-                Some(Ok(ev)) if ev.node.is_none() => return Ok(()),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(zkr::Error::Closed.into()),
-            },
-            _ = pinned.pin_lost() => return Err(Error::SessionLost { what: "lock acquire" }),
-        }
+    match pinned.wait_gone(path).await {
+        Ok(()) => Ok(()),
+        Err(zkr::Error::SessionLost { .. }) => Err(Error::SessionLost {
+            what: "lock acquire",
+        }),
+        Err(e) => Err(e.into()),
     }
 }
 
