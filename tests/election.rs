@@ -434,7 +434,15 @@ async fn election_path_deleted_while_disconnected_rejoins() {
         matches!(s, zkr::SessionState::Suspended { .. })
     })
     .await;
-    assert!(!la.is_leader(), "steps down on Suspended");
+    // The latch reacts to Suspended in its own task: wait (bounded) for it to step down.
+    let mut rx = la.state_receiver();
+    tokio::time::timeout(Duration::from_secs(2), async {
+        while la.is_leader() {
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("steps down on Suspended");
     admin.delete_recursive(&path).await.unwrap();
     assert!(admin.exists(&path).await.unwrap().is_none());
     proxy.heal();
