@@ -511,12 +511,7 @@ impl<T: Clone> ConfigSubscription<T> {
 
     /// The next event, or [`Error::Timeout`] if none arrives within `d`.
     pub async fn next_timeout(&mut self, d: Duration) -> Result<Option<ConfigEvent<T>>> {
-        tokio::time::timeout(d, self.events.recv())
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "config event",
-                after: d,
-            })
+        crate::wait::timed(d, "config event", self.events.recv()).await
     }
 
     /// Waits until the latest value satisfies `pred` (checked on the current value first).

@@ -599,12 +599,7 @@ impl<T: Clone> TreeSubscription<T> {
 
     /// The next event, or [`Error::Timeout`] if none arrives within `d`.
     pub async fn next_timeout(&mut self, d: Duration) -> Result<Option<TreeEvent<T>>> {
-        tokio::time::timeout(d, self.events.recv())
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "config tree event",
-                after: d,
-            })
+        crate::wait::timed(d, "config tree event", self.events.recv()).await
     }
 
     /// Waits until the map satisfies `pred` (checked on the current map first).

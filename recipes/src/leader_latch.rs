@@ -343,12 +343,7 @@ impl LeadershipChanges {
 
     /// The next change, or `Err(Timeout)` if none arrives within `d`.
     pub async fn next_timeout(&mut self, d: Duration) -> Result<Option<LatchState>> {
-        tokio::time::timeout(d, self.rx.recv())
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "leadership change",
-                after: d,
-            })
+        crate::wait::timed(d, "leadership change", self.rx.recv()).await
     }
 }
 
@@ -875,12 +870,7 @@ impl LeaderWatch {
         &mut self,
         d: Duration,
     ) -> Result<Option<Result<Option<Participant>>>> {
-        tokio::time::timeout(d, self.rx.recv())
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "leader change",
-                after: d,
-            })
+        crate::wait::timed(d, "leader change", self.rx.recv()).await
     }
 }
 

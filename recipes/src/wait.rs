@@ -34,3 +34,18 @@ pub(crate) async fn wait_until<V, R>(
             after: timeout,
         })?
 }
+
+/// `fut` (typically the next event of a recipe's stream), or `Error::Timeout { what }` if it
+/// does not complete within `timeout`.
+pub(crate) async fn timed<T>(
+    timeout: Duration,
+    what: &'static str,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| Error::Timeout {
+            what,
+            after: timeout,
+        })
+}
