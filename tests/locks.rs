@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures::StreamExt;
 use zkr::testing::{self, FaultProxy, ZkEnsemble};
-use zkr::{CreateMode, Op};
+use zkr::{CreateMode, Op, SessionState};
 use zkr_recipes::{LossPolicy, Mutex, RwLock, Semaphore};
 
 /// 8 clients × 200 cycles on one mutex: never two inside, no lost update.
@@ -142,6 +142,64 @@ async fn cut_off_holder_is_told_before_another_acquires() {
         g2.release().await.unwrap();
         drop(g);
     }
+}
+
+/// Pitfall 8: after a client-side `Lost`, the client's new session never adopts the node its
+/// old session left (the server keeps it until its own timeout): a new acquire queues behind
+/// that node and holds the lock only once the server removed it, through its own node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_session_never_adopts_the_old_sessions_node() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let path = root("old-session-node");
+    let proxy = FaultProxy::for_ensemble(ens).unwrap();
+    let c = client(&proxy.connect_string(), 6000).await;
+    let admin = client(&ens.connect_string(), 10_000).await;
+    let m = Mutex::new(&c, &path).unwrap();
+    let g1 = m.acquire().await.unwrap();
+    let old_node = g1.node_path().to_string();
+    let old_session = c.session_id().unwrap();
+
+    let mut states = c.states();
+    proxy.cut();
+    expect_state(&mut states, Duration::from_secs(20), "Lost", |s| {
+        matches!(s, SessionState::Lost { .. })
+    })
+    .await;
+    g1.lost().await;
+    assert!(!g1.is_held());
+    // zkr declares Lost before the server can expire the session: the node is normally still
+    // there now, owned by the old session.
+    let still_there = admin.exists(&old_node).await.unwrap();
+    tracing::info!(
+        still_there = still_there.is_some(),
+        "old node after the client-side Lost"
+    );
+    if let Some(st) = &still_there {
+        assert_eq!(st.ephemeral_owner, old_session.0);
+    }
+    proxy.heal();
+    expect_state(&mut states, Duration::from_secs(20), "Connected", |s| {
+        matches!(s, SessionState::Connected { .. })
+    })
+    .await;
+    let new_session = c.session_id().unwrap();
+    assert_ne!(new_session, old_session);
+
+    let g2 = m.acquire_timeout(Duration::from_secs(20)).await.unwrap();
+    assert!(
+        admin.exists(&old_node).await.unwrap().is_none(),
+        "acquired while the old session's node {old_node} still existed"
+    );
+    assert_ne!(g2.node_path(), old_node);
+    let st = admin.exists(g2.node_path()).await.unwrap().unwrap();
+    assert_eq!(st.ephemeral_owner, new_session.0);
+    assert!(g2.fencing_token() > g1.fencing_token());
+    // The old guard's release reports the loss and touches nothing of the new session.
+    assert!(g1.release().await.is_err());
+    assert!(admin.exists(g2.node_path()).await.unwrap().is_some());
+    g2.release().await.unwrap();
+    admin.delete_recursive(&path).await.unwrap();
 }
 
 /// Pitfalls 10 and 11: an acquire cancelled at any stage leaves no node behind, and the others

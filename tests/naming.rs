@@ -1,12 +1,11 @@
 //! Naming recipes (`SequentialIds`, `AtomicCounter`, `IdBlocks`) against real ZooKeeper:
-//! uniqueness across 4 sessions and across 4 OS processes running `zkr id next`, Curator's
-//! counter layout, and a counter changed while a client was cut off (pitfall 25: re-read, never
-//! overwritten).
+//! uniqueness across 4 sessions, Curator's counter layout, and a counter changed while a client
+//! was cut off (pitfall 25: re-read, never overwritten). Uniqueness across 4 OS processes
+//! running `zkr id next` is tested in `cli/tests/cli_recipes.rs`.
 
 mod common;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{client, init_tracing, root};
@@ -211,63 +210,4 @@ async fn id_blocks_unique_across_sessions_and_increasing() {
     assert_unique(&all);
     assert!(IdBlocks::new(&clients[0], &path, 0).is_err());
     clients[0].delete_recursive(&base).await.unwrap();
-}
-
-/// The `zkr` binary next to this test binary (`target/<profile>/zkr`), built by
-/// `cargo build --workspace` (scripts/test does that first).
-fn zkr_bin() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?.parent()?;
-    let bin = dir.join("zkr");
-    bin.exists().then_some(bin)
-}
-
-/// 4 OS processes run `zkr id next PATH --count N` concurrently (sequential-node IDs and
-/// ID blocks): no ID appears twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cli_ids_unique_across_four_processes() {
-    init_tracing();
-    let Some(bin) = zkr_bin() else {
-        panic!("the zkr CLI binary is not built next to the tests; run `cargo build --workspace` first");
-    };
-    let base = root("ids-cli");
-    let zk = zk().connect_string();
-    for extra in [&[][..], &["--counter"][..], &["--block", "25"][..]] {
-        let path = format!("{base}/p{}", extra.len());
-        let procs: Vec<_> = (0..4)
-            .map(|_| {
-                let mut cmd = tokio::process::Command::new(&bin);
-                cmd.env_remove("RUST_LOG")
-                    .args(["--zk", &zk, "id", "next", &path, "--count", "150"])
-                    .args(extra)
-                    .kill_on_drop(true);
-                cmd.output()
-            })
-            .collect();
-        let outs = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(procs))
-            .await
-            .expect("zkr id next finished");
-        let mut all = Vec::new();
-        for o in outs {
-            let o = o.expect("spawn zkr");
-            assert!(
-                o.status.success(),
-                "zkr id next {extra:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            let ids: Vec<i64> = String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(|l| l.trim().parse().expect("one id per line"))
-                .collect();
-            assert_eq!(ids.len(), 150);
-            assert!(
-                ids.windows(2).all(|w| w[0] < w[1]),
-                "increasing per process"
-            );
-            all.extend(ids);
-        }
-        assert_unique(&all);
-    }
-    let admin = client(&zk, 10_000).await;
-    admin.delete_recursive(&base).await.unwrap();
 }

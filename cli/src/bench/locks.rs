@@ -7,11 +7,16 @@
 //!   shared counter must not lose updates. `p50_ms`/`p99_ms`: acquire wait.
 //! * W3-rwlock: 8 clients × 250 ops, op j of client i is a write iff (37j+11i) % 5 == 0, else a
 //!   read. `p50_ms`/`p99_ms`: acquire wait; `max_concurrent_readers`.
+//! * W1-floor (`w1floor`, not in BENCHMARKS.md): W1's shape with no lock logic at all — each cycle
+//!   is only the two durable writes every Curator-compatible lock cycle must make: create the
+//!   ephemeral-sequential lock node, then delete it. No ordering read, no watch, no recipe code.
+//!   Its ops/s bounds what any W1 implementation (zkr's, Curator's) can reach on that server.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use zkr::CreateMode;
 use zkr_recipes::{Mutex, RwLock};
 
 use super::{fan_out, Bench, BenchError, Latencies, Report};
@@ -22,6 +27,8 @@ pub const W1: &str = "W1-lock-uncontended";
 pub const W2: &str = "W2-lock-contended";
 /// Workload names.
 pub const W3: &str = "W3-rwlock";
+/// Workload names.
+pub const W1_FLOOR: &str = "W1-floor";
 
 const W1_CYCLES: usize = 2_000;
 const W1_WARM: usize = 100;
@@ -81,6 +88,51 @@ pub async fn w1(b: &Bench) -> Result<Report, BenchError> {
             &mut lat,
             true,
         ))
+    }
+    .await;
+    b.teardown_root(&client, &root).await;
+    client.close().await;
+    result
+}
+
+/// W1-floor: W1's cycles as bare create(ephemeral-sequential) + delete, nothing else.
+pub async fn w1floor(b: &Bench) -> Result<Report, BenchError> {
+    let client = b.client().await?;
+    let root = b.setup_root(&client).await?;
+    let dir = format!("{root}/lock");
+    let n = b.scaled(W1_CYCLES);
+    let result = async {
+        client.create(&dir, b"", CreateMode::Persistent).await?;
+        // The same node name shape and data size as a Curator lock node.
+        let prefix = format!("{dir}/_c_{}-lock-", uuid::Uuid::new_v4());
+        let data = b"127.0.0.1";
+        let cycle = || async {
+            let node = client
+                .create(&prefix, data, CreateMode::EphemeralSequential)
+                .await?;
+            client.delete(&node, None).await
+        };
+        for _ in 0..W1_WARM {
+            cycle().await?;
+        }
+        let mut lat = Latencies::with_capacity(n);
+        let start = Instant::now();
+        for _ in 0..n {
+            let t = Instant::now();
+            cycle().await?;
+            lat.push(t.elapsed());
+        }
+        let elapsed = start.elapsed();
+        let leftover = client.get_children(&dir).await?.len();
+        Ok(Report::new(
+            W1_FLOOR,
+            w1_params(b),
+            n as u64,
+            elapsed,
+            &mut lat,
+            leftover == 0,
+        )
+        .field("leftover_nodes", leftover))
     }
     .await;
     b.teardown_root(&client, &root).await;

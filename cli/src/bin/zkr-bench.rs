@@ -26,6 +26,8 @@ enum Workload {
     Raw,
     /// W1-lock-uncontended: 2,000 acquire+release of one exclusive lock by one client
     W1,
+    /// W1-floor: W1 as bare create+delete of the lock node (no lock logic): W1's ceiling
+    W1floor,
     /// W2-lock-contended: 8 clients × 250 acquire+release on one lock
     W2,
     /// W3-rwlock: 8 clients × 250 read/write lock ops, 20 % writes
@@ -53,6 +55,7 @@ impl Workload {
         match self {
             Workload::Raw => "raw",
             Workload::W1 => "w1",
+            Workload::W1floor => "w1floor",
             Workload::W2 => "w2",
             Workload::W3 => "w3",
             Workload::W4 => "w4",
@@ -70,6 +73,7 @@ impl Workload {
         match self {
             Workload::Raw => bench::raw::WORKLOAD,
             Workload::W1 => bench::locks::W1,
+            Workload::W1floor => bench::locks::W1_FLOOR,
             Workload::W2 => bench::locks::W2,
             Workload::W3 => bench::locks::W3,
             Workload::W4 => bench::election::W4,
@@ -86,7 +90,7 @@ impl Workload {
     fn params(self, b: &Bench) -> serde_json::Map<String, serde_json::Value> {
         match self {
             Workload::Raw => bench::raw::params(b),
-            Workload::W1 => bench::locks::w1_params(b),
+            Workload::W1 | Workload::W1floor => bench::locks::w1_params(b),
             Workload::W2 | Workload::W3 => bench::locks::contended_params(b),
             Workload::W4 => bench::election::w4_params(b),
             Workload::W4pause => bench::election::w4pause_params(b),
@@ -103,6 +107,7 @@ impl Workload {
         match self {
             Workload::Raw => bench::raw::run(b).await,
             Workload::W1 => bench::locks::w1(b).await,
+            Workload::W1floor => bench::locks::w1floor(b).await,
             Workload::W2 => bench::locks::w2(b).await,
             Workload::W3 => bench::locks::w3(b).await,
             Workload::W4 => bench::election::run_w4(b).await,
