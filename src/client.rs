@@ -425,12 +425,25 @@ impl Client {
         data: &[u8],
         mode: CreateMode,
     ) -> Result<String> {
-        match self.create(path, data, mode).await {
+        self.create_with_parents_stat(path, data, mode)
+            .await
+            .map(|(p, _)| p)
+    }
+
+    /// [`create_with_parents`](Self::create_with_parents), also returning the created node's
+    /// stat (from the create's own reply: no extra round trip).
+    pub async fn create_with_parents_stat(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: CreateMode,
+    ) -> Result<(String, Stat)> {
+        match self.create_with_stat(path, data, mode).await {
             Err(Error::NoNode { .. }) => {
                 if let Some(parent) = path::parent(path) {
                     self.ensure_parents(parent, CreateMode::Container).await?;
                 }
-                self.create(path, data, mode).await
+                self.create_with_stat(path, data, mode).await
             }
             r => r,
         }

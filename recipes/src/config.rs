@@ -205,14 +205,10 @@ where
                     }
                     match self
                         .client
-                        .create_with_parents(&self.path, &data, CreateMode::Persistent)
+                        .create_with_parents_stat(&self.path, &data, CreateMode::Persistent)
                         .await
                     {
-                        Ok(_) => self.client.exists(&self.path).await.and_then(|s| {
-                            s.ok_or(zkr::Error::NoNode {
-                                path: self.path.clone(),
-                            })
-                        }),
+                        Ok((_, stat)) => Ok(stat),
                         Err(zkr::Error::NodeExists { .. }) => {
                             self.client.set_data(&self.path, &data, None).await
                         }
@@ -240,14 +236,10 @@ where
                 Some(v) => self.client.set_data(&self.path, &data, Some(v)).await,
                 None => match self
                     .client
-                    .create_with_parents(&self.path, &data, CreateMode::Persistent)
+                    .create_with_parents_stat(&self.path, &data, CreateMode::Persistent)
                     .await
                 {
-                    Ok(_) => self.client.exists(&self.path).await.and_then(|s| {
-                        s.ok_or(zkr::Error::NoNode {
-                            path: self.path.clone(),
-                        })
-                    }),
+                    Ok((_, stat)) => Ok(stat),
                     Err(e) => Err(e),
                 },
             };

@@ -277,18 +277,7 @@ impl Discovery {
         let (tx, rx) = watch::channel::<Snapshot>(None);
         let span = tracing::info_span!("zkr.discovery", dir = %dir);
         let task = tokio::spawn(tracing::Instrument::instrument(run(cache, tx), span));
-        let stream = futures::stream::unfold(rx.clone(), |mut rx| async move {
-            loop {
-                if rx.changed().await.is_err() {
-                    return None;
-                }
-                let snap = rx.borrow_and_update().clone();
-                if let Some(s) = snap {
-                    return Some((s.as_ref().clone(), rx));
-                }
-            }
-        })
-        .boxed();
+        let stream = crate::wait::loaded_snapshots(rx.clone());
         Ok(Discovery { rx, stream, task })
     }
 

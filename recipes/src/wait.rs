@@ -1,7 +1,10 @@
-//! Waiting on a recipe's `watch` channel for a condition, with a timeout.
+//! Waiting on a recipe's `watch` channel: for a condition with a timeout, or as a stream of
+//! loaded snapshots.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
@@ -48,4 +51,23 @@ pub(crate) async fn timed<T>(
             what,
             after: timeout,
         })
+}
+
+/// Every snapshot published on `rx` after this call (coalescing: a slow reader sees the latest),
+/// skipping `None` (not loaded yet); ends when the sender goes away.
+pub(crate) fn loaded_snapshots<T: Clone + Send + Sync + 'static>(
+    rx: watch::Receiver<Option<Arc<T>>>,
+) -> BoxStream<'static, T> {
+    futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            if rx.changed().await.is_err() {
+                return None;
+            }
+            let snap = rx.borrow_and_update().clone();
+            if let Some(s) = snap {
+                return Some((s.as_ref().clone(), rx));
+            }
+        }
+    })
+    .boxed()
 }

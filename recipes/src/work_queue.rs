@@ -866,18 +866,7 @@ impl Coordinator {
         let (tx, rx) = watch::channel::<Shared>(None);
         let span = tracing::info_span!("zkr.queue.coordinator", root = %q.root);
         let task = tokio::spawn(coordinate(tasks, claims, done, tx).instrument(span));
-        let stream = futures::stream::unfold(rx.clone(), |mut rx| async move {
-            loop {
-                if rx.changed().await.is_err() {
-                    return None;
-                }
-                let snap = rx.borrow_and_update().clone();
-                if let Some(s) = snap {
-                    return Some((s.as_ref().clone(), rx));
-                }
-            }
-        })
-        .boxed();
+        let stream = crate::wait::loaded_snapshots(rx.clone());
         Ok(Coordinator { rx, stream, task })
     }
 
