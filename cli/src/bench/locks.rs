@@ -57,37 +57,19 @@ pub async fn w1(b: &Bench) -> Result<Report, BenchError> {
     let client = b.client().await?;
     let root = b.setup_root(&client).await?;
     let lock = Mutex::new(&client, &format!("{root}/lock")).map_err(err)?;
-    let n = b.scaled(W1_CYCLES);
     let result = async {
-        for _ in 0..W1_WARM {
-            lock.acquire()
-                .await
-                .map_err(err)?
-                .release()
-                .await
-                .map_err(err)?;
-        }
-        let mut lat = Latencies::with_capacity(n);
-        let start = Instant::now();
-        for _ in 0..n {
-            let t = Instant::now();
-            lock.acquire()
-                .await
-                .map_err(err)?
-                .release()
-                .await
-                .map_err(err)?;
-            lat.push(t.elapsed());
-        }
-        let elapsed = start.elapsed();
+        let (elapsed, mut lat) =
+            serial_cycles(b, || async { lock.acquire().await?.release().await }).await?;
+        let leftover = lock.participants().await.map_err(err)?.len();
         Ok(Report::new(
             W1,
             w1_params(b),
-            n as u64,
+            lat.len() as u64,
             elapsed,
             &mut lat,
-            true,
-        ))
+            leftover == 0,
+        )
+        .field("leftover_nodes", leftover))
     }
     .await;
     b.teardown_root(&client, &root).await;
@@ -100,34 +82,22 @@ pub async fn w1floor(b: &Bench) -> Result<Report, BenchError> {
     let client = b.client().await?;
     let root = b.setup_root(&client).await?;
     let dir = format!("{root}/lock");
-    let n = b.scaled(W1_CYCLES);
     let result = async {
         client.create(&dir, b"", CreateMode::Persistent).await?;
         // The same node name shape and data size as a Curator lock node.
         let prefix = format!("{dir}/_c_{}-lock-", uuid::Uuid::new_v4());
-        let data = b"127.0.0.1";
-        let cycle = || async {
+        let (elapsed, mut lat) = serial_cycles(b, || async {
             let node = client
-                .create(&prefix, data, CreateMode::EphemeralSequential)
+                .create(&prefix, b"127.0.0.1", CreateMode::EphemeralSequential)
                 .await?;
             client.delete(&node, None).await
-        };
-        for _ in 0..W1_WARM {
-            cycle().await?;
-        }
-        let mut lat = Latencies::with_capacity(n);
-        let start = Instant::now();
-        for _ in 0..n {
-            let t = Instant::now();
-            cycle().await?;
-            lat.push(t.elapsed());
-        }
-        let elapsed = start.elapsed();
+        })
+        .await?;
         let leftover = client.get_children(&dir).await?.len();
         Ok(Report::new(
             W1_FLOOR,
             w1_params(b),
-            n as u64,
+            lat.len() as u64,
             elapsed,
             &mut lat,
             leftover == 0,
@@ -138,6 +108,32 @@ pub async fn w1floor(b: &Bench) -> Result<Report, BenchError> {
     b.teardown_root(&client, &root).await;
     client.close().await;
     result
+}
+
+/// W1's shape: `W1_WARM` untimed cycles, then the scaled `W1_CYCLES` one after the other.
+/// Returns the timed phase's duration and each cycle's latency.
+async fn serial_cycles<F, Fut, E>(
+    b: &Bench,
+    mut cycle: F,
+) -> Result<(Duration, Latencies), BenchError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let fail = |e: E| BenchError(e.to_string());
+    for _ in 0..W1_WARM {
+        cycle().await.map_err(fail)?;
+    }
+    let n = b.scaled(W1_CYCLES);
+    let mut lat = Latencies::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        cycle().await.map_err(fail)?;
+        lat.push(t.elapsed());
+    }
+    Ok((start.elapsed(), lat))
 }
 
 fn err(e: zkr_recipes::Error) -> BenchError {
