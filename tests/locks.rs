@@ -168,16 +168,14 @@ async fn new_session_never_adopts_the_old_sessions_node() {
     .await;
     g1.lost().await;
     assert!(!g1.is_held());
-    // zkr declares Lost before the server can expire the session: the node is normally still
-    // there now, owned by the old session.
-    let still_there = admin.exists(&old_node).await.unwrap();
-    tracing::info!(
-        still_there = still_there.is_some(),
-        "old node after the client-side Lost"
+    // zkr declares Lost before the server can expire the session: the node is still there,
+    // owned by the old session.
+    let st = admin.exists(&old_node).await.unwrap();
+    assert_eq!(
+        st.map(|s| s.ephemeral_owner),
+        Some(old_session.0),
+        "the old session's node should outlive the client-side Lost"
     );
-    if let Some(st) = &still_there {
-        assert_eq!(st.ephemeral_owner, old_session.0);
-    }
     proxy.heal();
     expect_state(&mut states, Duration::from_secs(20), "Connected", |s| {
         matches!(s, SessionState::Connected { .. })
@@ -186,7 +184,24 @@ async fn new_session_never_adopts_the_old_sessions_node() {
     let new_session = c.session_id().unwrap();
     assert_ne!(new_session, old_session);
 
-    let g2 = m.acquire_timeout(Duration::from_secs(20)).await.unwrap();
+    // The new acquire queues behind the old session's node, and holds the lock only once the
+    // server removed that node.
+    let m2 = m.clone();
+    let acquiring = tokio::spawn(async move { m2.acquire_timeout(Duration::from_secs(20)).await });
+    let old_name = old_node.rsplit('/').next().unwrap().to_string();
+    let queue = loop {
+        let names = m.participants().await.unwrap();
+        if names.len() >= 2 || names.first() != Some(&old_name) {
+            break names;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(
+        queue.first(),
+        Some(&old_name),
+        "the old session's node was gone before the new session queued: scenario not reached"
+    );
+    let g2 = acquiring.await.unwrap().unwrap();
     assert!(
         admin.exists(&old_node).await.unwrap().is_none(),
         "acquired while the old session's node {old_node} still existed"
