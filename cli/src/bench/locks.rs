@@ -57,20 +57,12 @@ pub async fn w1(b: &Bench) -> Result<Report, BenchError> {
     let client = b.client().await?;
     let root = b.setup_root(&client).await?;
     let lock = Mutex::new(&client, &format!("{root}/lock")).map_err(err)?;
-    let result = async {
-        let (elapsed, mut lat) =
-            serial_cycles(b, || async { lock.acquire().await?.release().await }).await?;
-        let leftover = lock.participants().await.map_err(err)?.len();
-        Ok(Report::new(
-            W1,
-            w1_params(b),
-            lat.len() as u64,
-            elapsed,
-            &mut lat,
-            leftover == 0,
-        )
-        .field("leftover_nodes", leftover))
-    }
+    let result = serial_cycles(
+        b,
+        W1,
+        || async { lock.acquire().await?.release().await },
+        async { Ok(lock.participants().await.map_err(err)?.len()) },
+    )
     .await;
     b.teardown_root(&client, &root).await;
     client.close().await;
@@ -82,40 +74,39 @@ pub async fn w1floor(b: &Bench) -> Result<Report, BenchError> {
     let client = b.client().await?;
     let root = b.setup_root(&client).await?;
     let dir = format!("{root}/lock");
-    let result = async {
-        client.create(&dir, b"", CreateMode::Persistent).await?;
-        // The same node name shape and data size as a Curator lock node.
-        let prefix = format!("{dir}/_c_{}-lock-", uuid::Uuid::new_v4());
-        let (elapsed, mut lat) = serial_cycles(b, || async {
-            let node = client
-                .create(&prefix, b"127.0.0.1", CreateMode::EphemeralSequential)
-                .await?;
-            client.delete(&node, None).await
-        })
-        .await?;
-        let leftover = client.get_children(&dir).await?.len();
-        Ok(Report::new(
-            W1_FLOOR,
-            w1_params(b),
-            lat.len() as u64,
-            elapsed,
-            &mut lat,
-            leftover == 0,
-        )
-        .field("leftover_nodes", leftover))
-    }
-    .await;
+    // The same node name shape and data size as a Curator lock node.
+    let prefix = format!("{dir}/_c_{}-lock-", uuid::Uuid::new_v4());
+    let result = match client.create(&dir, b"", CreateMode::Persistent).await {
+        Ok(_) => {
+            serial_cycles(
+                b,
+                W1_FLOOR,
+                || async {
+                    let node = client
+                        .create(&prefix, b"127.0.0.1", CreateMode::EphemeralSequential)
+                        .await?;
+                    client.delete(&node, None).await
+                },
+                async { Ok(client.get_children(&dir).await?.len()) },
+            )
+            .await
+        }
+        Err(e) => Err(e.into()),
+    };
     b.teardown_root(&client, &root).await;
     client.close().await;
     result
 }
 
-/// W1's shape: `W1_WARM` untimed cycles, then the scaled `W1_CYCLES` one after the other.
-/// Returns the timed phase's duration and each cycle's latency.
+/// W1's shape: `W1_WARM` untimed cycles, then the scaled `W1_CYCLES` one after the other;
+/// `p50_ms`/`p99_ms` are one cycle. `ok` requires `leftover` (the lock nodes still there
+/// afterwards) to be 0.
 async fn serial_cycles<F, Fut, E>(
     b: &Bench,
+    workload: &'static str,
     mut cycle: F,
-) -> Result<(Duration, Latencies), BenchError>
+    leftover: impl std::future::Future<Output = Result<usize, BenchError>>,
+) -> Result<Report, BenchError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
@@ -133,7 +124,17 @@ where
         cycle().await.map_err(fail)?;
         lat.push(t.elapsed());
     }
-    Ok((start.elapsed(), lat))
+    let elapsed = start.elapsed();
+    let leftover = leftover.await?;
+    Ok(Report::new(
+        workload,
+        w1_params(b),
+        n as u64,
+        elapsed,
+        &mut lat,
+        leftover == 0,
+    )
+    .field("leftover_nodes", leftover))
 }
 
 fn err(e: zkr_recipes::Error) -> BenchError {
