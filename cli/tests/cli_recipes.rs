@@ -69,37 +69,20 @@ async fn cli_config_set_get_watch() {
     assert_eq!(line["version"], 0);
 
     // Watch: read each line before causing the next change (no timing assumptions).
-    let mut child = tokio::process::Command::new(BIN)
-        .env_remove("RUST_LOG")
-        .args(["--zk", &zk, "config", "watch", &path, "--count", "3"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
-    async fn next_line(
-        lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-    ) -> serde_json::Value {
-        let l = tokio::time::timeout(T, lines.next_line())
-            .await
-            .expect("a watch line in time")
-            .unwrap()
-            .unwrap();
-        serde_json::from_str(&l).unwrap()
-    }
+    let (mut child, mut lines) =
+        spawn_lines(&["--zk", &zk, "config", "watch", &path, "--count", "3"]);
     let admin = client(&zk, 10_000).await;
-    let l = next_line(&mut lines).await;
+    let l = next_json(&mut lines).await;
     assert_eq!(
         (l["event"].as_str(), &l["value"]),
         (Some("value"), &serde_json::json!({"a": 1}))
     );
     admin.set_data(&path, b"not json", None).await.unwrap();
-    let l = next_line(&mut lines).await;
+    let l = next_json(&mut lines).await;
     assert_eq!(l["event"].as_str(), Some("invalid"), "{l}");
     let cfg: Config<serde_json::Value> = Config::new(&admin, &path).unwrap();
     cfg.publish(&serde_json::json!({"a": 3})).await.unwrap();
-    let l = next_line(&mut lines).await;
+    let l = next_json(&mut lines).await;
     assert_eq!(
         (l["event"].as_str(), &l["value"]),
         (Some("value"), &serde_json::json!({"a": 3}))
@@ -155,5 +138,86 @@ async fn cli_ids_unique_across_four_processes() {
         assert_unique(&all);
     }
     let admin = client(&zk, 10_000).await;
+    admin.delete_recursive(&base).await.unwrap();
+}
+
+/// Starts `zkr ARGS...` with stdout piped; returns the child and a reader of its lines.
+fn spawn_lines(
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    let mut child = tokio::process::Command::new(BIN)
+        .env_remove("RUST_LOG")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    (child, lines)
+}
+
+async fn next_json(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> serde_json::Value {
+    let l = tokio::time::timeout(T, lines.next_line())
+        .await
+        .expect("a line in time")
+        .unwrap()
+        .expect("a line, not the end of output");
+    serde_json::from_str(&l).unwrap()
+}
+
+/// `zkr services NAME --watch --count 2` and `zkr queue status PATH --watch --count 2`: the
+/// current state, then the change made after it was printed, then exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_services_and_queue_watch() {
+    let zk = testing::shared().expect("zookeeper").connect_string();
+    let base = root("follow");
+    let admin = client(&zk, 10_000).await;
+
+    let services = format!("{base}/services");
+    admin.ensure_path(&format!("{services}/svc")).await.unwrap();
+    let (mut child, mut lines) = spawn_lines(&[
+        "--zk", &zk, "services", "svc", "--base", &services, "--watch", "--count", "2",
+    ]);
+    let l = next_json(&mut lines).await;
+    assert_eq!(l["instances"], serde_json::json!([]), "{l}");
+    let reg = zkr_recipes::Registration::register(
+        &admin,
+        &services,
+        zkr_recipes::ServiceInstance::new("svc", "i1"),
+    )
+    .await
+    .unwrap();
+    let l = next_json(&mut lines).await;
+    assert_eq!(l["instances"].as_array().map(|a| a.len()), Some(1), "{l}");
+    assert_eq!(l["instances"][0]["id"], "i1", "{l}");
+    let status = tokio::time::timeout(T, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    reg.unregister().await.unwrap();
+
+    let queue = format!("{base}/queue");
+    let q = zkr_recipes::WorkQueue::open(&admin, &queue).await.unwrap();
+    let (mut child, mut lines) = spawn_lines(&[
+        "--zk", &zk, "queue", "status", &queue, "--watch", "--count", "2",
+    ]);
+    let l = next_json(&mut lines).await;
+    assert_eq!(l["tasks"], serde_json::json!([]), "{l}");
+    let id = q.put(&serde_json::json!({"n": 1})).await.unwrap();
+    let l = next_json(&mut lines).await;
+    assert_eq!(l["tasks"].as_array().map(|a| a.len()), Some(1), "{l}");
+    assert_eq!(l["tasks"][0]["id"], id.as_str(), "{l}");
+    let status = tokio::time::timeout(T, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
     admin.delete_recursive(&base).await.unwrap();
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 use zkr_recipes::{Config, ConfigEvent};
 
-use super::{log_session_states, print_json_line, shutdown_signal, CliError, Ctx};
+use super::{follow, print_json_line, CliError, Ctx};
 
 /// `zkr config ...`
 #[derive(clap::Args, Debug)]
@@ -131,23 +131,8 @@ pub async fn run(ctx: &Ctx, args: &ConfigArgs, input: &[u8]) -> Result<(), CliEr
             })
         }
         ConfigOp::Watch { count, .. } => {
-            let _states = log_session_states(&ctx.client);
-            let mut sub = cfg.subscribe().map_err(recipe_err)?;
-            let shutdown = shutdown_signal();
-            tokio::pin!(shutdown);
-            let mut seen = 0u64;
-            loop {
-                if count.is_some_and(|n| seen >= n) {
-                    return Ok(());
-                }
-                let ev = tokio::select! {
-                    r = &mut shutdown => return r,
-                    ev = sub.next_event() => match ev {
-                        Some(ev) => ev,
-                        None => return Ok(()),
-                    },
-                };
-                seen += 1;
+            let sub = cfg.subscribe().map_err(recipe_err)?;
+            follow(&ctx.client, sub, *count, |ev| {
                 let line = match &ev {
                     ConfigEvent::Value(v) => ValueLine {
                         value: Some(&v.value),
@@ -174,8 +159,9 @@ pub async fn run(ctx: &Ctx, args: &ConfigArgs, input: &[u8]) -> Result<(), CliEr
                     ConfigEvent::Stale => ValueLine::new("stale", path),
                     ConfigEvent::Fresh => ValueLine::new("fresh", path),
                 };
-                print_json_line(&line)?;
-            }
+                print_json_line(&line).map(|_| true)
+            })
+            .await
         }
     }
 }

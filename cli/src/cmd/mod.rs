@@ -317,6 +317,40 @@ pub async fn shutdown_signal() -> Result<(), CliError> {
     }
 }
 
+/// Follows `items` (a recipe's or a watch's stream) until Ctrl-C / SIGTERM (`Ok`), until
+/// `count` lines were printed (`Ok`), or until the stream ends (the client closed: an error).
+/// `print` prints what an item should show and says whether that counts as a line. Session
+/// trouble is logged on stderr meanwhile.
+pub async fn follow<S: futures::Stream + Unpin>(
+    client: &zkr::Client,
+    mut items: S,
+    count: Option<u64>,
+    mut print: impl FnMut(S::Item) -> Result<bool, CliError>,
+) -> Result<(), CliError> {
+    if count == Some(0) {
+        return Ok(());
+    }
+    let _states = log_session_states(client);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut printed = 0u64;
+    loop {
+        let next = tokio::select! {
+            r = &mut shutdown => return r,
+            n = futures::StreamExt::next(&mut items) => n,
+        };
+        let Some(item) = next else {
+            return Err(zkr::Error::Closed.into());
+        };
+        if print(item)? {
+            printed += 1;
+        }
+        if count.is_some_and(|c| printed >= c) {
+            return Ok(());
+        }
+    }
+}
+
 /// Logs session state changes (suspended/lost at `warn`, recoveries at `info`) until the
 /// client closes. For long-running commands, so a user sees why events pause.
 pub fn log_session_states(client: &zkr::Client) -> tokio::task::JoinHandle<()> {

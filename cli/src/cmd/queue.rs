@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use zkr_recipes::{ClaimedTask, WorkQueue};
 
 use super::config::recipe_err;
-use super::{log_session_states, print_json_line, shutdown_signal, CliError, Ctx};
+use super::{follow, log_session_states, print_json_line, shutdown_signal, CliError, Ctx};
 
 /// `zkr queue ...`
 #[derive(clap::Args, Debug)]
@@ -98,28 +98,11 @@ pub async fn run(ctx: &Ctx, args: &QueueArgs, input: &[u8]) -> Result<(), CliErr
                 let s = q.snapshot().await.map_err(recipe_err)?;
                 return print_json_line(&s);
             }
-            if *count == Some(0) {
-                return Ok(());
-            }
-            let _states = log_session_states(&ctx.client);
-            let mut coord = q.coordinator().map_err(recipe_err)?;
-            let shutdown = shutdown_signal();
-            tokio::pin!(shutdown);
-            let mut printed = 0u64;
-            loop {
-                let next = tokio::select! {
-                    r = &mut shutdown => return r,
-                    n = futures::StreamExt::next(&mut coord) => n,
-                };
-                let Some(s) = next else {
-                    return Err(zkr::Error::Closed.into());
-                };
-                print_json_line(&s)?;
-                printed += 1;
-                if count.is_some_and(|c| printed >= c) {
-                    return Ok(());
-                }
-            }
+            let coord = q.coordinator().map_err(recipe_err)?;
+            follow(&ctx.client, coord, *count, |s| {
+                print_json_line(&s).map(|_| true)
+            })
+            .await
         }
         QueueOp::Work {
             worker,

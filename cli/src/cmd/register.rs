@@ -15,7 +15,7 @@ use serde_json::Value;
 use zkr_recipes::{Discovery, Registration, RegistrationStatus, ServiceInstance};
 
 use super::config::recipe_err;
-use super::{log_session_states, print_json_line, shutdown_signal, CliError, Ctx};
+use super::{follow, log_session_states, print_json_line, shutdown_signal, CliError, Ctx};
 
 /// Default base path of the registry (Curator's examples use `/services` too).
 pub const DEFAULT_BASE: &str = "/services";
@@ -149,29 +149,13 @@ pub async fn services(ctx: &Ctx, args: &ServicesArgs) -> Result<(), CliError> {
             instances: &v,
         });
     }
-    if args.count == Some(0) {
-        return Ok(());
-    }
-    let _states = log_session_states(&ctx.client);
-    let mut disc = Discovery::watch(&ctx.client, &args.base, &args.name).map_err(recipe_err)?;
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    let mut printed = 0u64;
-    loop {
-        let next = tokio::select! {
-            r = &mut shutdown => return r,
-            n = futures::StreamExt::next(&mut disc) => n,
-        };
-        let Some(v) = next else {
-            return Err(zkr::Error::Closed.into());
-        };
+    let disc = Discovery::watch(&ctx.client, &args.base, &args.name).map_err(recipe_err)?;
+    follow(&ctx.client, disc, args.count, |v| {
         print_json_line(&ServicesLine {
             service: &args.name,
             instances: &v,
-        })?;
-        printed += 1;
-        if args.count.is_some_and(|c| printed >= c) {
-            return Ok(());
-        }
-    }
+        })
+        .map(|_| true)
+    })
+    .await
 }

@@ -5,7 +5,7 @@
 use serde::Serialize;
 use zkr::Change;
 
-use super::{log_session_states, print_json_line, shutdown_signal, CliError, Ctx, StatJson};
+use super::{follow, print_json_line, CliError, Ctx, StatJson};
 
 /// `zkr watch PATH`
 #[derive(clap::Args, Debug)]
@@ -52,71 +52,46 @@ struct ChildrenLine<'a> {
     stat: Option<StatJson>,
 }
 
-/// Runs the watch until a signal, `--count` events, or the client closing.
+/// Runs the watch until a signal, `--count` events, or the client closing. A watch error is
+/// logged and not counted: the stream keeps going.
 pub async fn run(ctx: &Ctx, args: &WatchArgs) -> Result<(), CliError> {
-    let _states = log_session_states(&ctx.client);
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    let mut seen = 0u64;
-    if args.count == Some(0) {
-        return Ok(());
-    }
+    let path = args.path.as_str();
+    let warn = |e: zkr::Error| {
+        tracing::warn!(path, error = %e, "watch error; still watching");
+        Ok(false)
+    };
     if args.children {
-        let mut stream = ctx.client.watch_children(&args.path)?;
-        loop {
-            let ev = tokio::select! {
-                r = &mut shutdown => return r,
-                ev = stream.next_event() => ev,
-            };
-            match ev {
-                None => return Err(zkr::Error::Closed.into()),
-                Some(Err(e)) => {
-                    tracing::warn!(path = %args.path, error = %e, "watch error; still watching")
-                }
-                Some(Ok(ev)) => {
-                    let stat = ev.node.as_ref().map(|(_, s)| *s);
-                    print_json_line(&ChildrenLine {
-                        change: change_name(ev.change),
-                        path: &args.path,
-                        exists: ev.node.is_some(),
-                        children: ev.children(),
-                        cversion: stat.map(|s| s.cversion),
-                        stat: stat.as_ref().map(StatJson::from),
-                    })?;
-                    seen += 1;
-                }
+        let stream = ctx.client.watch_children(path)?;
+        follow(&ctx.client, stream, args.count, |ev| match ev {
+            Err(e) => warn(e),
+            Ok(ev) => {
+                let stat = ev.node.as_ref().map(|(_, s)| *s);
+                print_json_line(&ChildrenLine {
+                    change: change_name(ev.change),
+                    path,
+                    exists: ev.node.is_some(),
+                    children: ev.children(),
+                    cversion: stat.map(|s| s.cversion),
+                    stat: stat.as_ref().map(StatJson::from),
+                })
+                .map(|_| true)
             }
-            if args.count.is_some_and(|n| seen >= n) {
-                return Ok(());
-            }
-        }
+        })
+        .await
     } else {
-        let mut stream = ctx.client.watch_data(&args.path)?;
-        loop {
-            let ev = tokio::select! {
-                r = &mut shutdown => return r,
-                ev = stream.next_event() => ev,
-            };
-            match ev {
-                None => return Err(zkr::Error::Closed.into()),
-                Some(Err(e)) => {
-                    tracing::warn!(path = %args.path, error = %e, "watch error; still watching")
-                }
-                Some(Ok(ev)) => {
-                    print_json_line(&DataLine {
-                        change: change_name(ev.change),
-                        path: &args.path,
-                        exists: ev.node.is_some(),
-                        data: ev.data().map(|d| String::from_utf8_lossy(d).into_owned()),
-                        version: ev.stat().map(|s| s.version),
-                        stat: ev.stat().map(StatJson::from),
-                    })?;
-                    seen += 1;
-                }
-            }
-            if args.count.is_some_and(|n| seen >= n) {
-                return Ok(());
-            }
-        }
+        let stream = ctx.client.watch_data(path)?;
+        follow(&ctx.client, stream, args.count, |ev| match ev {
+            Err(e) => warn(e),
+            Ok(ev) => print_json_line(&DataLine {
+                change: change_name(ev.change),
+                path,
+                exists: ev.node.is_some(),
+                data: ev.data().map(|d| String::from_utf8_lossy(d).into_owned()),
+                version: ev.stat().map(|s| s.version),
+                stat: ev.stat().map(StatJson::from),
+            })
+            .map(|_| true),
+        })
+        .await
     }
 }
