@@ -8,9 +8,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{client, init_tracing, root};
+use common::{client, expect_state, init_tracing, root};
 use zkr::testing::{self, FaultProxy};
-use zkr::CreateMode;
+use zkr::{CreateMode, SessionState};
 use zkr_recipes::{AtomicCounter, IdBlocks, SequentialIds};
 
 fn zk() -> &'static zkr::testing::ZkEnsemble {
@@ -159,15 +159,24 @@ async fn counter_changed_while_cut_off_is_reread() {
     let counter = AtomicCounter::new(&c, &path).unwrap();
     assert_eq!(counter.add(10).await.unwrap().post, 10);
 
+    let mut states = c.states();
     proxy.cut();
+    expect_state(&mut states, Duration::from_secs(10), "Suspended", |s| {
+        matches!(s, SessionState::Suspended { .. })
+    })
+    .await;
     let other = AtomicCounter::new(&admin, &path).unwrap();
     assert_eq!(other.add(5).await.unwrap().post, 15);
+    // Issued while cut off, with a cached value (10) that is already stale.
     let pending = tokio::spawn({
         let counter = counter.clone();
         async move { counter.increment().await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(other.add(5).await.unwrap().post, 20);
+    assert!(
+        !pending.is_finished(),
+        "an increment completed while cut off"
+    );
     proxy.heal();
     let v = pending.await.unwrap().unwrap();
     assert_eq!((v.pre, v.post), (20, 21));
