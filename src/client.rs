@@ -19,8 +19,10 @@ use crate::error::{Error, Result};
 use crate::path::{self, ConnectString};
 use crate::retry::RetryPolicy;
 use crate::session::{self, Epoch, SessionConfig, SessionState, Shared};
-use crate::types::{Acl, CreateMode, Op, OpResult, SessionId, Stat};
-use crate::watch::{ChildrenWatch, DataWatch, Registry, WatchKind};
+use crate::types::{
+    Acl, ClientInfo, CreateMode, Op, OpResult, ReadOp, ReadResult, SessionId, Stat,
+};
+use crate::watch::{ChildrenWatch, DataWatch, PersistentWatch, Registry, WatchKind};
 use crate::wire::{Wire, WireConfig};
 
 /// Builds a [`Client`].
@@ -33,9 +35,19 @@ pub struct ClientBuilder {
     auth: Vec<(String, Vec<u8>)>,
     default_acl: Vec<Acl>,
     max_in_flight: usize,
+    read_only: bool,
 }
 
 impl ClientBuilder {
+    /// Accept a read-only session from a member that lost its quorum (ZooKeeper's
+    /// `readonlymode.enabled`), instead of waiting for a member with quorum. Reads work, writes
+    /// fail with [`Error::NotReadOnly`], the state is [`SessionState::ReadOnly`]; once a member
+    /// with quorum answers, the client moves to a read-write session. Default: off.
+    pub fn read_only(mut self, allow: bool) -> Self {
+        self.read_only = allow;
+        self
+    }
+
     /// The session timeout to ask for (the server clamps it to its min/max). Default 10 s.
     pub fn session_timeout(mut self, d: Duration) -> Self {
         self.session_timeout = d;
@@ -98,13 +110,12 @@ impl ClientBuilder {
         let connect_timeout = self.connect_timeout.unwrap_or(self.session_timeout);
         let cfg = SessionConfig {
             wire: WireConfig {
-                connect: cs.to_wire(),
+                servers: shuffled(cs.servers.clone()),
+                chroot: cs.chroot.clone(),
                 session_timeout: self.session_timeout,
                 auth: self.auth,
-                // zookeeper-client 0.11 cannot parse the ConnectResponse of a ZooKeeper 3.8
-                // server in read-only mode ("insufficient buf", measured), so read-only
-                // sessions are not offered yet.
-                read_only: false,
+                read_only: self.read_only,
+                max_in_flight: self.max_in_flight,
             },
             connect_timeout,
         };
@@ -122,6 +133,16 @@ impl ClientBuilder {
             op_timeout: self.op_timeout,
         })
     }
+}
+
+/// The servers in a random order, so that clients spread over the ensemble (as the Java client
+/// and kazoo do); a session moves on through the list in that order.
+fn shuffled(mut servers: Vec<(String, u16)>) -> Vec<(String, u16)> {
+    for i in (1..servers.len()).rev() {
+        let j = rand::random::<usize>() % (i + 1);
+        servers.swap(i, j);
+    }
+    servers
 }
 
 pub(crate) struct Inner {
@@ -188,6 +209,7 @@ impl Client {
             auth: Vec::new(),
             default_acl: Acl::open(),
             max_in_flight: 1024,
+            read_only: false,
         }
     }
 
@@ -619,6 +641,82 @@ impl Client {
         .await
     }
 
+    /// Several reads in ONE request (ZooKeeper 3.6+ `multiRead`), each with its own outcome: a
+    /// missing node fails only its own read. Not atomic, but all are answered by one server at
+    /// one point of its history.
+    pub async fn multi_read(&self, ops: &[ReadOp]) -> Result<Vec<Result<ReadResult>>> {
+        for op in ops {
+            path::validate_path(op.path(), false)?;
+        }
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.exec("multi_read", ops[0].path(), |w| async move {
+            w.multi_read(ops).await
+        })
+        .await
+    }
+
+    /// The ACL of a node and its stat.
+    pub async fn get_acl(&self, path: &str) -> Result<(Vec<Acl>, Stat)> {
+        path::validate_path(path, false)?;
+        self.exec("get_acl", path, |w| async move { w.get_acl(path).await })
+            .await
+    }
+
+    /// Sets the ACL of a node, optionally only at ACL version `version` (`Stat::aversion`).
+    pub async fn set_acl(&self, path: &str, acl: &[Acl], version: Option<i32>) -> Result<Stat> {
+        path::validate_path(path, false)?;
+        if acl.is_empty() {
+            return Err(Error::InvalidArgument("an ACL must not be empty".into()));
+        }
+        self.exec("set_acl", path, |w| async move {
+            w.set_acl(path, acl, version).await
+        })
+        .await
+    }
+
+    /// Paths of this session's ephemeral nodes whose path starts with `prefix` (`/` for all).
+    pub async fn get_ephemerals(&self, prefix: &str) -> Result<Vec<String>> {
+        path::validate_path(prefix, false)?;
+        self.exec("get_ephemerals", prefix, |w| async move {
+            w.get_ephemerals(prefix).await
+        })
+        .await
+    }
+
+    /// The number of nodes below `path`, all levels down (`getAllChildrenNumber`).
+    pub async fn count_descendants(&self, path: &str) -> Result<i32> {
+        path::validate_path(path, false)?;
+        self.exec("count_descendants", path, |w| async move {
+            w.get_all_children_number(path).await
+        })
+        .await
+    }
+
+    /// The identities the server associates with this session (`whoAmI`, ZooKeeper 3.7+).
+    pub async fn who_am_i(&self) -> Result<Vec<ClientInfo>> {
+        self.exec("who_am_i", "", |w| async move { w.who_am_i().await })
+            .await
+    }
+
+    /// A persistent watch on `path` (ZooKeeper 3.6+ `addWatch`), of the whole subtree when
+    /// `recursive`: a low-level stream of every event the server sends for it, for building
+    /// caches. It does not re-read anything: after a reconnect it yields
+    /// [`WatchedEventKind::Resync`](crate::WatchedEventKind::Resync) and ends (the state may have changed unseen; read again and
+    /// add a new watch), and
+    /// [`WatchedEventKind::SessionEnded`](crate::WatchedEventKind::SessionEnded) when the session ends. For
+    /// "the current state, then every change" use [`watch_data`](Self::watch_data) and
+    /// [`watch_children`](Self::watch_children). Dropping the stream removes the watch.
+    pub async fn add_watch(&self, path: &str, recursive: bool) -> Result<PersistentWatch> {
+        path::validate_path(path, false)?;
+        self.exec("add_watch", path, |w| async move {
+            w.add_watch(path, recursive).await
+        })
+        .await
+        .map(PersistentWatch::new)
+    }
+
     /// Adds authentication to the current session (not remembered for new sessions: use the
     /// builder's `digest_auth` for that).
     pub async fn add_auth(&self, scheme: &str, data: &[u8]) -> Result<()> {
@@ -734,10 +832,11 @@ impl Client {
         direct: &str,
         proxy: &crate::testing::FaultProxy,
     ) -> Result<()> {
+        let servers = ConnectString::parse(direct)?.servers;
         let e = self.inner.shared.live_epoch().await?;
         let session = e.wire()?.session();
         proxy.cut();
-        let r = crate::wire::expire_session(direct, &session, Duration::from_secs(10)).await;
+        let r = crate::wire::expire_session(&servers, &session, Duration::from_secs(10)).await;
         proxy.heal();
         r
     }

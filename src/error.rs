@@ -103,12 +103,189 @@ pub enum Error {
     #[error("multi operation #{index} failed, nothing was applied: {source}")]
     MultiFailed { index: usize, source: Box<Error> },
 
-    /// Anything the wire client reported that has no better kind.
+    /// No watch of that kind is set on the path (`removeWatches`).
+    #[error("no watch to remove on {path}")]
+    NoWatcher { path: String },
+
+    /// The write would exceed a quota set on the path (hard quotas, ZooKeeper 3.7+).
+    #[error("quota exceeded under {path}: raise the quota or write less")]
+    QuotaExceeded { path: String },
+
+    /// The server is overloaded and shed the request; retry with backoff.
+    #[error("the ZooKeeper server throttled the request (overloaded); retry later")]
+    Throttled,
+
+    /// Any other error code a ZooKeeper 3.8 server can return.
+    #[error("ZooKeeper error {code:?} ({}) on {path:?}", code.code())]
+    Server { code: ErrorCode, path: String },
+
+    /// The server sent bytes that are not valid ZooKeeper protocol; the connection was reset.
+    #[error("malformed reply from ZooKeeper: {0}; the connection was reset")]
+    Protocol(String),
+
+    /// Anything else that has no better kind.
     #[error("unexpected ZooKeeper error: {0}")]
     Unexpected(String),
 }
 
+/// Every error code of ZooKeeper 3.8 (`KeeperException.Code`). [`Error::code`] gives the code
+/// of an error; [`Error::from_code`] the typed error of a code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[allow(missing_docs)] // named as in ZooKeeper
+pub enum ErrorCode {
+    SystemError,
+    RuntimeInconsistency,
+    DataInconsistency,
+    ConnectionLoss,
+    MarshallingError,
+    Unimplemented,
+    OperationTimeout,
+    BadArguments,
+    NewConfigNoQuorum,
+    ReconfigInProgress,
+    UnknownSession,
+    ApiError,
+    NoNode,
+    NoAuth,
+    BadVersion,
+    NoChildrenForEphemerals,
+    NodeExists,
+    NotEmpty,
+    SessionExpired,
+    InvalidCallback,
+    InvalidAcl,
+    AuthFailed,
+    SessionMoved,
+    NotReadOnly,
+    EphemeralOnLocalSession,
+    NoWatcher,
+    RequestTimeout,
+    ReconfigDisabled,
+    SessionClosedRequireSaslAuth,
+    QuotaExceeded,
+    Throttled,
+    /// A code this version does not know.
+    Other(i32),
+}
+
+const CODES: &[(ErrorCode, i32)] = &[
+    (ErrorCode::SystemError, -1),
+    (ErrorCode::RuntimeInconsistency, -2),
+    (ErrorCode::DataInconsistency, -3),
+    (ErrorCode::ConnectionLoss, -4),
+    (ErrorCode::MarshallingError, -5),
+    (ErrorCode::Unimplemented, -6),
+    (ErrorCode::OperationTimeout, -7),
+    (ErrorCode::BadArguments, -8),
+    (ErrorCode::NewConfigNoQuorum, -13),
+    (ErrorCode::ReconfigInProgress, -14),
+    (ErrorCode::UnknownSession, -15),
+    (ErrorCode::ApiError, -100),
+    (ErrorCode::NoNode, -101),
+    (ErrorCode::NoAuth, -102),
+    (ErrorCode::BadVersion, -103),
+    (ErrorCode::NoChildrenForEphemerals, -108),
+    (ErrorCode::NodeExists, -110),
+    (ErrorCode::NotEmpty, -111),
+    (ErrorCode::SessionExpired, -112),
+    (ErrorCode::InvalidCallback, -113),
+    (ErrorCode::InvalidAcl, -114),
+    (ErrorCode::AuthFailed, -115),
+    (ErrorCode::SessionMoved, -118),
+    (ErrorCode::NotReadOnly, -119),
+    (ErrorCode::EphemeralOnLocalSession, -120),
+    (ErrorCode::NoWatcher, -121),
+    (ErrorCode::RequestTimeout, -122),
+    (ErrorCode::ReconfigDisabled, -123),
+    (ErrorCode::SessionClosedRequireSaslAuth, -124),
+    (ErrorCode::QuotaExceeded, -125),
+    (ErrorCode::Throttled, -127),
+];
+
+impl ErrorCode {
+    /// The code for a number from a reply header.
+    pub fn from_i32(n: i32) -> ErrorCode {
+        CODES
+            .iter()
+            .find(|(_, c)| *c == n)
+            .map(|(e, _)| *e)
+            .unwrap_or(ErrorCode::Other(n))
+    }
+
+    /// The number ZooKeeper uses.
+    pub fn code(self) -> i32 {
+        match self {
+            ErrorCode::Other(n) => n,
+            known => CODES
+                .iter()
+                .find(|(e, _)| *e == known)
+                .map_or(0, |(_, c)| *c),
+        }
+    }
+
+    /// Every code ZooKeeper 3.8 defines (except `Ok`).
+    pub fn all() -> impl Iterator<Item = ErrorCode> {
+        CODES.iter().map(|(e, _)| *e)
+    }
+}
+
 impl Error {
+    /// The typed error for a ZooKeeper error code returned for `path`. Session-level codes
+    /// (`SessionExpired`, `SessionMoved`) become [`Error::SessionLost`] without an epoch: the
+    /// session layer fills it in.
+    pub fn from_code(code: ErrorCode, path: &str) -> Error {
+        let path = path.to_string();
+        match code {
+            ErrorCode::ConnectionLoss => Error::ConnectionLoss,
+            ErrorCode::NoNode => Error::NoNode { path },
+            ErrorCode::NodeExists => Error::NodeExists { path },
+            ErrorCode::BadVersion => Error::BadVersion { path },
+            ErrorCode::NotEmpty => Error::NotEmpty { path },
+            ErrorCode::NoAuth => Error::NoAuth { path },
+            ErrorCode::NoChildrenForEphemerals => Error::NoChildrenForEphemerals { path },
+            ErrorCode::InvalidAcl => Error::InvalidAcl { path },
+            ErrorCode::AuthFailed => Error::AuthFailed,
+            ErrorCode::NotReadOnly => Error::NotReadOnly,
+            ErrorCode::Unimplemented => Error::Unimplemented,
+            ErrorCode::NoWatcher => Error::NoWatcher { path },
+            ErrorCode::QuotaExceeded => Error::QuotaExceeded { path },
+            ErrorCode::Throttled => Error::Throttled,
+            ErrorCode::BadArguments => Error::InvalidArgument(format!(
+                "the server rejected the arguments of a request on {path:?}"
+            )),
+            ErrorCode::SessionExpired | ErrorCode::SessionMoved => Error::SessionLost {
+                session: 0,
+                epoch: 0,
+            },
+            code => Error::Server { code, path },
+        }
+    }
+
+    /// The ZooKeeper error code this error stands for, if it came from (or maps to) one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        Some(match self {
+            Error::ConnectionLoss => ErrorCode::ConnectionLoss,
+            Error::NoNode { .. } => ErrorCode::NoNode,
+            Error::NodeExists { .. } => ErrorCode::NodeExists,
+            Error::BadVersion { .. } => ErrorCode::BadVersion,
+            Error::NotEmpty { .. } => ErrorCode::NotEmpty,
+            Error::NoAuth { .. } => ErrorCode::NoAuth,
+            Error::NoChildrenForEphemerals { .. } => ErrorCode::NoChildrenForEphemerals,
+            Error::InvalidAcl { .. } => ErrorCode::InvalidAcl,
+            Error::AuthFailed => ErrorCode::AuthFailed,
+            Error::NotReadOnly => ErrorCode::NotReadOnly,
+            Error::Unimplemented => ErrorCode::Unimplemented,
+            Error::NoWatcher { .. } => ErrorCode::NoWatcher,
+            Error::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
+            Error::Throttled => ErrorCode::Throttled,
+            Error::SessionLost { .. } => ErrorCode::SessionExpired,
+            Error::Server { code, .. } => *code,
+            Error::MultiFailed { source, .. } => return source.code(),
+            _ => return None,
+        })
+    }
+
     /// Outcome unknown, session alive: safe to retry idempotent operations.
     pub fn is_connection_loss(&self) -> bool {
         matches!(self, Error::ConnectionLoss | Error::Timeout { .. })
@@ -127,6 +304,11 @@ impl Error {
                 | Error::Timeout { .. }
                 | Error::SessionLost { .. }
                 | Error::NotReadOnly
+                | Error::Throttled
+                | Error::Server {
+                    code: ErrorCode::RequestTimeout | ErrorCode::OperationTimeout,
+                    ..
+                }
         )
     }
 

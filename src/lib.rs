@@ -27,13 +27,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The wire protocol is spoken by `zookeeper-client` 0.11, kept inside one private module.
+//! The wire protocol is zkr's own (a private module on tokio's `TcpStream`): recipes and users
+//! see only zkr's types.
 
 #![warn(missing_docs)]
 
 mod client;
 mod error;
 pub mod path;
+mod proto;
 mod retry;
 pub mod session;
 mod types;
@@ -44,8 +46,13 @@ mod wire;
 pub mod testing;
 
 pub use client::{Client, ClientBuilder, SessionStates};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorCode, Result};
 pub use retry::RetryPolicy;
 pub use session::{LostReason, SessionState};
-pub use types::{perms, Acl, CreateMode, Op, OpResult, SessionId, Stat};
-pub use watch::{Change, ChildrenEvent, ChildrenWatch, DataEvent, DataWatch};
+pub use types::{
+    perms, Acl, ClientInfo, CreateMode, Op, OpResult, ReadOp, ReadResult, SessionId, Stat,
+};
+pub use watch::{
+    Change, ChildrenEvent, ChildrenWatch, DataEvent, DataWatch, PersistentWatch, WatchedEvent,
+    WatchedEventKind,
+};

@@ -185,9 +185,11 @@ impl Epoch {
     fn end(&self) {
         self.ended.store(true, Ordering::Release);
         self.ended_notify.notify_waiters();
-        // Drop our wire handle: once the operations of this epoch have aborted (they watch
-        // `ended`), the wire client closes the session.
-        self.wire.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // Close the session (even while operations of this epoch still hold handles: they
+        // watch `ended` and abort) and drop our handle.
+        if let Some(w) = self.wire.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            w.close();
+        }
     }
 
     /// Completes when this epoch ends.

@@ -184,3 +184,39 @@ pub enum OpResult {
     /// A check passed.
     Checked,
 }
+
+/// One read of a [`multi_read`](crate::Client::multi_read).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum ReadOp {
+    /// Data and stat of a node.
+    GetData { path: String },
+    /// Children names of a node.
+    GetChildren { path: String },
+}
+
+impl ReadOp {
+    /// The path the read works on.
+    pub fn path(&self) -> &str {
+        match self {
+            ReadOp::GetData { path } | ReadOp::GetChildren { path } => path,
+        }
+    }
+}
+
+/// The outcome of one successful read of a multi-read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum ReadResult {
+    Data { data: Vec<u8>, stat: Stat },
+    Children { children: Vec<String> },
+}
+
+/// One identity the server has for a session ([`who_am_i`](crate::Client::who_am_i)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The auth scheme (`ip`, `digest`, `sasl`, ...).
+    pub scheme: String,
+    /// The identity within the scheme.
+    pub user: String,
+}

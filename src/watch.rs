@@ -458,3 +458,91 @@ async fn drive(shared: Arc<Shared>, map: Arc<Mutex<HashMap<Key, Arc<Entry>>>>, e
         m.remove(&key);
     }
 }
+
+/// What a [`PersistentWatch`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WatchedEventKind {
+    /// A node was created.
+    Created,
+    /// A node was deleted.
+    Deleted,
+    /// A node's data changed.
+    DataChanged,
+    /// A node's children changed (non-recursive watches only).
+    ChildrenChanged,
+    /// The connection was replaced: changes may have been missed. The stream ends after this.
+    Resync,
+    /// The session ended. The stream ends after this.
+    SessionEnded,
+}
+
+/// One event of a [`PersistentWatch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchedEvent {
+    /// What happened.
+    pub kind: WatchedEventKind,
+    /// Where (the watched path itself for `Resync` and `SessionEnded`).
+    pub path: String,
+}
+
+/// A stream of the events of a persistent watch; see
+/// [`Client::add_watch`](crate::Client::add_watch). Dropping it removes the watch.
+pub struct PersistentWatch {
+    inner: crate::wire::WirePersistentWatch,
+    done: bool,
+}
+
+impl PersistentWatch {
+    pub(crate) fn new(inner: crate::wire::WirePersistentWatch) -> Self {
+        PersistentWatch { inner, done: false }
+    }
+
+    fn convert(&mut self, ev: crate::proto::connection::PathEvent) -> WatchedEvent {
+        let kind = match ev.event {
+            WireEvent::Created => WatchedEventKind::Created,
+            WireEvent::Deleted => WatchedEventKind::Deleted,
+            WireEvent::DataChanged => WatchedEventKind::DataChanged,
+            WireEvent::ChildrenChanged => WatchedEventKind::ChildrenChanged,
+            WireEvent::Resync => WatchedEventKind::Resync,
+            WireEvent::SessionEnded => WatchedEventKind::SessionEnded,
+        };
+        if matches!(
+            kind,
+            WatchedEventKind::Resync | WatchedEventKind::SessionEnded
+        ) {
+            self.done = true;
+        }
+        WatchedEvent {
+            kind,
+            path: ev.path,
+        }
+    }
+
+    /// The next event, or `Err(Timeout)` if none arrives within `d`.
+    pub async fn next_timeout(&mut self, d: Duration) -> Result<Option<WatchedEvent>> {
+        use futures::StreamExt;
+        tokio::time::timeout(d, self.next())
+            .await
+            .map_err(|_| Error::Timeout {
+                op: "persistent watch",
+                after: d,
+            })
+    }
+}
+
+impl Stream for PersistentWatch {
+    type Item = WatchedEvent;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WatchedEvent>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.inner.poll_next(cx) {
+            Poll::Ready(Some(ev)) => Poll::Ready(Some(self.convert(ev))),
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

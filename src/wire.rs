@@ -1,256 +1,380 @@
-//! The only module that touches the ZooKeeper wire client (`zookeeper-client` 0.11).
+//! The handle to one ZooKeeper session's connection (the session layer's only way to the
+//! wire). Cheap to clone; every request is sent when its method is *called* (not when the
+//! future is first polled), so two calls made back to back are pipelined in call order.
 //!
-//! It maps the wire client's errors and types to zkr's and hides its quirks:
-//! * raw I/O errors of in-flight calls become [`Error::ConnectionLoss`];
-//! * only one-shot watches are used (the wire client re-sends those on reconnect; it does not
-//!   re-arm persistent ones, and panics if a persistent watcher is polled after a terminal event);
-//! * a wire client dies with its session: the session layer replaces it (a new *epoch*).
-//!
-//! Every request is sent when its method is *called* (not when the future is first polled), so
-//! two calls made back to back are pipelined on the connection in call order.
+//! It turns zkr's types into frames ([`crate::proto`]) and replies into zkr's types and
+//! [`Error`]s, applies the chroot, and hands out one-shot watches ([`WireWatch`]) and
+//! persistent watches ([`WirePersistentWatch`]). The connection task behind it
+//! ([`crate::proto::connection`]) owns the socket.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use zookeeper_client as zk;
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::error::{Error, Result};
-use crate::types::{Acl, CreateMode, Op, OpResult, Stat};
+use crate::error::{Error, ErrorCode, Result};
+use crate::proto::connection::{
+    self, ConnConfig, ConnShared, Control, Packet, PathEvent, Reply, WatchClass, WatchReg,
+};
+use crate::proto::jute::{JuteWrite, Reader};
+use crate::proto::records::{self, op, MultiResult};
+use crate::proto::HandshakeError;
+use crate::types::{Acl, ClientInfo, CreateMode, Op, OpResult, ReadOp, ReadResult, Stat};
+
+pub(crate) use crate::proto::connection::{WireEvent, WireState};
 
 /// Settings of one wire session.
 #[derive(Clone, Debug)]
 pub(crate) struct WireConfig {
-    pub connect: String,
+    pub servers: Vec<(String, u16)>,
+    pub chroot: Option<String>,
     pub session_timeout: Duration,
     pub auth: Vec<(String, Vec<u8>)>,
     /// Accept read-only sessions from a server that lost its quorum.
     pub read_only: bool,
+    /// Requests unanswered on the socket at most.
+    pub max_in_flight: usize,
 }
 
-/// The state the wire client reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum WireState {
-    Connected,
-    ReadOnly,
-    Disconnected,
-    Expired,
-    AuthFailed,
-    Closed,
-}
-
-impl From<zk::SessionState> for WireState {
-    fn from(s: zk::SessionState) -> Self {
-        match s {
-            zk::SessionState::SyncConnected => WireState::Connected,
-            zk::SessionState::ConnectedReadOnly => WireState::ReadOnly,
-            zk::SessionState::Disconnected => WireState::Disconnected,
-            zk::SessionState::Expired => WireState::Expired,
-            zk::SessionState::AuthFailed => WireState::AuthFailed,
-            zk::SessionState::Closed => WireState::Closed,
-        }
+impl WireConfig {
+    /// `host:port,...` of the servers.
+    pub fn servers_string(&self) -> String {
+        self.servers
+            .iter()
+            .map(|(h, p)| format!("{h}:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
-/// Kinds of watch notifications.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum WireEvent {
-    Created,
-    Deleted,
-    DataChanged,
-    ChildrenChanged,
-    /// The session ended (terminal); the watch will never fire.
-    SessionEnded,
-}
-
-/// A one-shot server watch. Dropping it removes the watch (server side too, when it was the
-/// last watcher of its kind on the path).
-#[derive(Debug)]
-pub(crate) struct WireWatch(zk::OneshotWatcher);
-
-impl WireWatch {
-    pub async fn fired(self) -> WireEvent {
-        let ev = self.0.changed().await;
-        match ev.event_type {
-            zk::EventType::NodeCreated => WireEvent::Created,
-            zk::EventType::NodeDeleted => WireEvent::Deleted,
-            zk::EventType::NodeDataChanged => WireEvent::DataChanged,
-            zk::EventType::NodeChildrenChanged => WireEvent::ChildrenChanged,
-            zk::EventType::Session => WireEvent::SessionEnded,
-        }
-    }
-}
-
-/// Session credentials, opaque outside this module (used to expire a session on purpose).
+/// Session credentials (used to expire a session on purpose in tests).
 #[cfg_attr(not(feature = "testing"), allow(dead_code))]
-#[derive(Clone, Debug)]
-pub(crate) struct WireSession(zk::SessionInfo);
+#[derive(Clone)]
+pub(crate) struct WireSession {
+    pub id: i64,
+    pub passwd: Vec<u8>,
+}
 
-/// Watches the wire client's state.
-pub(crate) struct WireStates(zk::StateWatcher);
+/// Watches the connection's state.
+pub(crate) struct WireStates(watch::Receiver<WireState>);
 
 impl WireStates {
     pub fn current(&mut self) -> WireState {
-        self.0.state().into()
+        *self.0.borrow_and_update()
     }
+    /// The next state; `Closed` once the connection task is gone.
     pub async fn changed(&mut self) -> WireState {
-        self.0.changed().await.into()
+        match self.0.changed().await {
+            Ok(()) => *self.0.borrow_and_update(),
+            Err(_) => {
+                let s = *self.0.borrow();
+                if s.is_terminal() {
+                    s
+                } else {
+                    WireState::Closed
+                }
+            }
+        }
+    }
+}
+
+/// A one-shot server watch. Dropping it unfired removes the watch (server side too, when it
+/// was the last watcher of its kind on the path).
+pub(crate) struct WireWatch {
+    rx: Option<oneshot::Receiver<WireEvent>>,
+    path: String,
+    class: WatchClass,
+    id: u64,
+    ctl: mpsc::UnboundedSender<Control>,
+    shared: Arc<ConnShared>,
+}
+
+impl std::fmt::Debug for WireWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireWatch")
+            .field("path", &self.path)
+            .field("class", &self.class)
+            .finish()
+    }
+}
+
+impl WireWatch {
+    pub async fn fired(mut self) -> WireEvent {
+        // Await through `&mut` so that dropping this future unfired still runs `Drop`.
+        let Some(rx) = self.rx.as_mut() else {
+            return WireEvent::SessionEnded;
+        };
+        let r = rx.await;
+        self.rx = None;
+        match r {
+            Ok(ev) => ev,
+            // Dropped unfired: the connection broke before the watch was set, or ended.
+            Err(_) if self.shared.state().is_terminal() => WireEvent::SessionEnded,
+            Err(_) => WireEvent::Resync,
+        }
+    }
+}
+
+impl Drop for WireWatch {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            if rx.try_recv().is_err() {
+                let _ = self.ctl.send(Control::Unwatch {
+                    path: std::mem::take(&mut self.path),
+                    class: self.class,
+                    id: self.id,
+                });
+            }
+        }
+    }
+}
+
+/// A persistent (optionally recursive) watch: every change at or under its path, until the
+/// connection is replaced ([`WireEvent::Resync`]) or the session ends; dropping it removes it.
+pub(crate) struct WirePersistentWatch {
+    rx: mpsc::UnboundedReceiver<PathEvent>,
+    path: String,
+    id: u64,
+    ctl: mpsc::UnboundedSender<Control>,
+}
+
+impl WirePersistentWatch {
+    pub fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<PathEvent>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for WirePersistentWatch {
+    fn drop(&mut self) {
+        let _ = self.ctl.send(Control::UnwatchPersistent {
+            path: std::mem::take(&mut self.path),
+            id: self.id,
+        });
+    }
+}
+
+struct WireInner {
+    req: mpsc::UnboundedSender<Packet>,
+    ctl: mpsc::UnboundedSender<Control>,
+    shared: Arc<ConnShared>,
+    chroot: Option<String>,
+    servers: Vec<(String, u16)>,
+}
+
+impl Drop for WireInner {
+    fn drop(&mut self) {
+        let _ = self.ctl.send(Control::Close);
     }
 }
 
 /// One wire session.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Wire {
-    client: zk::Client,
+    inner: Arc<WireInner>,
 }
 
-fn map_err(e: zk::Error, path: &str) -> Error {
-    let p = || path.to_string();
-    match e {
-        zk::Error::NoNode => Error::NoNode { path: p() },
-        zk::Error::NodeExists => Error::NodeExists { path: p() },
-        zk::Error::BadVersion => Error::BadVersion { path: p() },
-        zk::Error::NotEmpty => Error::NotEmpty { path: p() },
-        zk::Error::NoAuth => Error::NoAuth { path: p() },
-        zk::Error::NoChildrenForEphemerals => Error::NoChildrenForEphemerals { path: p() },
-        zk::Error::InvalidAcl => Error::InvalidAcl { path: p() },
-        zk::Error::AuthFailed => Error::AuthFailed,
-        zk::Error::NotReadOnly => Error::NotReadOnly,
-        zk::Error::Unimplemented => Error::Unimplemented,
-        zk::Error::ClientClosed => Error::Closed,
-        // The session-level kinds: the session layer turns these into `SessionLost` with the
-        // epoch attached.
-        zk::Error::SessionExpired | zk::Error::SessionMoved => Error::SessionLost {
-            session: 0,
-            epoch: 0,
-        },
-        zk::Error::BadArguments(msg) => Error::InvalidArgument(format!("{msg} (path {path})")),
-        zk::Error::Timeout => Error::Timeout {
-            op: "request",
-            after: Duration::ZERO,
-        },
-        zk::Error::NoHosts => Error::ConnectionLoss,
-        // ConnectionLoss, raw I/O errors (`Custom`) and everything that means the connection
-        // broke under the request: outcome unknown.
-        zk::Error::ConnectionLoss | zk::Error::Custom(_) => Error::ConnectionLoss,
-        other => Error::Unexpected(other.to_string()),
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wire")
+            .field("session", &format_args!("{:#x}", self.session_id()))
+            .field("state", &self.inner.shared.state())
+            .finish()
     }
 }
 
-fn stat(s: zk::Stat) -> Stat {
-    Stat {
-        czxid: s.czxid,
-        mzxid: s.mzxid,
-        pzxid: s.pzxid,
-        ctime: s.ctime,
-        mtime: s.mtime,
-        version: s.version,
-        cversion: s.cversion,
-        aversion: s.aversion,
-        ephemeral_owner: s.ephemeral_owner,
-        data_length: s.data_length,
-        num_children: s.num_children,
-    }
-}
-
-fn wire_mode(mode: CreateMode) -> (zk::CreateMode, Option<Duration>) {
-    match mode {
-        CreateMode::Persistent => (zk::CreateMode::Persistent, None),
-        CreateMode::PersistentSequential => (zk::CreateMode::PersistentSequential, None),
-        CreateMode::Ephemeral => (zk::CreateMode::Ephemeral, None),
-        CreateMode::EphemeralSequential => (zk::CreateMode::EphemeralSequential, None),
-        CreateMode::Container => (zk::CreateMode::Container, None),
-        CreateMode::PersistentWithTtl(ttl) => (zk::CreateMode::Persistent, Some(ttl)),
-    }
-}
-
-fn permission(bits: i32) -> zk::Permission {
-    use crate::types::perms;
-    [
-        (perms::READ, zk::Permission::READ),
-        (perms::WRITE, zk::Permission::WRITE),
-        (perms::CREATE, zk::Permission::CREATE),
-        (perms::DELETE, zk::Permission::DELETE),
-        (perms::ADMIN, zk::Permission::ADMIN),
-    ]
-    .into_iter()
-    .filter(|(b, _)| bits & b != 0)
-    .fold(zk::Permission::NONE, |acc, (_, p)| acc | p)
-}
-
-/// Owns converted ACLs so that `zk::Acls<'_>` can borrow them.
-struct AclBuf(Vec<zk::Acl>);
-
-impl AclBuf {
-    fn new(acl: &[Acl]) -> Self {
-        AclBuf(
-            acl.iter()
-                .map(|a| zk::Acl::new(permission(a.perms), zk::AuthId::new(&a.scheme, &a.id)))
-                .collect(),
-        )
-    }
-    fn options(&self, mode: CreateMode) -> zk::CreateOptions<'_> {
-        let (m, ttl) = wire_mode(mode);
-        let opts = m.with_acls(zk::Acls::new(&self.0));
-        match ttl {
-            Some(ttl) => opts.with_ttl(ttl),
-            None => opts,
-        }
-    }
-}
-
-fn seq_path(path: &str, mode: CreateMode, seq: zk::CreateSequence) -> String {
-    if mode.is_sequential() {
-        format!("{path}{seq}")
-    } else {
-        path.to_string()
-    }
+/// The error for a reply code.
+fn code_error(err: i32, path: &str) -> Error {
+    Error::from_code(ErrorCode::from_i32(err), path)
 }
 
 impl Wire {
-    /// Opens a new session; fails with `Unreachable` if none is established within `connect_timeout`.
+    /// Opens a new session; fails with `Unreachable` if none is established within
+    /// `connect_timeout`.
     pub async fn connect(
         cfg: &WireConfig,
         connect_timeout: Duration,
     ) -> Result<(Wire, WireStates)> {
-        let mut connector = zk::Client::connector()
-            .with_session_timeout(cfg.session_timeout)
-            .with_readonly(cfg.read_only);
-        for (scheme, auth) in &cfg.auth {
-            connector = connector.with_auth(scheme, auth);
-        }
-        let fut = connector.connect(&cfg.connect);
-        match tokio::time::timeout(connect_timeout, fut).await {
-            Err(_) => Err(Error::Unreachable {
-                servers: cfg.connect.clone(),
-                after: connect_timeout,
-            }),
-            Ok(Err(zk::Error::BadArguments(msg))) => Err(Error::InvalidConnectString {
-                input: cfg.connect.clone(),
-                reason: msg.to_string(),
-            }),
-            Ok(Err(zk::Error::AuthFailed)) => Err(Error::AuthFailed),
-            Ok(Err(_)) => Err(Error::Unreachable {
-                servers: cfg.connect.clone(),
-                after: connect_timeout,
-            }),
-            Ok(Ok(client)) => {
-                let states = WireStates(client.state_watcher());
-                Ok((Wire { client }, states))
+        let conn = ConnConfig {
+            servers: cfg.servers.clone(),
+            session_timeout: cfg.session_timeout,
+            read_only: cfg.read_only,
+            auth: cfg.auth.clone(),
+            max_in_flight: cfg.max_in_flight,
+            chroot: cfg.chroot.clone(),
+        };
+        match connection::open(conn, connect_timeout).await {
+            Ok((shared, req, ctl)) => {
+                let states = WireStates(shared.state.subscribe());
+                let wire = Wire {
+                    inner: Arc::new(WireInner {
+                        req,
+                        ctl,
+                        shared,
+                        chroot: cfg.chroot.clone(),
+                        servers: cfg.servers.clone(),
+                    }),
+                };
+                Ok((wire, states))
             }
+            Err(HandshakeError::AuthFailed) => Err(Error::AuthFailed),
+            Err(HandshakeError::Protocol(e)) => Err(e.into()),
+            Err(_) => Err(Error::Unreachable {
+                servers: cfg.servers_string(),
+                after: connect_timeout,
+            }),
         }
     }
 
     pub fn session_id(&self) -> i64 {
-        self.client.session_id().0
+        self.inner.shared.session().id
     }
 
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub fn session(&self) -> WireSession {
-        WireSession(self.client.session().clone())
+        let s = self.inner.shared.session();
+        WireSession {
+            id: s.id,
+            passwd: s.passwd,
+        }
     }
 
     pub fn negotiated_timeout(&self) -> Duration {
-        self.client.session_timeout()
+        self.inner.shared.session().timeout
+    }
+
+    /// The member the session is connected to (or was last), as `(host, port)`.
+    #[allow(dead_code)]
+    pub fn server(&self) -> (String, u16) {
+        let i = self.inner.shared.session().server;
+        self.inner.servers.get(i).cloned().unwrap_or_default()
+    }
+
+    /// The send instant of the newest request that the server answered (the handshake counts).
+    #[allow(dead_code)]
+    pub fn last_answered_send(&self) -> Instant {
+        self.inner.shared.last_answered_send()
+    }
+
+    /// Moves the live session to `servers[index]` now (same session id and password).
+    #[allow(dead_code)]
+    pub async fn move_to(&self, index: usize) -> Result<()> {
+        if index >= self.inner.servers.len() {
+            return Err(Error::InvalidArgument(format!(
+                "no server #{index} in the connect string"
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .ctl
+            .send(Control::MoveTo {
+                server: index,
+                done: tx,
+            })
+            .map_err(|_| self.ended_error())?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(Error::Unexpected(format!(
+                "moving the session failed: {reason}"
+            ))),
+            Err(_) => Err(self.ended_error()),
+        }
+    }
+
+    /// Closes the session now (also done when the last handle is dropped).
+    pub fn close(&self) {
+        let _ = self.inner.ctl.send(Control::Close);
+    }
+
+    fn ended_error(&self) -> Error {
+        ended(&self.inner)
+    }
+
+    /// The server-side path of a client path (chroot prepended).
+    fn full(&self, path: &str) -> String {
+        match &self.inner.chroot {
+            Some(c) if path == "/" => c.clone(),
+            Some(c) => format!("{c}{path}"),
+            None => path.to_string(),
+        }
+    }
+
+    /// The client path of a server-side path (chroot removed).
+    fn strip(&self, path: String) -> String {
+        match &self.inner.chroot {
+            Some(c) => match path.strip_prefix(c.as_str()) {
+                Some("") => "/".to_string(),
+                Some(rest) if rest.starts_with('/') => rest.to_string(),
+                _ => path,
+            },
+            None => path,
+        }
+    }
+
+    /// Sends a request now; the future resolves to its reply (any error code included).
+    fn call(
+        &self,
+        frame: Vec<u8>,
+        watch: Option<WatchReg>,
+    ) -> impl Future<Output = Result<Reply>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.inner.req.send(Packet {
+            frame,
+            reply: Some(tx),
+            watch,
+        });
+        let inner = self.inner.clone();
+        async move {
+            if sent.is_err() {
+                return Err(ended(&inner));
+            }
+            rx.await.map_err(|_| ended(&inner))
+        }
+    }
+
+    /// Sends a request and checks its error code.
+    fn request(
+        &self,
+        frame: Vec<u8>,
+        path: &str,
+    ) -> impl Future<Output = Result<Reply>> + Send + 'static {
+        let fut = self.call(frame, None);
+        let path = path.to_string();
+        async move {
+            let r = fut.await?;
+            if r.err != 0 {
+                return Err(code_error(r.err, &path));
+            }
+            Ok(r)
+        }
+    }
+
+    fn one_shot(&self, full: &str, class: WatchClass, on_no_node: bool) -> (WatchReg, WireWatch) {
+        let (tx, rx) = oneshot::channel();
+        let id = self
+            .inner
+            .shared
+            .next_watch_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reg = WatchReg::OneShot {
+            path: full.to_string(),
+            class,
+            id,
+            tx,
+            on_no_node,
+        };
+        let watch = WireWatch {
+            rx: Some(rx),
+            path: full.to_string(),
+            class,
+            id,
+            ctl: self.inner.ctl.clone(),
+            shared: self.inner.shared.clone(),
+        };
+        (reg, watch)
     }
 
     /// Sends a create now; the returned future resolves to the actual path and its stat.
@@ -261,11 +385,18 @@ impl Wire {
         mode: CreateMode,
         acl: &[Acl],
     ) -> impl Future<Output = Result<(String, Stat)>> + Send + 'a {
-        let acls = AclBuf::new(acl);
-        let fut = self.client.create(path, data, &acls.options(mode));
+        let (opcode, _, _) = records::create_kind(mode);
+        let full = self.full(path);
+        let fut = self.request(
+            records::request(opcode, |b| records::put_create(b, &full, data, acl, mode)),
+            path,
+        );
         async move {
-            let (s, seq) = fut.await.map_err(|e| map_err(e, path))?;
-            Ok((seq_path(path, mode, seq), stat(s)))
+            let r = fut.await?;
+            let mut rd = Reader::new(&r.body);
+            let created = rd.str()?;
+            let stat = rd.stat()?;
+            Ok((self.strip(created), stat))
         }
     }
 
@@ -273,11 +404,16 @@ impl Wire {
         &'a self,
         path: &'a str,
     ) -> impl Future<Output = Result<(Vec<u8>, Stat)>> + Send + 'a {
-        let fut = self.client.get_data(path);
+        let fut = self.request(
+            records::request(op::GET_DATA, |b| {
+                records::put_path_watch(b, &self.full(path), false)
+            }),
+            path,
+        );
         async move {
-            fut.await
-                .map(|(d, s)| (d, stat(s)))
-                .map_err(|e| map_err(e, path))
+            let r = fut.await?;
+            let mut rd = Reader::new(&r.body);
+            Ok((rd.buf()?, rd.stat()?))
         }
     }
 
@@ -285,11 +421,19 @@ impl Wire {
         &'a self,
         path: &'a str,
     ) -> impl Future<Output = Result<(Vec<u8>, Stat, WireWatch)>> + Send + 'a {
-        let fut = self.client.get_and_watch_data(path);
+        let full = self.full(path);
+        let (reg, watch) = self.one_shot(&full, WatchClass::Data, false);
+        let fut = self.call(
+            records::request(op::GET_DATA, |b| records::put_path_watch(b, &full, true)),
+            Some(reg),
+        );
         async move {
-            fut.await
-                .map(|(d, s, w)| (d, stat(s), WireWatch(w)))
-                .map_err(|e| map_err(e, path))
+            let r = fut.await?;
+            if r.err != 0 {
+                return Err(code_error(r.err, path));
+            }
+            let mut rd = Reader::new(&r.body);
+            Ok((rd.buf()?, rd.stat()?, watch))
         }
     }
 
@@ -297,20 +441,26 @@ impl Wire {
         &'a self,
         path: &'a str,
     ) -> impl Future<Output = Result<Option<Stat>>> + Send + 'a {
-        let fut = self.client.check_stat(path);
-        async move { fut.await.map(|s| s.map(stat)).map_err(|e| map_err(e, path)) }
+        let fut = self.call(
+            records::request(op::EXISTS, |b| {
+                records::put_path_watch(b, &self.full(path), false)
+            }),
+            None,
+        );
+        async move { exists_reply(fut.await?, path) }
     }
 
     pub fn exists_watch<'a>(
         &'a self,
         path: &'a str,
     ) -> impl Future<Output = Result<(Option<Stat>, WireWatch)>> + Send + 'a {
-        let fut = self.client.check_and_watch_stat(path);
-        async move {
-            fut.await
-                .map(|(s, w)| (s.map(stat), WireWatch(w)))
-                .map_err(|e| map_err(e, path))
-        }
+        let full = self.full(path);
+        let (reg, watch) = self.one_shot(&full, WatchClass::Data, true);
+        let fut = self.call(
+            records::request(op::EXISTS, |b| records::put_path_watch(b, &full, true)),
+            Some(reg),
+        );
+        async move { Ok((exists_reply(fut.await?, path)?, watch)) }
     }
 
     pub fn set_data<'a>(
@@ -319,8 +469,15 @@ impl Wire {
         data: &[u8],
         version: Option<i32>,
     ) -> impl Future<Output = Result<Stat>> + Send + 'a {
-        let fut = self.client.set_data(path, data, version);
-        async move { fut.await.map(stat).map_err(|e| map_err(e, path)) }
+        let fut = self.request(
+            records::request(op::SET_DATA, |b| {
+                b.put_str(&self.full(path));
+                b.put_buf(data);
+                b.put_i32(version.unwrap_or(-1));
+            }),
+            path,
+        );
+        async move { Ok(Reader::new(&fut.await?.body).stat()?) }
     }
 
     pub fn delete<'a>(
@@ -328,19 +485,30 @@ impl Wire {
         path: &'a str,
         version: Option<i32>,
     ) -> impl Future<Output = Result<()>> + Send + 'a {
-        let fut = self.client.delete(path, version);
-        async move { fut.await.map_err(|e| map_err(e, path)) }
+        let fut = self.request(
+            records::request(op::DELETE, |b| {
+                b.put_str(&self.full(path));
+                b.put_i32(version.unwrap_or(-1));
+            }),
+            path,
+        );
+        async move { fut.await.map(|_| ()) }
     }
 
     pub fn get_children<'a>(
         &'a self,
         path: &'a str,
     ) -> impl Future<Output = Result<(Vec<String>, Stat)>> + Send + 'a {
-        let fut = self.client.get_children(path);
+        let fut = self.request(
+            records::request(op::GET_CHILDREN2, |b| {
+                records::put_path_watch(b, &self.full(path), false)
+            }),
+            path,
+        );
         async move {
-            fut.await
-                .map(|(c, s)| (c, stat(s)))
-                .map_err(|e| map_err(e, path))
+            let r = fut.await?;
+            let mut rd = Reader::new(&r.body);
+            Ok((rd.strs()?, rd.stat()?))
         }
     }
 
@@ -348,17 +516,30 @@ impl Wire {
         &'a self,
         path: &'a str,
     ) -> impl Future<Output = Result<(Vec<String>, Stat, WireWatch)>> + Send + 'a {
-        let fut = self.client.get_and_watch_children(path);
+        let full = self.full(path);
+        let (reg, watch) = self.one_shot(&full, WatchClass::Child, false);
+        let fut = self.call(
+            records::request(op::GET_CHILDREN2, |b| {
+                records::put_path_watch(b, &full, true)
+            }),
+            Some(reg),
+        );
         async move {
-            fut.await
-                .map(|(c, s, w)| (c, stat(s), WireWatch(w)))
-                .map_err(|e| map_err(e, path))
+            let r = fut.await?;
+            if r.err != 0 {
+                return Err(code_error(r.err, path));
+            }
+            let mut rd = Reader::new(&r.body);
+            Ok((rd.strs()?, rd.stat()?, watch))
         }
     }
 
     pub fn sync<'a>(&'a self, path: &'a str) -> impl Future<Output = Result<()>> + Send + 'a {
-        let fut = self.client.sync(path);
-        async move { fut.await.map_err(|e| map_err(e, path)) }
+        let fut = self.request(
+            records::request(op::SYNC, |b| b.put_str(&self.full(path))),
+            path,
+        );
+        async move { fut.await.map(|_| ()) }
     }
 
     pub fn add_auth<'a>(
@@ -366,8 +547,147 @@ impl Wire {
         scheme: &'a str,
         auth: &'a [u8],
     ) -> impl Future<Output = Result<()>> + Send + 'a {
-        let fut = self.client.auth(scheme, auth);
-        async move { fut.await.map_err(|e| map_err(e, "")) }
+        let fut = self.request(crate::proto::connect::auth_packet(scheme, auth), "");
+        async move { fut.await.map(|_| ()) }
+    }
+
+    pub fn get_acl<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> impl Future<Output = Result<(Vec<Acl>, Stat)>> + Send + 'a {
+        let fut = self.request(
+            records::request(op::GET_ACL, |b| b.put_str(&self.full(path))),
+            path,
+        );
+        async move {
+            let r = fut.await?;
+            let mut rd = Reader::new(&r.body);
+            Ok((rd.acls()?, rd.stat()?))
+        }
+    }
+
+    pub fn set_acl<'a>(
+        &'a self,
+        path: &'a str,
+        acl: &[Acl],
+        version: Option<i32>,
+    ) -> impl Future<Output = Result<Stat>> + Send + 'a {
+        let fut = self.request(
+            records::request(op::SET_ACL, |b| {
+                b.put_str(&self.full(path));
+                b.put_acls(acl);
+                b.put_i32(version.unwrap_or(-1));
+            }),
+            path,
+        );
+        async move { Ok(Reader::new(&fut.await?.body).stat()?) }
+    }
+
+    /// Paths of this session's ephemeral nodes under `prefix`.
+    pub fn get_ephemerals<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send + 'a {
+        let fut = self.request(
+            records::request(op::GET_EPHEMERALS, |b| b.put_str(&self.full(prefix))),
+            prefix,
+        );
+        async move {
+            let r = fut.await?;
+            let paths = Reader::new(&r.body).strs()?;
+            Ok(paths.into_iter().map(|p| self.strip(p)).collect())
+        }
+    }
+
+    /// Number of nodes below `path` (all levels).
+    pub fn get_all_children_number<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> impl Future<Output = Result<i32>> + Send + 'a {
+        let fut = self.request(
+            records::request(op::GET_ALL_CHILDREN_NUMBER, |b| b.put_str(&self.full(path))),
+            path,
+        );
+        async move { Ok(Reader::new(&fut.await?.body).i32()?) }
+    }
+
+    /// The identities the server has for this session.
+    pub fn who_am_i(&self) -> impl Future<Output = Result<Vec<ClientInfo>>> + Send + '_ {
+        let fut = self.request(records::request(op::WHO_AM_I, |_| {}), "");
+        async move {
+            let r = fut.await?;
+            let mut rd = Reader::new(&r.body);
+            let n = rd.i32()?;
+            let mut out = Vec::new();
+            for _ in 0..n.max(0) {
+                out.push(ClientInfo {
+                    scheme: rd.str()?,
+                    user: rd.str()?,
+                });
+                if rd.left() == 0 {
+                    break;
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    /// Sets a persistent watch (recursive: on the whole subtree).
+    pub fn add_watch<'a>(
+        &'a self,
+        path: &'a str,
+        recursive: bool,
+    ) -> impl Future<Output = Result<WirePersistentWatch>> + Send + 'a {
+        let full = self.full(path);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = self
+            .inner
+            .shared
+            .next_watch_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reg = WatchReg::Persistent {
+            path: full.clone(),
+            recursive,
+            id,
+            tx,
+        };
+        let watch = WirePersistentWatch {
+            rx,
+            path: full.clone(),
+            id,
+            ctl: self.inner.ctl.clone(),
+        };
+        let fut = self.call(
+            records::request(op::ADD_WATCH, |b| {
+                b.put_str(&full);
+                b.put_i32(i32::from(recursive));
+            }),
+            Some(reg),
+        );
+        async move {
+            let r = fut.await?;
+            if r.err != 0 {
+                return Err(code_error(r.err, path));
+            }
+            Ok(watch)
+        }
+    }
+
+    /// Removes every watch of `kind` (a `RemoveWatches` watcher type) on `path` on the server.
+    #[allow(dead_code)]
+    pub fn remove_watches<'a>(
+        &'a self,
+        path: &'a str,
+        kind: i32,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        let fut = self.request(
+            records::request(op::REMOVE_WATCHES, |b| {
+                b.put_str(&self.full(path));
+                b.put_i32(kind);
+            }),
+            path,
+        );
+        async move { fut.await.map(|_| ()) }
     }
 
     /// Atomic multi-write. All ops are sent now in one request.
@@ -376,95 +696,205 @@ impl Wire {
         ops: &'a [Op],
         acl: &[Acl],
     ) -> impl Future<Output = Result<Vec<OpResult>>> + Send + 'a {
-        let acls = AclBuf::new(acl);
-        let mut writer = self.client.new_multi_writer();
-        let mut build_err = None;
-        for (i, op) in ops.iter().enumerate() {
-            let r = match op {
-                Op::Create { path, data, mode } => {
-                    writer.add_create(path, data, &acls.options(*mode))
+        let frame = records::request(op::MULTI, |b| {
+            for o in ops {
+                match o {
+                    Op::Create { path, data, mode } => {
+                        let (opcode, _, _) = records::create_kind(*mode);
+                        records::put_multi_header(b, opcode, false);
+                        records::put_create(b, &self.full(path), data, acl, *mode);
+                    }
+                    Op::SetData {
+                        path,
+                        data,
+                        version,
+                    } => {
+                        records::put_multi_header(b, op::SET_DATA, false);
+                        b.put_str(&self.full(path));
+                        b.put_buf(data);
+                        b.put_i32(version.unwrap_or(-1));
+                    }
+                    Op::Delete { path, version } => {
+                        records::put_multi_header(b, op::DELETE, false);
+                        b.put_str(&self.full(path));
+                        b.put_i32(version.unwrap_or(-1));
+                    }
+                    Op::Check { path, version } => {
+                        records::put_multi_header(b, op::CHECK, false);
+                        b.put_str(&self.full(path));
+                        b.put_i32(version.unwrap_or(-1));
+                    }
                 }
-                Op::SetData {
-                    path,
-                    data,
-                    version,
-                } => writer.add_set_data(path, data, *version),
-                Op::Delete { path, version } => writer.add_delete(path, *version),
-                Op::Check { path, version } => {
-                    writer.add_check_version(path, version.unwrap_or(-1))
-                }
-            };
-            if let Err(e) = r {
-                build_err = Some(Error::MultiFailed {
-                    index: i,
-                    source: Box::new(map_err(e, op.path())),
-                });
-                break;
             }
-        }
-        let fut = if build_err.is_none() {
-            Some(writer.commit())
-        } else {
-            None
-        };
+            records::put_multi_header(b, -1, true);
+        });
+        let fut = self.call(frame, None);
         async move {
-            if let Some(e) = build_err {
-                return Err(e);
-            }
-            let Some(fut) = fut else {
-                return Err(Error::Unexpected("multi not built".into()));
-            };
-            match fut.await {
-                Ok(results) => Ok(results
-                    .into_iter()
-                    .map(|r| match r {
-                        zk::MultiWriteResult::Create { path, stat: s } => OpResult::Created {
-                            path,
-                            stat: stat(s),
-                        },
-                        zk::MultiWriteResult::SetData { stat: s } => {
-                            OpResult::DataSet { stat: stat(s) }
-                        }
-                        zk::MultiWriteResult::Delete => OpResult::Deleted,
-                        _ => OpResult::Checked,
-                    })
-                    .collect()),
-                Err(zk::MultiWriteError::RequestFailed { source }) => Err(map_err(source, "")),
-                Err(zk::MultiWriteError::OperationFailed { index, source }) => {
-                    let path = ops.get(index).map(|o| o.path()).unwrap_or("");
-                    Err(Error::MultiFailed {
-                        index,
-                        source: Box::new(map_err(source, path)),
-                    })
+            let r = fut.await?;
+            let results = match records::multi_results(&r.body) {
+                Ok(res) => res,
+                Err(_) if r.err != 0 => {
+                    return Err(code_error(r.err, ops.first().map_or("", |o| o.path())))
                 }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some((index, e)) = first_failure(&results) {
+                let path = ops.get(index).map_or("", |o| o.path());
+                return Err(Error::MultiFailed {
+                    index,
+                    source: Box::new(code_error(e, path)),
+                });
             }
+            if r.err != 0 {
+                return Err(code_error(r.err, ops.first().map_or("", |o| o.path())));
+            }
+            results
+                .into_iter()
+                .map(|res| match res {
+                    MultiResult::Created { path, stat } => Ok(OpResult::Created {
+                        path: self.strip(path),
+                        stat: stat.unwrap_or_default(),
+                    }),
+                    MultiResult::DataSet(stat) => Ok(OpResult::DataSet { stat }),
+                    MultiResult::Deleted => Ok(OpResult::Deleted),
+                    MultiResult::Checked => Ok(OpResult::Checked),
+                    other => Err(Error::Protocol(format!(
+                        "unexpected multi result {other:?}"
+                    ))),
+                })
+                .collect()
+        }
+    }
+
+    /// Several reads in one request, each with its own outcome.
+    pub fn multi_read<'a>(
+        &'a self,
+        ops: &'a [ReadOp],
+    ) -> impl Future<Output = Result<Vec<Result<ReadResult>>>> + Send + 'a {
+        let frame = records::request(op::MULTI_READ, |b| {
+            for o in ops {
+                let (opcode, path) = match o {
+                    ReadOp::GetData { path } => (op::GET_DATA, path),
+                    ReadOp::GetChildren { path } => (op::GET_CHILDREN, path),
+                };
+                records::put_multi_header(b, opcode, false);
+                records::put_path_watch(b, &self.full(path), false);
+            }
+            records::put_multi_header(b, -1, true);
+        });
+        let fut = self.request(frame, "");
+        async move {
+            let r = fut.await?;
+            let results = records::multi_results(&r.body)?;
+            if results.len() != ops.len() {
+                return Err(Error::Protocol(format!(
+                    "multiRead of {} ops got {} results",
+                    ops.len(),
+                    results.len()
+                )));
+            }
+            Ok(results
+                .into_iter()
+                .zip(ops)
+                .map(|(res, o)| match res {
+                    MultiResult::Data(d, s) => Ok(ReadResult::Data { data: d, stat: s }),
+                    MultiResult::Children(c) => Ok(ReadResult::Children { children: c }),
+                    MultiResult::Error(e) => Err(code_error(e, o.path())),
+                    other => Err(Error::Protocol(format!(
+                        "unexpected multiRead result {other:?}"
+                    ))),
+                })
+                .collect())
         }
     }
 }
 
-/// Expires a session on purpose: connects a second client with the same session id and
-/// password, then closes it (what Curator's KillSession does).
+fn ended(inner: &WireInner) -> Error {
+    match inner.shared.state() {
+        WireState::Expired => Error::SessionLost {
+            session: 0,
+            epoch: 0,
+        },
+        WireState::AuthFailed => Error::AuthFailed,
+        WireState::Closed => Error::Closed,
+        _ => Error::ConnectionLoss,
+    }
+}
+
+fn exists_reply(r: Reply, path: &str) -> Result<Option<Stat>> {
+    match r.err {
+        0 => Ok(Some(Reader::new(&r.body).stat()?)),
+        e if e == records::code::NO_NODE => Ok(None),
+        e => Err(code_error(e, path)),
+    }
+}
+
+/// The first operation of a failed multi that carries a real error code (the ones before it
+/// report `Ok`, the ones after it `RuntimeInconsistency`).
+fn first_failure(results: &[MultiResult]) -> Option<(usize, i32)> {
+    let errors = || {
+        results.iter().enumerate().filter_map(|(i, r)| match r {
+            MultiResult::Error(e) if *e != 0 => Some((i, *e)),
+            _ => None,
+        })
+    };
+    errors()
+        .find(|(_, e)| *e != ErrorCode::RuntimeInconsistency.code())
+        .or_else(|| errors().next())
+}
+
+/// Expires a session on purpose: opens a second connection with the same session id and
+/// password, then closes the session from it (what Curator's KillSession does).
 #[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub(crate) async fn expire_session(
-    connect: &str,
+    servers: &[(String, u16)],
     session: &WireSession,
     timeout: Duration,
 ) -> Result<()> {
-    let connector = zk::Client::connector()
-        .with_session(session.0.clone())
-        .with_session_timeout(timeout);
-    match tokio::time::timeout(timeout, connector.connect(connect)).await {
-        Err(_) => Err(Error::Timeout {
-            op: "expire_session",
-            after: timeout,
-        }),
-        // Already expired: nothing to do.
-        Ok(Err(zk::Error::SessionExpired)) => Ok(()),
-        Ok(Err(e)) => Err(map_err(e, "")),
-        Ok(Ok(client)) => {
-            // Dropping the last handle of a non-detached client closes the session.
-            drop(client);
-            Ok(())
+    let deadline = Instant::now() + timeout;
+    for (host, port) in servers.iter().cycle() {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let req = records::ConnectRequest {
+            last_zxid_seen: 0,
+            timeout,
+            session_id: session.id,
+            passwd: session.passwd.clone(),
+            read_only: false,
+        };
+        match crate::proto::connect::handshake(
+            host,
+            *port,
+            &req,
+            &[],
+            crate::proto::codec::MAX_FRAME,
+            deadline - now,
+        )
+        .await
+        {
+            Ok(mut est) => {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut close = records::request(op::CLOSE_SESSION, |_| {});
+                records::set_xid(&mut close, 1);
+                est.stream
+                    .write_all(&close)
+                    .await
+                    .map_err(|_| Error::ConnectionLoss)?;
+                // Wait for the reply or the server closing the connection.
+                let mut buf = [0u8; 256];
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), est.stream.read(&mut buf)).await;
+                return Ok(());
+            }
+            // Already expired: nothing to do.
+            Err(HandshakeError::Expired) => return Ok(()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+    Err(Error::Timeout {
+        op: "expire_session",
+        after: timeout,
+    })
 }

@@ -62,9 +62,8 @@ async fn basic_ops_and_watch() {
     println!("{:?}", c.state());
 }
 
-/// The wire client's sockets have `TCP_NODELAY` (vendor/zookeeper-client/ZKR-PATCH.md): with
-/// Nagle's algorithm on, a request sent right behind another waits for the first one's reply,
-/// and zkr's pipelining gains nothing. Fails if the `[patch.crates-io]` entry is lost.
+/// The wire's sockets have `TCP_NODELAY`: with Nagle's algorithm on, a request sent right
+/// behind another waits for the first one's reply, and zkr's pipelining gains nothing.
 #[tokio::test]
 async fn wire_sockets_have_tcp_nodelay() {
     let ens = testing::shared().expect("zookeeper");

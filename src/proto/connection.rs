@@ -1,0 +1,903 @@
+//! The connection task: the one owner of the socket of one ZooKeeper session.
+//!
+//! Handles ([`crate::wire::Wire`]) send [`Packet`]s over a channel, each with a oneshot for
+//! its reply. The task
+//! * assigns xids in send order and writes frames (batched: every packet waiting is written in
+//!   one go, so back-to-back calls are pipelined);
+//! * matches replies to requests: ZooKeeper answers one session's requests in the order they
+//!   were sent, so the pending requests are a FIFO queue and a reply out of order is a protocol
+//!   error;
+//! * keeps at most `max_in_flight` requests unanswered on the socket; further packets wait in
+//!   the channel;
+//! * registers a one-shot watch when the reply that sets it arrives, dispatches notifications,
+//!   and asks the server to remove a watch once its last local watcher is dropped;
+//! * pings when the connection is idle, and declares the connection dead when nothing arrived
+//!   for 2/3 of the negotiated timeout;
+//! * after a broken connection fails the requests in flight (`ConnectionLoss`: outcome
+//!   unknown), then resumes the *same* session on the next member, with the last zxid it has
+//!   seen so that it never goes back in time. Every watch is then fired with
+//!   [`WireEvent::Resync`]: the owner re-reads (and re-arms) it, so nothing changed while
+//!   disconnected goes unseen;
+//! * ends on expiry, on rejected credentials, or on close (sending `closeSession` first).
+//!
+//! Dropping a caller's future never desynchronises anything: the request stays in the FIFO and
+//! its reply is discarded.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::codec::{FrameReader, MAX_FRAME};
+use super::connect::{handshake, Established, HandshakeError};
+use super::jute::{DecodeError, JuteWrite};
+use super::records::{self, code, event, op, watcher_type, xid, ConnectRequest};
+
+/// The connection's state, as the session layer sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WireState {
+    Connected,
+    ReadOnly,
+    Disconnected,
+    Expired,
+    AuthFailed,
+    Closed,
+}
+
+impl WireState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            WireState::Expired | WireState::AuthFailed | WireState::Closed
+        )
+    }
+}
+
+/// What a watch reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WireEvent {
+    Created,
+    Deleted,
+    DataChanged,
+    ChildrenChanged,
+    /// The connection was replaced: the watched state may have changed unseen; read again.
+    Resync,
+    /// The session ended (terminal); the watch will never fire.
+    SessionEnded,
+}
+
+/// Which server-side watch table a one-shot watch lives in: `getData` and `exists` set data
+/// watches, `getChildren` child watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum WatchClass {
+    Data,
+    Child,
+}
+
+/// An event of a persistent watch: what happened and where (client path, chroot removed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PathEvent {
+    pub event: WireEvent,
+    pub path: String,
+}
+
+/// A watch to register when the request's reply arrives.
+pub(crate) enum WatchReg {
+    OneShot {
+        path: String,
+        class: WatchClass,
+        id: u64,
+        tx: oneshot::Sender<WireEvent>,
+        /// `exists` on a missing node sets a watch too.
+        on_no_node: bool,
+    },
+    Persistent {
+        path: String,
+        recursive: bool,
+        id: u64,
+        tx: mpsc::UnboundedSender<PathEvent>,
+    },
+}
+
+/// One request.
+pub(crate) struct Packet {
+    /// A frame from [`records::request`] (xid filled in here).
+    pub frame: Vec<u8>,
+    pub reply: Option<oneshot::Sender<Reply>>,
+    pub watch: Option<WatchReg>,
+}
+
+/// A reply: error code and the body after the header. (When each request was sent is kept
+/// by the task: [`ConnShared::last_answered_send`].)
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub err: i32,
+    pub body: Vec<u8>,
+}
+
+/// Requests that are not packets.
+pub(crate) enum Control {
+    /// A one-shot watcher was dropped before it fired.
+    Unwatch {
+        path: String,
+        class: WatchClass,
+        id: u64,
+    },
+    /// A persistent watcher was dropped.
+    UnwatchPersistent { path: String, id: u64 },
+    /// Move the session to `servers[server]` now.
+    MoveTo {
+        server: usize,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Close the session.
+    Close,
+}
+
+/// Settings of one connection.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnConfig {
+    pub servers: Vec<(String, u16)>,
+    pub session_timeout: Duration,
+    pub read_only: bool,
+    pub auth: Vec<(String, Vec<u8>)>,
+    pub max_in_flight: usize,
+    pub chroot: Option<String>,
+}
+
+/// The session as established.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionInfo {
+    pub id: i64,
+    pub passwd: Vec<u8>,
+    pub timeout: Duration,
+    pub server: usize,
+}
+
+/// What the task and its handles share.
+pub(crate) struct ConnShared {
+    pub state: watch::Sender<WireState>,
+    pub session: Mutex<SessionInfo>,
+    pub last_zxid: AtomicI64,
+    pub next_watch_id: AtomicU64,
+    /// µs since `base`: send time of the newest request (not ping) that was answered.
+    answered_sent: AtomicU64,
+    base: Instant,
+}
+
+impl ConnShared {
+    pub fn session(&self) -> SessionInfo {
+        self.session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn state(&self) -> WireState {
+        *self.state.borrow()
+    }
+
+    /// The send instant of the newest request that got a reply.
+    pub fn last_answered_send(&self) -> Instant {
+        self.base + Duration::from_micros(self.answered_sent.load(Ordering::Acquire))
+    }
+
+    fn answered(&self, sent: Instant) {
+        let us = sent.saturating_duration_since(self.base).as_micros();
+        self.answered_sent
+            .fetch_max(u64::try_from(us).unwrap_or(u64::MAX), Ordering::AcqRel);
+    }
+}
+
+/// Opens a new session (trying each server in turn until `timeout`), then spawns its task.
+pub(crate) async fn open(
+    cfg: ConnConfig,
+    timeout: Duration,
+) -> Result<
+    (
+        Arc<ConnShared>,
+        mpsc::UnboundedSender<Packet>,
+        mpsc::UnboundedSender<Control>,
+    ),
+    HandshakeError,
+> {
+    let deadline = Instant::now() + timeout;
+    let n = cfg.servers.len().max(1);
+    let per_host = (timeout / n as u32).max(Duration::from_millis(200));
+    let req = ConnectRequest {
+        last_zxid_seen: 0,
+        timeout: cfg.session_timeout,
+        session_id: 0,
+        passwd: vec![0; 16],
+        read_only: cfg.read_only,
+    };
+    let mut last_err = HandshakeError::Timeout;
+    let mut i = 0usize;
+    let est = loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(last_err);
+        }
+        let (host, port) = &cfg.servers[i % n];
+        let t = per_host.min(deadline - now);
+        match handshake(host, *port, &req, &cfg.auth, MAX_FRAME, t).await {
+            Ok(est) => break est,
+            Err(HandshakeError::AuthFailed) => return Err(HandshakeError::AuthFailed),
+            Err(e) => {
+                tracing::debug!(server = %format!("{host}:{port}"), error = %e, "zkr: connect attempt failed");
+                last_err = e;
+            }
+        }
+        i += 1;
+        if i % n == 0 {
+            tokio::time::sleep(
+                Duration::from_millis(50).min(deadline - Instant::now().min(deadline)),
+            )
+            .await;
+        }
+    };
+    let server = i % n;
+    let base = Instant::now() - Duration::from_secs(1);
+    let state = if est.response.read_only {
+        WireState::ReadOnly
+    } else {
+        WireState::Connected
+    };
+    let (state_tx, _) = watch::channel(state);
+    let shared = Arc::new(ConnShared {
+        state: state_tx,
+        session: Mutex::new(SessionInfo {
+            id: est.response.session_id,
+            passwd: est.response.passwd.clone(),
+            timeout: Duration::from_millis(u64::try_from(est.response.timeout_ms).unwrap_or(0)),
+            server,
+        }),
+        last_zxid: AtomicI64::new(0),
+        next_watch_id: AtomicU64::new(1),
+        answered_sent: AtomicU64::new(0),
+        base,
+    });
+    shared.answered(est.sent);
+    let (req_tx, req_rx) = mpsc::unbounded_channel();
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let task = Task {
+        seen_rw: !est.response.read_only,
+        cfg,
+        shared: shared.clone(),
+        requests: req_rx,
+        control: ctl_rx,
+        pending: VecDeque::new(),
+        auth_pending: VecDeque::new(),
+        next_xid: 1,
+        watches: HashMap::new(),
+        pending_regs: HashMap::new(),
+        persistent: HashMap::new(),
+        wbuf: Vec::with_capacity(64 * 1024),
+        wpos: 0,
+    };
+    tokio::spawn(task.run(est));
+    Ok((shared, req_tx, ctl_tx))
+}
+
+struct Pending {
+    xid: i32,
+    opcode: i32,
+    reply: Option<oneshot::Sender<Reply>>,
+    watch: Option<WatchReg>,
+    sent: Instant,
+}
+
+type OneShots = Vec<(u64, oneshot::Sender<WireEvent>)>;
+type Persistents = Vec<(u64, bool, mpsc::UnboundedSender<PathEvent>)>;
+
+struct Task {
+    cfg: ConnConfig,
+    shared: Arc<ConnShared>,
+    requests: mpsc::UnboundedReceiver<Packet>,
+    control: mpsc::UnboundedReceiver<Control>,
+    pending: VecDeque<Pending>,
+    auth_pending: VecDeque<oneshot::Sender<Reply>>,
+    next_xid: i32,
+    watches: HashMap<(String, WatchClass), OneShots>,
+    /// Requests in flight that will register a one-shot watch, per key.
+    pending_regs: HashMap<(String, WatchClass), usize>,
+    persistent: HashMap<String, Persistents>,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    seen_rw: bool,
+}
+
+/// Why serving one connection stopped.
+enum Exit {
+    Broken(String),
+    MoveTo {
+        server: usize,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    Close,
+    Expired,
+    AuthFailed,
+}
+
+/// How the task ends.
+enum End {
+    Expired,
+    AuthFailed,
+    Closed,
+}
+
+impl Task {
+    async fn run(mut self, first: Established) {
+        let mut est = first;
+        let end = loop {
+            let exit = self.serve(est).await;
+            let (first, done) = match exit {
+                Exit::Close => break End::Closed,
+                Exit::Expired => break End::Expired,
+                Exit::AuthFailed => break End::AuthFailed,
+                Exit::Broken(why) => {
+                    tracing::info!(reason = %why, "zkr: connection to ZooKeeper broken; resuming the session");
+                    (None, None)
+                }
+                Exit::MoveTo { server, done } => (Some(server), Some(done)),
+            };
+            self.disconnected();
+            match self.reconnect(first, done).await {
+                Ok(e) => est = e,
+                Err(end) => break end,
+            }
+        };
+        self.finish(end);
+    }
+
+    fn timeout(&self) -> Duration {
+        self.shared.session().timeout
+    }
+
+    fn xid(&mut self) -> i32 {
+        let x = self.next_xid;
+        self.next_xid = if x == i32::MAX { 1 } else { x + 1 };
+        x
+    }
+
+    /// Appends a packet to the write buffer and queues it as pending.
+    fn enqueue(&mut self, mut p: Packet) {
+        let opcode = records::opcode_of(&p.frame);
+        if opcode == op::AUTH {
+            records::set_xid(&mut p.frame, xid::AUTH);
+            self.wbuf.extend_from_slice(&p.frame);
+            if let Some(tx) = p.reply {
+                self.auth_pending.push_back(tx);
+            }
+            return;
+        }
+        let x = self.xid();
+        records::set_xid(&mut p.frame, x);
+        self.wbuf.extend_from_slice(&p.frame);
+        if let Some(WatchReg::OneShot { path, class, .. }) = &p.watch {
+            *self.pending_regs.entry((path.clone(), *class)).or_insert(0) += 1;
+        }
+        self.pending.push_back(Pending {
+            xid: x,
+            opcode,
+            reply: p.reply,
+            watch: p.watch,
+            sent: Instant::now(),
+        });
+    }
+
+    fn enqueue_frame(&mut self, frame: Vec<u8>) {
+        self.enqueue(Packet {
+            frame,
+            reply: None,
+            watch: None,
+        });
+    }
+
+    async fn serve(&mut self, est: Established) -> Exit {
+        let Established {
+            stream,
+            mut frames,
+            response,
+            ..
+        } = est;
+        let (mut rd, mut wr) = stream.into_split();
+        let t = self.timeout();
+        let read_timeout = t * 2 / 3;
+        let ping_every = t / 3;
+        let mut last_recv = Instant::now();
+        let mut last_send = Instant::now();
+        let _ = response;
+        loop {
+            loop {
+                let frame = match frames.next_frame() {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => return Exit::Broken(format!("malformed frame: {e}")),
+                };
+                if let Some(exit) = self.on_frame(frame) {
+                    return exit;
+                }
+            }
+            let can_send = self.pending.len() < self.cfg.max_in_flight;
+            let writing = self.wpos < self.wbuf.len();
+            let ping_at = tokio::time::Instant::from_std(last_send + ping_every);
+            let dead_at = tokio::time::Instant::from_std(last_recv + read_timeout);
+            tokio::select! {
+                biased;
+                r = rd.read_buf(frames.space(64 * 1024)) => match r {
+                    Ok(0) => return Exit::Broken("the server closed the connection".into()),
+                    Ok(_) => last_recv = Instant::now(),
+                    Err(e) => return Exit::Broken(e.to_string()),
+                },
+                r = wr.write(&self.wbuf[self.wpos..]), if writing => match r {
+                    Ok(n) => {
+                        self.wpos += n;
+                        if self.wpos == self.wbuf.len() {
+                            self.wbuf.clear();
+                            self.wpos = 0;
+                        }
+                    }
+                    Err(e) => return Exit::Broken(e.to_string()),
+                },
+                c = self.control.recv() => match c {
+                    Some(Control::Unwatch { path, class, id }) => self.unwatch(path, class, id),
+                    Some(Control::UnwatchPersistent { path, id }) => self.unwatch_persistent(path, id),
+                    Some(Control::MoveTo { server, done }) => return Exit::MoveTo { server, done },
+                    Some(Control::Close) | None => {
+                        self.close_session(&mut rd, &mut wr, &mut frames).await;
+                        return Exit::Close;
+                    }
+                },
+                p = self.requests.recv(), if can_send => match p {
+                    Some(p) => {
+                        self.enqueue(p);
+                        while self.pending.len() < self.cfg.max_in_flight && self.wbuf.len() < 1 << 20 {
+                            match self.requests.try_recv() {
+                                Ok(p) => self.enqueue(p),
+                                Err(_) => break,
+                            }
+                        }
+                        last_send = Instant::now();
+                    }
+                    None => {
+                        self.close_session(&mut rd, &mut wr, &mut frames).await;
+                        return Exit::Close;
+                    }
+                },
+                _ = tokio::time::sleep_until(ping_at) => {
+                    let mut f = records::request(op::PING, |_| {});
+                    records::set_xid(&mut f, xid::PING);
+                    self.wbuf.extend_from_slice(&f);
+                    last_send = Instant::now();
+                }
+                _ = tokio::time::sleep_until(dead_at) => {
+                    return Exit::Broken(format!("no reply from the server for {read_timeout:?}"));
+                }
+            }
+        }
+    }
+
+    /// Sends `closeSession` and waits (bounded) for its reply or the server closing.
+    async fn close_session(
+        &mut self,
+        rd: &mut tokio::net::tcp::OwnedReadHalf,
+        wr: &mut tokio::net::tcp::OwnedWriteHalf,
+        frames: &mut FrameReader,
+    ) {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Packet {
+            frame: records::request(op::CLOSE_SESSION, |_| {}),
+            reply: Some(tx),
+            watch: None,
+        });
+        let wait = async {
+            if wr.write_all(&self.wbuf[self.wpos..]).await.is_err() {
+                return;
+            }
+            self.wbuf.clear();
+            self.wpos = 0;
+            loop {
+                loop {
+                    match frames.next_frame() {
+                        Ok(Some(f)) => {
+                            let _ = self.on_frame(f);
+                        }
+                        Ok(None) => break,
+                        Err(_) => return,
+                    }
+                }
+                if !self.pending.iter().any(|p| p.opcode == op::CLOSE_SESSION) {
+                    return;
+                }
+                match rd.read_buf(frames.space(4096)).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+        drop(rx);
+    }
+
+    /// Handles one frame; `Some` ends serving this connection.
+    fn on_frame(&mut self, frame: &[u8]) -> Option<Exit> {
+        let h = match records::reply_header(frame) {
+            Ok(h) => h,
+            Err(e) => return Some(Exit::Broken(format!("malformed reply header: {e}"))),
+        };
+        let body = &frame[records::REPLY_HEADER..];
+        match h.xid {
+            xid::NOTIFICATION => match records::watcher_event(body) {
+                Ok(ev) => self.dispatch(ev.kind, &ev.path),
+                Err(e) => return Some(Exit::Broken(format!("malformed notification: {e}"))),
+            },
+            xid::PING => {}
+            xid::AUTH => {
+                if let Some(tx) = self.auth_pending.pop_front() {
+                    let _ = tx.send(Reply {
+                        err: h.err,
+                        body: Vec::new(),
+                    });
+                }
+                if h.err == code::AUTH_FAILED {
+                    return Some(Exit::AuthFailed);
+                }
+            }
+            x => {
+                let Some(p) = self.pending.pop_front() else {
+                    return Some(Exit::Broken(format!("reply to xid {x}, nothing pending")));
+                };
+                if p.xid != x {
+                    return Some(Exit::Broken(format!(
+                        "reply to xid {x}, expected {}",
+                        p.xid
+                    )));
+                }
+                if h.zxid > 0 {
+                    self.shared.last_zxid.fetch_max(h.zxid, Ordering::AcqRel);
+                }
+                if h.err != code::CONNECTION_LOSS {
+                    self.shared.answered(p.sent);
+                }
+                if let Some(w) = p.watch {
+                    self.register(w, h.err);
+                }
+                if let Some(tx) = p.reply {
+                    let _ = tx.send(Reply {
+                        err: h.err,
+                        body: body.to_vec(),
+                    });
+                }
+                if h.err == code::SESSION_EXPIRED {
+                    return Some(Exit::Expired);
+                }
+            }
+        }
+        None
+    }
+
+    fn register(&mut self, w: WatchReg, err: i32) {
+        match w {
+            WatchReg::OneShot {
+                path,
+                class,
+                id,
+                tx,
+                on_no_node,
+            } => {
+                let key = (path, class);
+                if let Some(n) = self.pending_regs.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.pending_regs.remove(&key);
+                    }
+                }
+                let set = err == code::OK || (on_no_node && err == code::NO_NODE);
+                if !set {
+                    return;
+                }
+                if tx.is_closed() {
+                    // Dropped while in flight: the server has the watch, nobody wants it.
+                    self.maybe_remove(key);
+                } else {
+                    self.watches.entry(key).or_default().push((id, tx));
+                }
+            }
+            WatchReg::Persistent {
+                path,
+                recursive,
+                id,
+                tx,
+            } => {
+                if err == code::OK {
+                    self.persistent
+                        .entry(path)
+                        .or_default()
+                        .push((id, recursive, tx));
+                }
+            }
+        }
+    }
+
+    fn unwatch(&mut self, path: String, class: WatchClass, id: u64) {
+        let key = (path, class);
+        if let Some(v) = self.watches.get_mut(&key) {
+            v.retain(|(i, tx)| *i != id && !tx.is_closed());
+        }
+        self.maybe_remove(key);
+    }
+
+    /// Asks the server to drop the watch of `key` once no local watcher and no request in
+    /// flight needs it.
+    fn maybe_remove(&mut self, key: (String, WatchClass)) {
+        if self.watches.get(&key).is_some_and(|v| !v.is_empty()) {
+            return;
+        }
+        self.watches.remove(&key);
+        if self.pending_regs.contains_key(&key) {
+            return;
+        }
+        let (path, class) = key;
+        let kind = match class {
+            WatchClass::Data => watcher_type::DATA,
+            WatchClass::Child => watcher_type::CHILDREN,
+        };
+        self.enqueue_frame(records::request(op::REMOVE_WATCHES, |b| {
+            b.put_str(&path);
+            b.put_i32(kind);
+        }));
+    }
+
+    fn unwatch_persistent(&mut self, path: String, id: u64) {
+        let Some(v) = self.persistent.get_mut(&path) else {
+            return;
+        };
+        let Some(pos) = v.iter().position(|(i, _, _)| *i == id) else {
+            return;
+        };
+        let (_, recursive, _) = v.remove(pos);
+        if v.iter().any(|(_, r, _)| *r == recursive) {
+            return;
+        }
+        if v.is_empty() {
+            self.persistent.remove(&path);
+        }
+        let kind = if recursive {
+            watcher_type::PERSISTENT_RECURSIVE
+        } else {
+            watcher_type::PERSISTENT
+        };
+        self.enqueue_frame(records::request(op::REMOVE_WATCHES, |b| {
+            b.put_str(&path);
+            b.put_i32(kind);
+        }));
+    }
+
+    fn client_path(&self, server_path: &str) -> String {
+        match &self.cfg.chroot {
+            Some(c) => match server_path.strip_prefix(c.as_str()) {
+                Some("") => "/".to_string(),
+                Some(rest) if rest.starts_with('/') => rest.to_string(),
+                _ => server_path.to_string(),
+            },
+            None => server_path.to_string(),
+        }
+    }
+
+    /// Delivers a notification to the one-shot and persistent watchers it concerns.
+    fn dispatch(&mut self, kind: i32, path: &str) {
+        let (ev, classes): (WireEvent, &[WatchClass]) = match kind {
+            event::CREATED => (WireEvent::Created, &[WatchClass::Data]),
+            event::DATA_CHANGED => (WireEvent::DataChanged, &[WatchClass::Data]),
+            event::DELETED => (WireEvent::Deleted, &[WatchClass::Data, WatchClass::Child]),
+            event::CHILDREN_CHANGED => (WireEvent::ChildrenChanged, &[WatchClass::Child]),
+            // State notifications (kind None) and watch-removed events carry nothing to do.
+            _ => return,
+        };
+        for class in classes {
+            if let Some(v) = self.watches.remove(&(path.to_string(), *class)) {
+                for (_, tx) in v {
+                    let _ = tx.send(ev);
+                }
+            }
+        }
+        if self.persistent.is_empty() {
+            return;
+        }
+        let client_path = self.client_path(path);
+        let mut prefix = path;
+        let mut exact = true;
+        loop {
+            if let Some(v) = self.persistent.get_mut(prefix) {
+                v.retain(|(_, recursive, tx)| {
+                    let wanted = if *recursive {
+                        ev != WireEvent::ChildrenChanged
+                    } else {
+                        exact
+                    };
+                    !wanted
+                        || tx
+                            .send(PathEvent {
+                                event: ev,
+                                path: client_path.clone(),
+                            })
+                            .is_ok()
+                });
+            }
+            if prefix == "/" {
+                break;
+            }
+            prefix = match prefix.rfind('/') {
+                Some(0) => "/",
+                Some(i) => &prefix[..i],
+                None => break,
+            };
+            exact = false;
+        }
+    }
+
+    /// The connection broke: fail what was in flight, tell the watchers to resync later.
+    fn disconnected(&mut self) {
+        let _ = self.shared.state.send_replace(WireState::Disconnected);
+        self.wbuf.clear();
+        self.wpos = 0;
+        for p in self.pending.drain(..) {
+            if let Some(tx) = p.reply {
+                let _ = tx.send(Reply {
+                    err: code::CONNECTION_LOSS,
+                    body: Vec::new(),
+                });
+            }
+        }
+        self.auth_pending.clear();
+        self.pending_regs.clear();
+    }
+
+    fn fire_all(&mut self, ev: WireEvent) {
+        for (_, v) in self.watches.drain() {
+            for (_, tx) in v {
+                let _ = tx.send(ev);
+            }
+        }
+        for (path, v) in self.persistent.drain() {
+            for (_, _, tx) in v {
+                let _ = tx.send(PathEvent {
+                    event: ev,
+                    path: path.clone(),
+                });
+            }
+        }
+    }
+
+    /// Resumes the session, on `first` first if given; gives up on expiry, rejected
+    /// credentials or close.
+    async fn reconnect(
+        &mut self,
+        first: Option<usize>,
+        mut done: Option<oneshot::Sender<Result<(), String>>>,
+    ) -> Result<Established, End> {
+        let n = self.cfg.servers.len().max(1);
+        let info = self.shared.session();
+        let mut next = first.unwrap_or(info.server + 1) % n;
+        let per_host = (info.timeout / n as u32).max(Duration::from_millis(100));
+        let mut attempt = 0u32;
+        loop {
+            let (host, port) = self.cfg.servers[next].clone();
+            let req = ConnectRequest {
+                last_zxid_seen: self.shared.last_zxid.load(Ordering::Acquire),
+                timeout: self.cfg.session_timeout,
+                session_id: info.id,
+                passwd: info.passwd.clone(),
+                read_only: self.cfg.read_only,
+            };
+            let hs = handshake(&host, port, &req, &self.cfg.auth, MAX_FRAME, per_host);
+            let r = tokio::select! {
+                r = hs => Some(r),
+                c = self.control.recv() => match c {
+                    Some(Control::Close) | None => return Err(End::Closed),
+                    Some(Control::MoveTo { server, done: d }) => {
+                        next = server % n;
+                        if let Some(old) = done.replace(d) {
+                            let _ = old.send(Err("superseded by another move".into()));
+                        }
+                        None
+                    }
+                    Some(Control::Unwatch { path, class, id }) => {
+                        if let Some(v) = self.watches.get_mut(&(path, class)) {
+                            v.retain(|(i, _)| *i != id);
+                        }
+                        None
+                    }
+                    Some(Control::UnwatchPersistent { path, id }) => {
+                        if let Some(v) = self.persistent.get_mut(&path) {
+                            v.retain(|(i, _, _)| *i != id);
+                        }
+                        None
+                    }
+                },
+            };
+            let Some(r) = r else { continue };
+            match r {
+                Ok(est) => {
+                    let ro = est.response.read_only;
+                    self.seen_rw |= !ro;
+                    {
+                        let mut s = self
+                            .shared
+                            .session
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        s.server = next;
+                        s.timeout = Duration::from_millis(
+                            u64::try_from(est.response.timeout_ms).unwrap_or(0),
+                        );
+                    }
+                    self.shared.answered(est.sent);
+                    if let Some(d) = done.take() {
+                        let _ = d.send(Ok(()));
+                    }
+                    self.fire_all(WireEvent::Resync);
+                    let _ = self.shared.state.send_replace(if ro {
+                        WireState::ReadOnly
+                    } else {
+                        WireState::Connected
+                    });
+                    tracing::info!(server = %format!("{host}:{port}"), read_only = ro, "zkr: session resumed");
+                    return Ok(est);
+                }
+                Err(HandshakeError::Expired) => return Err(End::Expired),
+                Err(HandshakeError::AuthFailed) => return Err(End::AuthFailed),
+                Err(e) => {
+                    tracing::debug!(server = %format!("{host}:{port}"), error = %e, "zkr: reconnect attempt failed");
+                    if let Some(d) = done.take() {
+                        let _ = d.send(Err(format!("{host}:{port}: {e}")));
+                    }
+                }
+            }
+            next = (next + 1) % n;
+            attempt += 1;
+            if attempt % n as u32 == 0 {
+                let ms = 20 + rand::random::<u64>() % 80;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+        }
+    }
+
+    fn finish(mut self, end: End) {
+        let state = match end {
+            End::Expired => WireState::Expired,
+            End::AuthFailed => WireState::AuthFailed,
+            End::Closed => WireState::Closed,
+        };
+        let err = match end {
+            End::Expired => code::SESSION_EXPIRED,
+            End::AuthFailed => code::AUTH_FAILED,
+            End::Closed => code::CONNECTION_LOSS,
+        };
+        // Publish first: callers that see their reply dropped read the reason from the state.
+        let _ = self.shared.state.send_replace(state);
+        for p in self.pending.drain(..) {
+            if let Some(tx) = p.reply {
+                let _ = tx.send(Reply {
+                    err,
+                    body: Vec::new(),
+                });
+            }
+        }
+        self.fire_all(WireEvent::SessionEnded);
+        self.requests.close();
+        self.control.close();
+        tracing::debug!(?state, "zkr: connection task ended");
+    }
+}
+
+/// Decode errors surface as protocol errors to callers.
+impl From<DecodeError> for crate::error::Error {
+    fn from(e: DecodeError) -> Self {
+        crate::error::Error::Protocol(e.to_string())
+    }
+}
