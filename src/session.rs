@@ -341,18 +341,21 @@ pub(crate) async fn start(cfg: SessionConfig) -> Result<Arc<Shared>> {
         closed: AtomicBool::new(false),
         close_notify: Notify::new(),
     });
-    let epoch = Arc::new(Epoch::new(1, first.0));
-    install(&shared, &epoch);
-    tokio::spawn(supervise(Arc::downgrade(&shared), epoch, first.1));
+    let (wire, mut states) = first;
+    let epoch = Arc::new(Epoch::new(1, wire));
+    install(&shared, &epoch, &mut states);
+    tokio::spawn(supervise(Arc::downgrade(&shared), epoch, states));
     Ok(shared)
 }
 
-fn install(shared: &Shared, epoch: &Arc<Epoch>) {
+fn install(shared: &Shared, epoch: &Arc<Epoch>, states: &mut WireStates) {
     epoch.heard(Instant::now());
     shared.epoch_tx.send_replace(Some(epoch.clone()));
-    shared.publish(SessionState::Connected {
-        session: epoch.session,
-        epoch: epoch.n,
+    let (session, n) = (epoch.session, epoch.n);
+    shared.publish(if states.current() == WireState::ReadOnly {
+        SessionState::ReadOnly { session, epoch: n }
+    } else {
+        SessionState::Connected { session, epoch: n }
     });
 }
 
@@ -425,7 +428,7 @@ async fn supervise(weak: std::sync::Weak<Shared>, mut epoch: Arc<Epoch>, mut sta
         let Some(shared) = weak.upgrade() else { return };
         epoch = Arc::new(Epoch::new(n + 1, next.0));
         states = next.1;
-        install(&shared, &epoch);
+        install(&shared, &epoch, &mut states);
     }
 }
 
@@ -461,7 +464,10 @@ async fn monitor(shared: &Shared, epoch: &Arc<Epoch>, states: &mut WireStates) -
                     // The server accepted the session again: it is alive.
                     if suspended {
                         suspended = false;
-                        epoch.heard(Instant::now() - tick);
+                        // The server heard the session no earlier than the handshake's send.
+                        if let Ok(w) = epoch.wire() {
+                            epoch.heard(w.last_answered_send());
+                        }
                         shared.publish(SessionState::Reconnected { session, epoch: n });
                     }
                     if ws == WireState::ReadOnly {

@@ -175,8 +175,9 @@ impl Op {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub enum OpResult {
-    /// The created node's actual path (with sequence suffix) and its stat.
-    Created { path: String, stat: Stat },
+    /// The created node's actual path (with sequence suffix), and its stat where the server
+    /// reports one (ZooKeeper 3.8 answers plain creates in a multi with the path only).
+    Created { path: String, stat: Option<Stat> },
     /// The new stat after a set.
     DataSet { stat: Stat },
     /// A delete ran.

@@ -753,7 +753,7 @@ impl Wire {
                 .map(|res| match res {
                     MultiResult::Created { path, stat } => Ok(OpResult::Created {
                         path: self.strip(path),
-                        stat: stat.unwrap_or_default(),
+                        stat,
                     }),
                     MultiResult::DataSet(stat) => Ok(OpResult::DataSet { stat }),
                     MultiResult::Deleted => Ok(OpResult::Deleted),

@@ -233,10 +233,8 @@ pub(crate) async fn open(
         }
         i += 1;
         if i % n == 0 {
-            tokio::time::sleep(
-                Duration::from_millis(50).min(deadline - Instant::now().min(deadline)),
-            )
-            .await;
+            let pause = round_pause((i / n) as u32);
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
     };
     let server = i % n;
@@ -275,11 +273,21 @@ pub(crate) async fn open(
         watches: HashMap::new(),
         pending_regs: HashMap::new(),
         persistent: HashMap::new(),
+        removed_all: HashMap::new(),
         wbuf: Vec::with_capacity(64 * 1024),
         wpos: 0,
     };
     tokio::spawn(task.run(est));
     Ok((shared, req_tx, ctl_tx))
+}
+
+/// The pause after the `round`-th (from 1) round in which no member took the session: 25 ms
+/// doubling to 1 s, with ±50 % jitter, so that a dead ensemble is not hammered (a member also
+/// limits connections per client address).
+fn round_pause(round: u32) -> Duration {
+    let base = 25u64 << round.saturating_sub(1).min(6);
+    let ms = base.min(1000);
+    Duration::from_millis(ms / 2 + rand::random::<u64>() % (ms + 1))
 }
 
 struct Pending {
@@ -305,6 +313,9 @@ struct Task {
     /// Requests in flight that will register a one-shot watch, per key.
     pending_regs: HashMap<(String, WatchClass), usize>,
     persistent: HashMap<String, Persistents>,
+    /// Paths whose watches were all removed (`removeWatches` of kind Any), with that request's
+    /// xid: a one-shot watch set by a request sent before it is gone on the server.
+    removed_all: HashMap<String, i32>,
     wbuf: Vec<u8>,
     wpos: usize,
     seen_rw: bool,
@@ -564,13 +575,23 @@ impl Task {
                     self.shared.answered(p.sent);
                 }
                 if let Some(w) = p.watch {
-                    self.register(w, h.err);
+                    self.register(w, h.err, p.xid);
                 }
-                if let Some(tx) = p.reply {
-                    let _ = tx.send(Reply {
-                        err: h.err,
-                        body: body.to_vec(),
-                    });
+                match p.reply {
+                    Some(tx) => {
+                        let _ = tx.send(Reply {
+                            err: h.err,
+                            body: body.to_vec(),
+                        });
+                    }
+                    None if h.err != code::OK => {
+                        tracing::debug!(
+                            opcode = p.opcode,
+                            err = h.err,
+                            "zkr: error reply to an internal request"
+                        );
+                    }
+                    None => {}
                 }
                 if h.err == code::SESSION_EXPIRED {
                     return Some(Exit::Expired);
@@ -580,7 +601,7 @@ impl Task {
         None
     }
 
-    fn register(&mut self, w: WatchReg, err: i32) {
+    fn register(&mut self, w: WatchReg, err: i32, request_xid: i32) {
         match w {
             WatchReg::OneShot {
                 path,
@@ -600,7 +621,17 @@ impl Task {
                 if !set {
                     return;
                 }
-                if tx.is_closed() {
+                let removed = self
+                    .removed_all
+                    .get(&key.0)
+                    .is_some_and(|x| *x > request_xid);
+                if removed && !self.pending_regs.keys().any(|(p, _)| *p == key.0) {
+                    self.removed_all.remove(&key.0);
+                }
+                if removed {
+                    // Set, then removed on the server by a later removeWatches: re-read.
+                    let _ = tx.send(WireEvent::Resync);
+                } else if tx.is_closed() {
                     // Dropped while in flight: the server has the watch, nobody wants it.
                     self.maybe_remove(key);
                 } else {
@@ -659,22 +690,29 @@ impl Task {
         let Some(pos) = v.iter().position(|(i, _, _)| *i == id) else {
             return;
         };
-        let (_, recursive, _) = v.remove(pos);
-        if v.iter().any(|(_, r, _)| *r == recursive) {
+        v.remove(pos);
+        if !v.is_empty() {
             return;
         }
-        if v.is_empty() {
-            self.persistent.remove(&path);
-        }
-        let kind = if recursive {
-            watcher_type::PERSISTENT_RECURSIVE
-        } else {
-            watcher_type::PERSISTENT
-        };
+        self.persistent.remove(&path);
+        // ZooKeeper 3.8 cannot remove a persistent watch by itself (its removeWatches knows
+        // only data, child and "any" watches), so every watch of this session on the path goes;
+        // the one-shot watchers there are told to re-read, which sets them again.
+        let x = self.next_xid;
         self.enqueue_frame(records::request(op::REMOVE_WATCHES, |b| {
             b.put_str(&path);
-            b.put_i32(kind);
+            b.put_i32(watcher_type::ANY);
         }));
+        self.removed_all.insert(path.clone(), x);
+        for class in [WatchClass::Data, WatchClass::Child] {
+            for (_, tx) in self
+                .watches
+                .remove(&(path.clone(), class))
+                .unwrap_or_default()
+            {
+                let _ = tx.send(WireEvent::Resync);
+            }
+        }
     }
 
     fn client_path(&self, server_path: &str) -> String {
@@ -755,6 +793,7 @@ impl Task {
         }
         self.auth_pending.clear();
         self.pending_regs.clear();
+        self.removed_all.clear();
     }
 
     fn fire_all(&mut self, ev: WireEvent) {
@@ -861,8 +900,7 @@ impl Task {
             next = (next + 1) % n;
             attempt += 1;
             if attempt % n as u32 == 0 {
-                let ms = 20 + rand::random::<u64>() % 80;
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                tokio::time::sleep(round_pause(attempt / n as u32)).await;
             }
         }
     }
@@ -899,5 +937,157 @@ impl Task {
 impl From<DecodeError> for crate::error::Error {
     fn from(e: DecodeError) -> Self {
         crate::error::Error::Protocol(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Hostile input: random, truncated and corrupted frames go through the same code as the
+    //! socket's bytes. Nothing may panic, and a length prefix may never make anything allocate
+    //! beyond what arrived.
+    use super::*;
+    use crate::proto::codec::FrameReader;
+    use crate::proto::jute::Reader;
+    use rand::{Rng, SeedableRng};
+
+    fn task() -> Task {
+        let (state, _) = watch::channel(WireState::Connected);
+        let (_req_tx, requests) = mpsc::unbounded_channel();
+        let (_ctl_tx, control) = mpsc::unbounded_channel();
+        Task {
+            cfg: ConnConfig {
+                servers: vec![("127.0.0.1".into(), 1)],
+                session_timeout: Duration::from_secs(1),
+                read_only: false,
+                auth: Vec::new(),
+                max_in_flight: 16,
+                chroot: Some("/chroot".into()),
+            },
+            shared: Arc::new(ConnShared {
+                state,
+                session: Mutex::new(SessionInfo {
+                    id: 1,
+                    passwd: vec![0; 16],
+                    timeout: Duration::from_secs(1),
+                    server: 0,
+                }),
+                last_zxid: AtomicI64::new(0),
+                next_watch_id: AtomicU64::new(1),
+                answered_sent: AtomicU64::new(0),
+                base: Instant::now(),
+            }),
+            requests,
+            control,
+            pending: VecDeque::new(),
+            auth_pending: VecDeque::new(),
+            next_xid: 1,
+            watches: HashMap::new(),
+            pending_regs: HashMap::new(),
+            persistent: HashMap::new(),
+            removed_all: HashMap::new(),
+            wbuf: Vec::new(),
+            wpos: 0,
+            seen_rw: true,
+        }
+    }
+
+    /// A plausible reply frame: a real header (xid among the special ones and 1..4) followed by
+    /// random bytes, sometimes shaped like a notification.
+    fn frame(rng: &mut rand::rngs::StdRng) -> Vec<u8> {
+        let mut f = Vec::new();
+        let xid = [-1, -2, -4, 1, 2, 3, rng.gen()][rng.gen_range(0..7)];
+        f.put_i32(xid);
+        f.put_i64(rng.gen());
+        f.put_i32([0, -101, -112, -4, rng.gen()][rng.gen_range(0..5)]);
+        if xid == -1 && rng.gen_bool(0.5) {
+            f.put_i32(rng.gen_range(-2..8));
+            f.put_i32(3);
+            let path = ["/chroot/a", "/", "/chroot", "", "/x/y/z"][rng.gen_range(0..5)];
+            f.put_str(path);
+        }
+        let extra = rng.gen_range(0..64);
+        f.extend((0..extra).map(|_| rng.gen::<u8>()));
+        if rng.gen_bool(0.3) && !f.is_empty() {
+            let cut = rng.gen_range(0..f.len());
+            f.truncate(cut);
+        }
+        f
+    }
+
+    #[test]
+    fn random_frames_never_panic_the_connection_task() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for round in 0..2_000 {
+            let mut t = task();
+            for _ in 0..rng.gen_range(0..4) {
+                let (tx, _rx) = oneshot::channel();
+                let (wtx, _wrx) = oneshot::channel();
+                t.enqueue(Packet {
+                    frame: records::request(op::GET_DATA, |b| {
+                        records::put_path_watch(b, "/chroot/a", true)
+                    }),
+                    reply: Some(tx),
+                    watch: Some(WatchReg::OneShot {
+                        path: "/chroot/a".into(),
+                        class: WatchClass::Data,
+                        id: round,
+                        tx: wtx,
+                        on_no_node: rng.gen(),
+                    }),
+                });
+            }
+            let (ptx, _prx) = mpsc::unbounded_channel();
+            t.persistent
+                .entry("/chroot".into())
+                .or_default()
+                .push((1, rng.gen(), ptx));
+            for _ in 0..8 {
+                let f = frame(&mut rng);
+                if t.on_frame(&f).is_some() {
+                    break;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_the_decoders() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..96);
+            let bytes: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            let _ = records::reply_header(&bytes);
+            let _ = records::watcher_event(&bytes);
+            let _ = records::multi_results(&bytes);
+            let _ = records::connect_response(&bytes);
+            let mut r = Reader::new(&bytes);
+            let _ = (r.stat(), r.acls(), r.strs(), r.buf(), r.str());
+            let mut fr = FrameReader::new(1 << 20);
+            fr.push(&bytes);
+            while let Ok(Some(_)) = fr.next_frame() {}
+        }
+    }
+
+    #[test]
+    fn hostile_length_prefixes_allocate_nothing_beyond_the_frame() {
+        // A vector claiming 2^31-1 strings, a buffer claiming 1 GiB, a multi reply that never
+        // says "done": each fails fast with a typed error.
+        for claimed in [i32::MAX, 1 << 30, 1 << 20, 70_000] {
+            let mut b = Vec::new();
+            b.put_i32(claimed);
+            b.extend_from_slice(&[0; 16]);
+            assert!(Reader::new(&b).strs().is_err());
+            assert!(Reader::new(&b).buf().is_err());
+            assert!(Reader::new(&b).acls().is_err());
+            let mut fr = FrameReader::new(crate::proto::codec::MAX_FRAME);
+            fr.push(&b);
+            // Either too large at once, or waiting for bytes that never came: never a frame.
+            assert!(!matches!(fr.next_frame(), Ok(Some(_))));
+        }
+        let mut never_done = Vec::new();
+        for _ in 0..1_000 {
+            records::put_multi_header(&mut never_done, op::DELETE, false);
+        }
+        assert!(records::multi_results(&never_done).is_err());
     }
 }

@@ -69,8 +69,7 @@ pub(crate) mod event {
 pub(crate) mod watcher_type {
     pub const CHILDREN: i32 = 1;
     pub const DATA: i32 = 2;
-    pub const PERSISTENT: i32 = 4;
-    pub const PERSISTENT_RECURSIVE: i32 = 5;
+    pub const ANY: i32 = 3;
 }
 
 /// The 16 bytes of the reply header: xid, zxid, err.

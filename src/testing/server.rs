@@ -90,6 +90,8 @@ struct Launch {
     java: PathBuf,
     classpath: String,
     extra_opts: Vec<String>,
+    /// Lines added to every member's zoo.cfg.
+    extra_config: Vec<String>,
 }
 
 /// One member: its files, its ports and (while it runs) its process.
@@ -139,6 +141,31 @@ impl ZkEnsemble {
         members: usize,
         options: &[&str],
     ) -> Result<ZkEnsemble, HarnessError> {
+        ZkEnsemble::start_with(members, options, &[])
+    }
+
+    /// An ensemble whose members serve reads after losing their quorum
+    /// (`readonlymode.enabled`). ZooKeeper 3.8 grants new read-only sessions only as *local*
+    /// sessions: without `localSessionsEnabled` a read-only member answers a new client's
+    /// handshake with `NotReadOnly` instead of a session, so both are set.
+    pub fn start_read_only_capable(members: usize) -> Result<ZkEnsemble, HarnessError> {
+        ZkEnsemble::start_with(
+            members,
+            &["-Dreadonlymode.enabled=true"],
+            &[
+                "localSessionsEnabled=true",
+                "localSessionsUpgradingEnabled=true",
+            ],
+        )
+    }
+
+    /// Like [`start`](ZkEnsemble::start), with extra JVM options and extra `zoo.cfg` lines for
+    /// every member.
+    pub fn start_with(
+        members: usize,
+        options: &[&str],
+        config_lines: &[&str],
+    ) -> Result<ZkEnsemble, HarnessError> {
         if members == 0 {
             return Err(HarnessError::Other(
                 "an ensemble needs at least one member".to_string(),
@@ -148,6 +175,9 @@ impl ZkEnsemble {
         launch
             .extra_opts
             .extend(options.iter().map(|o| o.to_string()));
+        launch
+            .extra_config
+            .extend(config_lines.iter().map(|o| o.to_string()));
         let mut attempt = 1;
         loop {
             match ZkEnsemble::try_start(&launch, members) {
@@ -167,7 +197,8 @@ impl ZkEnsemble {
         let ports = pick_ports(count).map_err(|e| (e, false))?;
         let mut members = Vec::with_capacity(count);
         for index in 0..count {
-            members.push(Member::create(index, &ports).map_err(|e| (e, false))?);
+            members
+                .push(Member::create(index, &ports, &launch.extra_config).map_err(|e| (e, false))?);
         }
         let ensemble = ZkEnsemble {
             launch: launch.clone(),
@@ -495,7 +526,7 @@ impl Drop for ZkEnsemble {
 
 impl Member {
     /// Creates the member's directory, `zoo.cfg` and `data/myid`.
-    fn create(index: usize, all: &[Ports]) -> Result<Member, HarnessError> {
+    fn create(index: usize, all: &[Ports], extra: &[String]) -> Result<Member, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("zkr-zk{}-", index + 1))
             .tempdir()
@@ -532,6 +563,10 @@ impl Member {
             let myid = data.join("myid");
             fs::write(&myid, format!("{}\n", index + 1))
                 .map_err(|e| HarnessError::io(format!("writing {}", myid.display()), e))?;
+        }
+        for line in extra {
+            text.push_str(line);
+            text.push('\n');
         }
         fs::write(&config, text)
             .map_err(|e| HarnessError::io(format!("writing {}", config.display()), e))?;
@@ -599,6 +634,7 @@ impl Launch {
             java: locate_java()?,
             classpath: locate_classpath()?,
             extra_opts,
+            extra_config: Vec::new(),
         })
     }
 
