@@ -717,6 +717,49 @@ impl Client {
         .map(PersistentWatch::new)
     }
 
+    /// The ensemble member (`host:port`, as given in the connect string) the current session
+    /// is connected to, or was last connected to.
+    pub fn connected_server(&self) -> Option<String> {
+        let e = self.epoch_handle()?;
+        let (host, port) = e.wire().ok()?.server();
+        Some(format!("{host}:{port}"))
+    }
+
+    /// Moves the live session to another member of the ensemble now (`host:port`, as given in
+    /// the connect string), keeping the session: its ephemeral nodes and watches stay, and the
+    /// state goes `Suspended` → `Reconnected`. Requests in flight at that moment fail with
+    /// [`Error::ConnectionLoss`]. Fails if that member does not take the session; the client
+    /// then goes on with any member, as after a connection loss.
+    pub async fn move_session(&self, server: &str) -> Result<()> {
+        let epoch = match &self.pin {
+            Some(e) => e.clone(),
+            None => self.inner.shared.live_epoch().await?,
+        };
+        let wire = epoch.wire()?;
+        let want = ConnectString::parse(server)?;
+        let Some(target) = want.servers.first() else {
+            return Err(Error::InvalidArgument(format!("no server in {server:?}")));
+        };
+        let index = self
+            .inner
+            .shared
+            .cfg
+            .wire
+            .servers
+            .iter()
+            .position(|s| s == target)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("{server} is not in the connect string"))
+            })?;
+        let t = self.timeout();
+        tokio::time::timeout(t, wire.move_to(index))
+            .await
+            .map_err(|_| Error::Timeout {
+                op: "move_session",
+                after: t,
+            })?
+    }
+
     /// Adds authentication to the current session (not remembered for new sessions: use the
     /// builder's `digest_auth` for that).
     pub async fn add_auth(&self, scheme: &str, data: &[u8]) -> Result<()> {

@@ -247,7 +247,6 @@ impl Wire {
     }
 
     /// The member the session is connected to (or was last), as `(host, port)`.
-    #[allow(dead_code)]
     pub fn server(&self) -> (String, u16) {
         let i = self.inner.shared.session().server;
         self.inner.servers.get(i).cloned().unwrap_or_default()
@@ -260,7 +259,6 @@ impl Wire {
     }
 
     /// Moves the live session to `servers[index]` now (same session id and password).
-    #[allow(dead_code)]
     pub async fn move_to(&self, index: usize) -> Result<()> {
         if index >= self.inner.servers.len() {
             return Err(Error::InvalidArgument(format!(

@@ -493,3 +493,91 @@ fn every_error_code_maps_to_a_typed_error_and_back() {
     assert_eq!(n, 31, "ZooKeeper 3.8 defines 31 error codes besides Ok");
     assert_eq!(ErrorCode::from_i32(-9999), ErrorCode::Other(-9999));
 }
+
+#[tokio::test]
+async fn a_session_moves_to_the_member_asked_for() {
+    let ens = testing::shared_ensemble3().expect("zookeeper ensemble");
+    let c = common::client(&ens.connect_string(), 4000).await;
+    let session = c.session_id().unwrap();
+    let root = fresh_root(&c, "proto-move").await;
+    let eph = format!("{root}/mine");
+    c.create(&eph, b"", CreateMode::Ephemeral).await.unwrap();
+    let mut watch = c.watch_data(&eph).unwrap();
+    assert_eq!(
+        watch
+            .next_timeout(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .change,
+        zkr::Change::Initial
+    );
+    for i in [0, 1, 2, 0] {
+        let target = ens.member_connect_string(i);
+        c.move_session(&target).await.unwrap();
+        assert_eq!(c.connected_server().as_deref(), Some(target.as_str()));
+        assert_eq!(c.session_id(), Some(session), "same session after the move");
+        assert_eq!(
+            common::blocking({
+                let ens = testing::shared_ensemble3().unwrap();
+                let sid = session.0;
+                move || common::member_of(ens, sid)
+            })
+            .await,
+            Some(i)
+        );
+        // The ephemeral node is still ours and the watch still works.
+        let stat = c.exists(&eph).await.unwrap().unwrap();
+        assert_eq!(stat.ephemeral_owner, session.0);
+    }
+    c.set_data(&eph, b"moved", None).await.unwrap();
+    let ev = watch
+        .next_timeout(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.data(), Some(&b"moved"[..]));
+    assert!(matches!(
+        c.move_session("127.0.0.1:1").await,
+        Err(Error::InvalidArgument(_))
+    ));
+    c.delete_recursive(&root).await.unwrap();
+    c.close().await;
+}
+
+#[tokio::test]
+async fn dropped_calls_never_desynchronise_the_replies() {
+    let c = client().await;
+    let root = fresh_root(&c, "proto-drop").await;
+    for i in 0..20 {
+        c.create(
+            &format!("{root}/n{i}"),
+            format!("{i}").as_bytes(),
+            CreateMode::Persistent,
+        )
+        .await
+        .unwrap();
+    }
+    // Calls dropped at random points (before sending, in flight, after the reply) ...
+    let mut dropped = 0;
+    for k in 0..600u64 {
+        let path = format!("{root}/n{}", k % 20);
+        let wait = Duration::from_micros((k * 7919) % 1500);
+        if tokio::time::timeout(wait, c.get_data(&path)).await.is_err() {
+            dropped += 1;
+        }
+    }
+    assert!(dropped > 0, "some calls must have been dropped");
+    // ... and every reply still reaches the call it belongs to.
+    let reads = (0..20).map(|i| {
+        let c = c.clone();
+        let path = format!("{root}/n{i}");
+        async move { (i, c.get_data(&path).await.unwrap().0) }
+    });
+    for (i, data) in futures::future::join_all(reads).await {
+        assert_eq!(data, format!("{i}").as_bytes());
+    }
+    c.delete_recursive(&root).await.unwrap();
+}

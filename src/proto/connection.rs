@@ -422,6 +422,9 @@ impl Task {
         let mut last_recv = Instant::now();
         let mut last_send = Instant::now();
         let _ = response;
+        // One timer for both pings and the dead-connection check (not two per loop turn).
+        let mut tick = tokio::time::interval((t / 12).max(Duration::from_millis(5)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             loop {
                 let frame = match frames.next_frame() {
@@ -435,8 +438,6 @@ impl Task {
             }
             let can_send = self.pending.len() < self.cfg.max_in_flight;
             let writing = self.wpos < self.wbuf.len();
-            let ping_at = tokio::time::Instant::from_std(last_send + ping_every);
-            let dead_at = tokio::time::Instant::from_std(last_recv + read_timeout);
             tokio::select! {
                 biased;
                 r = rd.read_buf(frames.space(64 * 1024)) => match r {
@@ -473,20 +474,31 @@ impl Task {
                             }
                         }
                         last_send = Instant::now();
+                        // Most writes complete at once: spare a turn of the loop.
+                        if let Ok(n) = wr.try_write(&self.wbuf[self.wpos..]) {
+                            self.wpos += n;
+                            if self.wpos == self.wbuf.len() {
+                                self.wbuf.clear();
+                                self.wpos = 0;
+                            }
+                        }
                     }
                     None => {
                         self.close_session(&mut rd, &mut wr, &mut frames).await;
                         return Exit::Close;
                     }
                 },
-                _ = tokio::time::sleep_until(ping_at) => {
-                    let mut f = records::request(op::PING, |_| {});
-                    records::set_xid(&mut f, xid::PING);
-                    self.wbuf.extend_from_slice(&f);
-                    last_send = Instant::now();
-                }
-                _ = tokio::time::sleep_until(dead_at) => {
-                    return Exit::Broken(format!("no reply from the server for {read_timeout:?}"));
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if now.duration_since(last_recv) >= read_timeout {
+                        return Exit::Broken(format!("no reply from the server for {read_timeout:?}"));
+                    }
+                    if now.duration_since(last_send) >= ping_every {
+                        let mut f = records::request(op::PING, |_| {});
+                        records::set_xid(&mut f, xid::PING);
+                        self.wbuf.extend_from_slice(&f);
+                        last_send = now;
+                    }
                 }
             }
         }
