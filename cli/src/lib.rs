@@ -1,13 +1,11 @@
-//! Code shared by the two programs of this package:
+//! The library of the `zkr` command-line client for ZooKeeper, built on [`zkr::Client`].
+//! Every subcommand group lives in its own module under [`cmd`]; errors are one
+//! [`cmd::CliError`] that maps to the documented exit codes.
 //!
-//! * `zkr` — a command-line client for ZooKeeper built on [`zkr::Client`]. Every subcommand
-//!   group lives in its own module under [`cmd`]; errors are one [`cmd::CliError`] that maps to
-//!   the documented exit codes.
-//! * `zkr-bench` — the benchmark program of `BENCHMARKS.md`. The shared plumbing (clients,
-//!   root paths, percentiles, the one JSON line) is in [`bench`]; every workload is one module
-//!   under it.
+//! The benchmark program `zkr-bench` (package `zkr-bench` in `bench/zkr-bench/`, not
+//! published) uses [`init_logging`] and [`install_panic_hook`] from here; it is a package of its
+//! own because it links the real-ZooKeeper test harness (`zkr::testing`), which `zkr` does not.
 
-pub mod bench;
 pub mod cmd;
 
 /// Sets up `tracing` to stderr, filtered by `RUST_LOG` (default `warn`).

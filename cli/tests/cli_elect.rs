@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustix::process::{kill_process, Pid, Signal};
 use zkr::testing;
 
 const BIN: &str = env!("CARGO_BIN_EXE_zkr");
@@ -85,17 +86,13 @@ fn elect_runs_the_command_on_one_leader_and_fails_over() {
         "b must not run its command while a leads"
     );
     // a's process ends (SIGTERM by pid): b takes over.
-    unsafe {
-        libc::kill(a.id() as libc::pid_t, libc::SIGTERM);
-    }
+    kill_process(Pid::from_child(&a), Signal::TERM).unwrap();
     a.wait().unwrap();
     assert_eq!(
         b_out.recv_timeout(Duration::from_secs(10)).unwrap(),
         "leading b"
     );
     assert_eq!(leader_of(&zk, &path), "b");
-    unsafe {
-        libc::kill(b.id() as libc::pid_t, libc::SIGTERM);
-    }
+    kill_process(Pid::from_child(&b), Signal::TERM).unwrap();
     b.wait().unwrap();
 }

@@ -41,6 +41,18 @@
 //! * `ZKR_ZOOKEEPER_CLASSPATH` — a complete class path for ZooKeeper (default: the jars of
 //!   Debian's `zookeeper` package in `/usr/share/java`).
 //! * `ZKR_ZOOKEEPER_JAVA_OPTS` — extra JVM options, split on whitespace.
+//!
+//! # Platform
+//!
+//! Linux only (`PR_SET_PDEATHSIG`, `/proc`, process signals): enabling the `testing` feature on
+//! any other target is a compile error. The client and the recipes do not need it.
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "zkr's `testing` feature (the real-ZooKeeper test harness, zkr::testing) supports Linux \
+     only: it relies on PR_SET_PDEATHSIG, /proc and Unix process signals. Build without the \
+     `testing` feature on this platform."
+);
 
 mod proxy;
 mod server;

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustix::process::{kill_process, Pid, Signal};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use zkr::testing::ZkEnsemble;
@@ -243,16 +244,17 @@ impl Members {
                     .get(i)
                     .map(|(_, p)| *p)
                     .ok_or_else(|| err("no such member"))?;
-                let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
-                // SAFETY: kill(2) on a pid named by the ensemble directory.
-                let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
-                if rc != 0 {
-                    return Err(BenchError(format!(
+                let sig = if stop { Signal::STOP } else { Signal::CONT };
+                let target = i32::try_from(pid)
+                    .ok()
+                    .and_then(Pid::from_raw)
+                    .ok_or_else(|| err(format!("bad member pid {pid}")))?;
+                kill_process(target, sig).map_err(|e| {
+                    BenchError(format!(
                         "cannot signal member pid {pid}: {}",
-                        std::io::Error::last_os_error()
-                    )));
-                }
-                Ok(())
+                        std::io::Error::from(e)
+                    ))
+                })
             }
         }
     }

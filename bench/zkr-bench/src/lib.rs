@@ -6,6 +6,8 @@
 //! it creates its clients with [`Bench::client`] / [`Bench::clients`], works under
 //! [`Bench::setup_root`] and removes it with [`Bench::teardown_root`], and builds its
 //! [`Report`] (the common fields plus workload-specific ones via [`Report::field`]).
+//!
+//! The program itself is `src/main.rs` (binary `zkr-bench`).
 
 pub mod config;
 pub mod election;

@@ -3,11 +3,15 @@
 //!
 //! Exit code 0 if the run completed and its own check passed (`ok: true`), 1 otherwise (the
 //! JSON line is printed either way once the workload started), 2 for bad usage.
+//!
+//! Its own package (`bench/zkr-bench`, not published) because it starts a throwaway local
+//! ZooKeeper through `zkr::testing`: the `zkr` CLI (package `zkr-cli`) is built without that
+//! harness. Logging setup and the panic hook come from `zkr-cli`'s library.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use zkr_cli::bench::{self, Bench, BenchError, CommonArgs, Report};
+use zkr_bench::{self as bench, Bench, BenchError, CommonArgs, Report};
 
 /// Benchmarks zkr against a real ZooKeeper; one JSON line per run on stdout.
 #[derive(Parser, Debug)]

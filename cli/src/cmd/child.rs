@@ -6,6 +6,8 @@
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use rustix::process::{kill_process_group, Pid, Signal};
+
 use super::CliError;
 
 /// How long a child may take to exit after SIGTERM before it gets SIGKILL.
@@ -66,30 +68,31 @@ async fn terminate(
     child: &mut tokio::process::Child,
     pid: Option<u32>,
 ) -> Result<ExitStatus, CliError> {
-    if let Some(pid) = pid {
-        // SAFETY: kill(2) on the process group we created for our child (its pid is the
-        // group id; the child is not reaped yet, so the id is still ours).
-        unsafe {
-            libc::kill(-(pid as libc::pid_t), libc::SIGTERM);
-        }
-    }
+    signal_group(pid, Signal::TERM);
     match tokio::time::timeout(GRACE, child.wait()).await {
         Ok(r) => r.map_err(|source| CliError::Io {
             context: "waiting for the command",
             source,
         }),
         Err(_) => {
-            if let Some(pid) = pid {
-                // SAFETY: as above.
-                unsafe {
-                    libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
-                }
-            }
+            signal_group(pid, Signal::KILL);
             let _ = child.start_kill();
             child.wait().await.map_err(|source| CliError::Io {
                 context: "waiting for the command",
                 source,
             })
         }
+    }
+}
+
+/// Sends `sig` to the process group we created for our child (its pid is the group id; the
+/// child is not reaped yet, so the id is still ours). Errors (the group is already gone) are
+/// ignored, as before.
+fn signal_group(pid: Option<u32>, sig: Signal) {
+    if let Some(group) = pid
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(Pid::from_raw)
+    {
+        let _ = kill_process_group(group, sig);
     }
 }
