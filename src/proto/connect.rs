@@ -149,3 +149,86 @@ async fn read_frame(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::jute::JuteWrite;
+    use tokio::net::TcpListener;
+
+    /// A fake member that answers one handshake with `timeout_ms`.
+    async fn fake_member(timeout_ms: i32) -> (u16, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut frames = FrameReader::new(1024);
+            let request = read_frame(&mut s, &mut frames).await.unwrap();
+            let mut reply = Vec::new();
+            let at = crate::proto::codec::start_frame(&mut reply);
+            reply.put_i32(0);
+            reply.put_i32(timeout_ms);
+            reply.put_i64(0x1234);
+            reply.put_buf(&[7; 16]);
+            reply.put_bool(false);
+            crate::proto::codec::finish_frame(&mut reply, at);
+            s.write_all(&reply).await.unwrap();
+            request
+        });
+        (port, task)
+    }
+
+    fn request() -> ConnectRequest {
+        ConnectRequest {
+            last_zxid_seen: 42,
+            timeout: Duration::from_millis(4000),
+            session_id: 0,
+            passwd: vec![0; 16],
+            read_only: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn handshake_sets_tcp_nodelay_and_reads_the_session() {
+        // With Nagle's algorithm on, a request sent right behind another would wait for the
+        // first one's reply, and pipelining would gain nothing.
+        let (port, member) = fake_member(4000).await;
+        let est = handshake(
+            "127.0.0.1",
+            port,
+            &request(),
+            &[],
+            1 << 20,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert!(est.stream.nodelay().unwrap(), "TCP_NODELAY must be on");
+        assert_eq!(est.response.session_id, 0x1234);
+        assert_eq!(est.response.passwd, vec![7; 16]);
+        assert_eq!(est.response.timeout_ms, 4000);
+        let sent = member.await.unwrap();
+        let mut r = crate::proto::jute::Reader::new(&sent);
+        assert_eq!(r.i32(), Ok(0));
+        assert_eq!(r.i64(), Ok(42), "last zxid seen");
+        assert_eq!(r.i32(), Ok(4000));
+        assert_eq!(r.i64(), Ok(0));
+        assert_eq!(r.buf(), Ok(vec![0; 16]));
+        assert_eq!(r.bool(), Ok(true), "read-only allowed");
+    }
+
+    #[tokio::test]
+    async fn a_zero_timeout_means_the_session_expired() {
+        let (port, _member) = fake_member(0).await;
+        let r = handshake(
+            "127.0.0.1",
+            port,
+            &request(),
+            &[],
+            1 << 20,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(matches!(r, Err(HandshakeError::Expired)));
+    }
+}
