@@ -36,7 +36,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::stream::BoxStream;
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -248,7 +247,7 @@ type Snapshot = Option<Arc<Vec<ServiceInstance>>>;
 /// sets (sorted by id). Dropping it stops every watch it holds.
 pub struct Discovery {
     rx: watch::Receiver<Snapshot>,
-    stream: BoxStream<'static, Vec<ServiceInstance>>,
+    stream: crate::wait::Snapshots<Vec<ServiceInstance>>,
     task: JoinHandle<()>,
 }
 

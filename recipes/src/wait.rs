@@ -57,8 +57,8 @@ pub(crate) async fn timed<T>(
 /// skipping `None` (not loaded yet); ends when the sender goes away.
 pub(crate) fn loaded_snapshots<T: Clone + Send + Sync + 'static>(
     rx: watch::Receiver<Option<Arc<T>>>,
-) -> BoxStream<'static, T> {
-    futures::stream::unfold(rx, |mut rx| async move {
+) -> Snapshots<T> {
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
         loop {
             if rx.changed().await.is_err() {
                 return None;
@@ -69,5 +69,25 @@ pub(crate) fn loaded_snapshots<T: Clone + Send + Sync + 'static>(
             }
         }
     })
-    .boxed()
+    .boxed();
+    Snapshots(std::sync::Mutex::new(stream))
+}
+
+/// The stream of [`loaded_snapshots`]. The boxed stream sits in a mutex only so that the
+/// recipe types holding it are `Sync` (a `&Discovery` can cross an `.await` in a spawned task);
+/// it is only ever reached through `&mut`, so the lock is never taken.
+pub(crate) struct Snapshots<T>(std::sync::Mutex<BoxStream<'static, T>>);
+
+impl<T> futures::Stream for Snapshots<T> {
+    type Item = T;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .poll_next(cx)
+    }
 }

@@ -53,7 +53,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::stream::BoxStream;
 use futures::{FutureExt, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -842,7 +841,7 @@ type Shared = Option<Arc<QueueSnapshot>>;
 /// progress of each task), coalesced. Dropping it removes its watches.
 pub struct Coordinator {
     rx: watch::Receiver<Shared>,
-    stream: BoxStream<'static, QueueSnapshot>,
+    stream: crate::wait::Snapshots<QueueSnapshot>,
     task: JoinHandle<()>,
 }
 

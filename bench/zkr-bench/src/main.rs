@@ -159,10 +159,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = runtime.block_on(workload.run(&b)).unwrap_or_else(|e| {
-        eprintln!("zkr-bench: {} failed: {e}", workload.cmd());
-        Report::failed(workload.name(), workload.params(&b), &e)
-    });
+    // The workload runs as a task on the runtime's workers, as application code does, not on
+    // the main thread through `block_on` (which would add a thread hop to every reply).
+    let b = std::sync::Arc::new(b);
+    let run = {
+        let b = b.clone();
+        runtime.spawn(async move { workload.run(&b).await })
+    };
+    let report = runtime
+        .block_on(run)
+        .unwrap_or_else(|e| Err(BenchError(format!("the workload task failed: {e}"))))
+        .unwrap_or_else(|e| {
+            eprintln!("zkr-bench: {} failed: {e}", workload.cmd());
+            Report::failed(workload.name(), workload.params(&b), &e)
+        });
     drop(runtime);
     drop(b);
     let ok = report.ok;
