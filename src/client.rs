@@ -36,9 +36,20 @@ pub struct ClientBuilder {
     default_acl: Vec<Acl>,
     max_in_flight: usize,
     read_only: bool,
+    server_tick: Option<Duration>,
 }
 
 impl ClientBuilder {
+    /// The ensemble's `tickTime`, when known. zkr ends a session's lease (and tells lock holders
+    /// and leaders they may have lost) a margin before the server can expire it; the margin
+    /// covers how late a follower's reports reach the leader, half a tick at most. Without this
+    /// setting the largest tick ZooKeeper's default limits allow is assumed (half the session
+    /// timeout), which makes leases end at about 0.6 of the timeout instead of about 0.8.
+    pub fn server_tick_time(mut self, tick: Duration) -> Self {
+        self.server_tick = Some(tick);
+        self
+    }
+
     /// Accept a read-only session from a member that lost its quorum (ZooKeeper's
     /// `readonlymode.enabled`), instead of waiting for a member with quorum. Reads work, writes
     /// fail with [`Error::NotReadOnly`], the state is [`SessionState::ReadOnly`]; once a member
@@ -118,6 +129,7 @@ impl ClientBuilder {
                 max_in_flight: self.max_in_flight,
             },
             connect_timeout,
+            server_tick: self.server_tick,
         };
         let span = tracing::info_span!("zkr.connect", servers = %cs.servers_string());
         let shared = session::start(cfg).instrument(span).await?;
@@ -210,6 +222,7 @@ impl Client {
             default_acl: Acl::open(),
             max_in_flight: 1024,
             read_only: false,
+            server_tick: None,
         }
     }
 

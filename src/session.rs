@@ -6,13 +6,21 @@
 //! Connecting → Connected(epoch) ⇄ Suspended → Reconnected(epoch)        (same session)
 //!                                 Suspended → Lost(epoch) → Connecting → Connected(epoch+1)
 //! ```
-//! * **Suspended**: the wire client reports a disconnect, or no reply arrived for 2/3 of the
-//!   negotiated session timeout (a frozen server or a half-open connection).
-//! * **Lost**: the server said the session expired, or the client has been cut off so long that
-//!   the server may have expired it. zkr measures from the *send time* of the last request that
-//!   got a reply (the server heard the session no earlier than that) and declares `Lost` at
-//!   9/10 of the negotiated timeout after it: before the server can hand the session's
-//!   ephemeral nodes to anyone else. It never waits for the server to say so.
+//! * **Only the leader's word counts.** A member cut off from the leader goes on answering its
+//!   clients' reads and pings on its own until it notices (syncLimit × tickTime), while the
+//!   leader, which hears of the session only through that member, expires it after the
+//!   session timeout T. So liveness counts only replies that prove the leader heard the
+//!   session: writes, `sync` (the idle heartbeat, sent when nothing confirmed the session for
+//!   T/12) and the handshake (a member revalidates a resumed session with the leader).
+//! * **Suspended**: the connection dropped, or no leader-confirmed reply arrived for 2/3 T.
+//! * **Lost**: the server said the session expired, or the *lease* ran out: the send time of the
+//!   newest leader-confirmed request + T − a margin that covers how late a follower's reports
+//!   reach the leader (`docs/leases.md` derives it from ZooKeeper 3.8's session tracking).
+//!   Before the server can hand the session's ephemeral nodes to anyone else; zkr never waits
+//!   for the server to say so. [`Epoch::valid_until`] is that deadline, read at call time, so a
+//!   process that was paused knows on its first call that it may have lost everything.
+//! * A member that answers but does not confirm for T/3 is left: the session moves to the next
+//!   member while the lease lasts. Un-suspending re-checks the lease.
 //! * After `Lost` a new session is opened with backoff (auth re-applied); its epoch is one more.
 //!
 //! # Epoch fencing
@@ -20,7 +28,7 @@
 //! An operation runs on the epoch it started in; if that epoch ends before the reply arrives the
 //! operation fails with [`Error::SessionLost`]. Nothing issued for session N runs as N+1.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,7 +36,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::error::{Error, Result};
 use crate::types::SessionId;
-use crate::wire::{Wire, WireConfig, WireState, WireStates};
+use crate::wire::{Liveness, Wire, WireConfig, WireState, WireStates};
 
 /// Why a session was lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +116,9 @@ impl SessionState {
 pub(crate) struct SessionConfig {
     pub wire: WireConfig,
     pub connect_timeout: Duration,
+    /// The ensemble's tickTime, if the application stated it; otherwise the worst case allowed
+    /// by ZooKeeper's default `minSessionTimeout` (2 × tickTime ≤ session timeout) is assumed.
+    pub server_tick: Option<Duration>,
 }
 
 /// One ZooKeeper session of this client.
@@ -119,55 +130,75 @@ pub(crate) struct Epoch {
     wire: Mutex<Option<Wire>>,
     pub session: SessionId,
     pub timeout: Duration,
-    base: Instant,
-    /// µs since `base`: send time of the newest request that got a reply.
-    last_ok_sent: AtomicU64,
-    /// µs since `base`: receive time of the newest reply.
-    last_ok_recv: AtomicU64,
+    /// When the leader last confirmed the session (kept after the wire handle is dropped).
+    liveness: Liveness,
+    /// How much earlier than `confirmed send + timeout` the lease ends (see [`Timing`]).
+    timing: Timing,
     ended: AtomicBool,
     ended_notify: Notify,
 }
 
+/// The session layer's clock, derived from the negotiated timeout `T` and a bound on the
+/// ensemble's tickTime (see `docs/leases.md` for the reasoning):
+/// * `heartbeat`: a `sync` is sent when no leader-confirmed reply arrived for this long (T/12);
+/// * `suspend_after`: `Suspended` when no leader-confirmed reply arrived for 2/3 T;
+/// * `move_after`: the session moves to another member when the current one has confirmed
+///   nothing for T/3 while its connection looks alive (a member cut off from the leader);
+/// * `margin`: the lease ends at `send time of the last confirmed request + T − margin`, where
+///   `margin = tick/2 + heartbeat + slack` covers how late a follower's touches reach the leader.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timing {
+    pub heartbeat: Duration,
+    pub suspend_after: Duration,
+    pub move_after: Duration,
+    pub margin: Duration,
+}
+
+impl Timing {
+    pub fn new(t: Duration, server_tick: Option<Duration>) -> Timing {
+        let tick = server_tick.map_or(t / 2, |k| k.min(t / 2));
+        let heartbeat = (t / 12).max(Duration::from_millis(10));
+        let slack = (t / 50).max(Duration::from_millis(10));
+        Timing {
+            heartbeat,
+            suspend_after: t * 2 / 3,
+            move_after: t / 3,
+            margin: tick / 2 + heartbeat + slack,
+        }
+    }
+}
+
 impl Epoch {
-    fn new(n: u64, wire: Wire) -> Epoch {
-        let base = Instant::now();
+    fn new(n: u64, wire: Wire, server_tick: Option<Duration>) -> Epoch {
+        let timeout = wire.negotiated_timeout();
         Epoch {
             n,
             session: SessionId(wire.session_id()),
-            timeout: wire.negotiated_timeout(),
+            timeout,
+            liveness: wire.liveness(),
+            timing: Timing::new(timeout, server_tick),
             wire: Mutex::new(Some(wire)),
-            base,
-            last_ok_sent: AtomicU64::new(0),
-            last_ok_recv: AtomicU64::new(0),
             ended: AtomicBool::new(false),
             ended_notify: Notify::new(),
         }
     }
 
-    fn micros(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.base).as_micros() as u64
+    /// How long ago the newest leader-confirmed reply arrived.
+    fn since_confirmed(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.liveness.last_confirmed().1)
     }
 
-    /// Records that a request sent at `sent` got a reply from the server.
-    pub fn heard(&self, sent: Instant) {
-        self.last_ok_sent
-            .fetch_max(self.micros(sent), Ordering::AcqRel);
-        self.last_ok_recv
-            .fetch_max(self.micros(Instant::now()), Ordering::AcqRel);
-    }
-
-    fn since_recv(&self, now: Instant) -> Duration {
-        Duration::from_micros(
-            self.micros(now)
-                .saturating_sub(self.last_ok_recv.load(Ordering::Acquire)),
-        )
-    }
-
-    /// When this client must consider the session lost if nothing is heard before.
-    fn lost_deadline(&self) -> Instant {
-        self.base
-            + Duration::from_micros(self.last_ok_sent.load(Ordering::Acquire))
-            + self.timeout * 9 / 10
+    /// Until when the session is certainly alive on the leader: the send time of the newest
+    /// leader-confirmed request + T − margin. Past it the server may have expired the session
+    /// (and handed its ephemeral nodes on); an ended epoch's lease is over.
+    pub fn valid_until(&self) -> Instant {
+        let (sent, _) = self.liveness.last_confirmed();
+        let deadline = sent + self.timeout.saturating_sub(self.timing.margin);
+        if self.is_ended() {
+            deadline.min(Instant::now())
+        } else {
+            deadline
+        }
     }
 
     /// The wire client, while the epoch lasts.
@@ -216,7 +247,6 @@ impl Epoch {
         if self.is_ended() {
             return Err(self.lost_error());
         }
-        let sent = Instant::now();
         let r = tokio::select! {
             biased;
             r = fut => r,
@@ -226,11 +256,9 @@ impl Epoch {
             return Err(self.lost_error());
         }
         match r {
-            Err(Error::ConnectionLoss) | Err(Error::Timeout { .. }) => {}
-            Err(Error::SessionLost { .. }) => return Err(self.lost_error()),
-            _ => self.heard(sent),
+            Err(Error::SessionLost { .. }) => Err(self.lost_error()),
+            r => r,
         }
-        r
     }
 }
 
@@ -342,14 +370,13 @@ pub(crate) async fn start(cfg: SessionConfig) -> Result<Arc<Shared>> {
         close_notify: Notify::new(),
     });
     let (wire, mut states) = first;
-    let epoch = Arc::new(Epoch::new(1, wire));
+    let epoch = Arc::new(Epoch::new(1, wire, shared.cfg.server_tick));
     install(&shared, &epoch, &mut states);
     tokio::spawn(supervise(Arc::downgrade(&shared), epoch, states));
     Ok(shared)
 }
 
 fn install(shared: &Shared, epoch: &Arc<Epoch>, states: &mut WireStates) {
-    epoch.heard(Instant::now());
     shared.epoch_tx.send_replace(Some(epoch.clone()));
     let (session, n) = (epoch.session, epoch.n);
     shared.publish(if states.current() == WireState::ReadOnly {
@@ -426,17 +453,22 @@ async fn supervise(weak: std::sync::Weak<Shared>, mut epoch: Arc<Epoch>, mut sta
             delay = (delay * 2).min(Duration::from_secs(5));
         };
         let Some(shared) = weak.upgrade() else { return };
-        epoch = Arc::new(Epoch::new(n + 1, next.0));
+        epoch = Arc::new(Epoch::new(n + 1, next.0, shared.cfg.server_tick));
         states = next.1;
         install(&shared, &epoch, &mut states);
     }
 }
 
 /// Watches one epoch until it is lost or the client is closed.
+///
+/// Liveness counts only replies that prove the leader heard the session (writes, `sync`, the
+/// handshake): a member cut off from the leader goes on answering reads and pings on its own
+/// while the leader expires the session. See [`Timing`] and `docs/leases.md`.
 async fn monitor(shared: &Shared, epoch: &Arc<Epoch>, states: &mut WireStates) -> EpochEnd {
     let t = epoch.timeout;
+    let timing = epoch.timing;
     let (session, n) = (epoch.session, epoch.n);
-    let tick = (t / 20).clamp(Duration::from_millis(10), Duration::from_millis(100));
+    let tick = (t / 40).clamp(Duration::from_millis(5), Duration::from_millis(50));
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut suspended = false;
@@ -446,6 +478,7 @@ async fn monitor(shared: &Shared, epoch: &Arc<Epoch>, states: &mut WireStates) -
         shared.publish(SessionState::ReadOnly { session, epoch: n });
     }
     let mut heartbeat: Option<tokio::task::JoinHandle<()>> = None;
+    let mut moving: Option<tokio::task::JoinHandle<()>> = None;
     let suspend = |suspended: &mut bool| {
         if !*suspended {
             *suspended = true;
@@ -461,13 +494,10 @@ async fn monitor(shared: &Shared, epoch: &Arc<Epoch>, states: &mut WireStates) -
                 }
                 WireState::Connected | WireState::ReadOnly => {
                     wire_connected = true;
-                    // The server accepted the session again: it is alive.
-                    if suspended {
+                    // The handshake resumed the session (the member revalidated it with the
+                    // leader): it is alive, unless the lease ran out meanwhile.
+                    if suspended && Instant::now() < epoch.valid_until() {
                         suspended = false;
-                        // The server heard the session no earlier than the handshake's send.
-                        if let Ok(w) = epoch.wire() {
-                            epoch.heard(w.last_answered_send());
-                        }
                         shared.publish(SessionState::Reconnected { session, epoch: n });
                     }
                     if ws == WireState::ReadOnly {
@@ -492,27 +522,45 @@ async fn monitor(shared: &Shared, epoch: &Arc<Epoch>, states: &mut WireStates) -
             },
             _ = interval.tick() => {
                 let now = Instant::now();
-                let silent = epoch.since_recv(now);
-                if !suspended && silent >= t * 2 / 3 {
-                    tracing::warn!(session = %session, silent_ms = silent.as_millis() as u64, "zkr: no reply from ZooKeeper; suspending");
+                if now >= epoch.valid_until() {
+                    tracing::warn!(session = %session, "zkr: no leader-confirmed reply in time; the server may expire the session");
+                    suspend(&mut suspended);
+                    return EpochEnd::Lost(LostReason::CutOff);
+                }
+                let silent = epoch.since_confirmed(now);
+                if !suspended && silent >= timing.suspend_after {
+                    tracing::warn!(session = %session, silent_ms = silent.as_millis() as u64, "zkr: no leader-confirmed reply; suspending");
                     suspend(&mut suspended);
                 }
                 if suspended && wire_connected && silent < t / 3 {
-                    // Replies flow again on the same connection (a frozen server resumed).
+                    // Confirmed replies flow again on the same connection.
                     suspended = false;
                     shared.publish(SessionState::Reconnected { session, epoch: n });
                 }
-                if suspended && now >= epoch.lost_deadline() {
-                    return EpochEnd::Lost(LostReason::CutOff);
-                }
                 let idle = heartbeat.as_ref().is_none_or(|h| h.is_finished());
-                if wire_connected && idle && silent >= t / 5 {
+                if wire_connected && idle && silent >= timing.heartbeat {
+                    // `sync` travels to the leader: its reply confirms the session.
                     let e = epoch.clone();
                     heartbeat = Some(tokio::spawn(async move {
                         if let Ok(w) = e.wire() {
-                            let _ = e.run(w.exists("/")).await;
+                            let _ = tokio::time::timeout(e.timeout, e.run(w.sync("/"))).await;
                         }
                     }));
+                }
+                let not_moving = moving.as_ref().is_none_or(|h| h.is_finished());
+                if wire_connected && not_moving && silent >= timing.move_after {
+                    // The member answers but the leader does not confirm: try another member
+                    // while the lease lasts.
+                    if let Ok(w) = epoch.wire() {
+                        let (i, count) = w.server_index();
+                        if count > 1 {
+                            let next = (i + 1) % count;
+                            tracing::warn!(session = %session, from = i, to = next, "zkr: member does not confirm the session; moving it");
+                            moving = Some(tokio::spawn(async move {
+                                let _ = w.move_to(next).await;
+                            }));
+                        }
+                    }
                 }
             }
             _ = shared.closed() => return EpochEnd::Closed,

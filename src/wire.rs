@@ -157,6 +157,27 @@ impl Drop for WirePersistentWatch {
     }
 }
 
+/// When the leader last confirmed the session (see [`ConnShared::last_confirmed`]).
+#[derive(Clone)]
+pub(crate) struct Liveness(Arc<ConnShared>);
+
+impl std::fmt::Debug for Liveness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (sent, recv) = self.last_confirmed();
+        f.debug_struct("Liveness")
+            .field("confirmed_sent", &sent)
+            .field("confirmed_recv", &recv)
+            .finish()
+    }
+}
+
+impl Liveness {
+    /// Send and receive instants of the newest reply that proves the leader heard the session.
+    pub fn last_confirmed(&self) -> (Instant, Instant) {
+        self.0.last_confirmed()
+    }
+}
+
 struct WireInner {
     req: mpsc::UnboundedSender<Packet>,
     ctl: mpsc::UnboundedSender<Control>,
@@ -252,10 +273,14 @@ impl Wire {
         self.inner.servers.get(i).cloned().unwrap_or_default()
     }
 
-    /// The send instant of the newest request that the server answered (the handshake counts).
-    #[allow(dead_code)]
-    pub fn last_answered_send(&self) -> Instant {
-        self.inner.shared.last_answered_send()
+    /// The session's liveness record, readable after this handle is gone.
+    pub fn liveness(&self) -> Liveness {
+        Liveness(self.inner.shared.clone())
+    }
+
+    /// Index of the member the session is on, and how many members there are.
+    pub fn server_index(&self) -> (usize, usize) {
+        (self.inner.shared.session().server, self.inner.servers.len())
     }
 
     /// Moves the live session to `servers[index]` now (same session id and password).

@@ -110,8 +110,8 @@ pub(crate) struct Packet {
     pub watch: Option<WatchReg>,
 }
 
-/// A reply: error code and the body after the header. (When each request was sent is kept
-/// by the task: [`ConnShared::last_answered_send`].)
+/// A reply: error code and the body after the header. (When requests were sent is kept by
+/// the task: [`ConnShared::last_confirmed`].)
 #[derive(Debug)]
 pub(crate) struct Reply {
     pub err: i32,
@@ -163,8 +163,11 @@ pub(crate) struct ConnShared {
     pub session: Mutex<SessionInfo>,
     pub last_zxid: AtomicI64,
     pub next_watch_id: AtomicU64,
-    /// µs since `base`: send time of the newest request (not ping) that was answered.
-    answered_sent: AtomicU64,
+    /// µs since `base`: send time of the newest request whose reply proves that the *leader*
+    /// heard the session (a write or `sync`, or the handshake, which a follower revalidates
+    /// with the leader), and when that reply arrived.
+    confirmed_sent: AtomicU64,
+    confirmed_recv: AtomicU64,
     base: Instant,
 }
 
@@ -180,15 +183,22 @@ impl ConnShared {
         *self.state.borrow()
     }
 
-    /// The send instant of the newest request that got a reply.
-    pub fn last_answered_send(&self) -> Instant {
-        self.base + Duration::from_micros(self.answered_sent.load(Ordering::Acquire))
+    fn micros(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.base).as_micros()).unwrap_or(u64::MAX)
     }
 
-    fn answered(&self, sent: Instant) {
-        let us = sent.saturating_duration_since(self.base).as_micros();
-        self.answered_sent
-            .fetch_max(u64::try_from(us).unwrap_or(u64::MAX), Ordering::AcqRel);
+    /// Records a leader-confirmed reply to a request sent at `sent`.
+    fn confirmed(&self, sent: Instant) {
+        self.confirmed_sent
+            .fetch_max(self.micros(sent), Ordering::AcqRel);
+        self.confirmed_recv
+            .fetch_max(self.micros(Instant::now()), Ordering::AcqRel);
+    }
+
+    /// Send and receive instants of the newest leader-confirmed reply (see `confirmed_sent`).
+    pub fn last_confirmed(&self) -> (Instant, Instant) {
+        let at = |a: &AtomicU64| self.base + Duration::from_micros(a.load(Ordering::Acquire));
+        (at(&self.confirmed_sent), at(&self.confirmed_recv))
     }
 }
 
@@ -255,10 +265,12 @@ pub(crate) async fn open(
         }),
         last_zxid: AtomicI64::new(0),
         next_watch_id: AtomicU64::new(1),
-        answered_sent: AtomicU64::new(0),
+        confirmed_sent: AtomicU64::new(0),
+        confirmed_recv: AtomicU64::new(0),
         base,
     });
-    shared.answered(est.sent);
+    // Creating a session is a transaction of the leader's.
+    shared.confirmed(est.sent);
     let (req_tx, req_rx) = mpsc::unbounded_channel();
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let task = Task {
@@ -279,6 +291,22 @@ pub(crate) async fn open(
     };
     tokio::spawn(task.run(est));
     Ok((shared, req_tx, ctl_tx))
+}
+
+/// Whether a successful reply to `opcode` proves that the leader processed the request: writes
+/// are the leader's transactions, and `sync` is answered only after the leader's reply.
+fn is_leader_confirmed(opcode: i32) -> bool {
+    matches!(
+        opcode,
+        op::CREATE2
+            | op::CREATE_CONTAINER
+            | op::CREATE_TTL
+            | op::DELETE
+            | op::SET_DATA
+            | op::SET_ACL
+            | op::MULTI
+            | op::SYNC
+    )
 }
 
 /// The pause after the `round`-th (from 1) round in which no member took the session: 25 ms
@@ -583,8 +611,11 @@ impl Task {
                 if h.zxid > 0 {
                     self.shared.last_zxid.fetch_max(h.zxid, Ordering::AcqRel);
                 }
-                if h.err != code::CONNECTION_LOSS {
-                    self.shared.answered(p.sent);
+                if h.err == code::OK
+                    && (is_leader_confirmed(p.opcode) || self.shared.state() == WireState::ReadOnly)
+                {
+                    // (A read-only member has no leader: any answer is all there is to have.)
+                    self.shared.confirmed(p.sent);
                 }
                 if let Some(w) = p.watch {
                     self.register(w, h.err, p.xid);
@@ -887,7 +918,9 @@ impl Task {
                             u64::try_from(est.response.timeout_ms).unwrap_or(0),
                         );
                     }
-                    self.shared.answered(est.sent);
+                    // A member revalidates a resumed session with the leader (which touches it)
+                    // before it answers the handshake.
+                    self.shared.confirmed(est.sent);
                     if let Some(d) = done.take() {
                         let _ = d.send(Ok(()));
                     }
@@ -985,7 +1018,8 @@ mod tests {
                 }),
                 last_zxid: AtomicI64::new(0),
                 next_watch_id: AtomicU64::new(1),
-                answered_sent: AtomicU64::new(0),
+                confirmed_sent: AtomicU64::new(0),
+                confirmed_recv: AtomicU64::new(0),
                 base: Instant::now(),
             }),
             requests,
