@@ -295,6 +295,23 @@ impl Client {
         })
     }
 
+    /// Until when this handle's session (the pinned one, or the current one) is certainly
+    /// alive on the server: its *lease*, computed now from the send time of the newest request
+    /// the leader confirmed (see `docs/leases.md`). Past it the server may have expired the
+    /// session and handed its ephemeral nodes (locks, leadership) to others. `None` when there is
+    /// no session; an ended session's lease is in the past. Reading it needs no task to have
+    /// run, so it is right even on the first call after the process was paused.
+    pub fn valid_until(&self) -> Option<Instant> {
+        self.epoch_handle().map(|e| e.valid_until())
+    }
+
+    /// The lease of `session` (see [`valid_until`](Self::valid_until)) if it is this client's
+    /// current session; `None` once that session is over.
+    pub fn lease_of(&self, session: SessionId) -> Option<Instant> {
+        let e = self.inner.shared.current_epoch()?;
+        (e.session == session && !e.is_ended()).then(|| e.valid_until())
+    }
+
     /// Whether this handle is pinned to a session that has ended.
     pub fn is_pin_lost(&self) -> bool {
         self.pin.as_ref().is_some_and(|e| e.is_ended())

@@ -19,7 +19,7 @@
 //!   Before the server can hand the session's ephemeral nodes to anyone else; zkr never waits
 //!   for the server to say so. [`Epoch::valid_until`] is that deadline, read at call time, so a
 //!   process that was paused knows on its first call that it may have lost everything.
-//! * A member that answers but does not confirm for T/3 is left: the session moves to the next
+//! * A member that answers but does not confirm for T/2 is left: the session moves to the next
 //!   member while the lease lasts. Un-suspending re-checks the lease.
 //! * After `Lost` a new session is opened with backoff (auth re-applied); its epoch is one more.
 //!
@@ -162,7 +162,7 @@ impl Timing {
         Timing {
             heartbeat,
             suspend_after: t * 2 / 3,
-            move_after: t / 3,
+            move_after: t / 2,
             margin: tick / 2 + heartbeat + slack,
         }
     }

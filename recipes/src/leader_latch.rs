@@ -252,9 +252,19 @@ impl LeaderLatch {
         self.shared.state_tx.borrow().clone()
     }
 
-    /// Whether this candidate leads now.
+    /// Whether this candidate leads now: it won the election, and the lease of the session
+    /// that owns its latch node has not run out ([`valid_until`](Self::valid_until)), checked at
+    /// the moment of the call: right even on the first call after the process was paused.
     pub fn is_leader(&self) -> bool {
-        self.shared.state_tx.borrow().is_leader()
+        self.valid_until()
+            .is_some_and(|until| std::time::Instant::now() < until)
+    }
+
+    /// While leading, until when leadership is certainly ours: the lease of the session that
+    /// owns the latch node (see [`zkr::Client::valid_until`]); `None` when not leading.
+    pub fn valid_until(&self) -> Option<std::time::Instant> {
+        let session = self.shared.state_tx.borrow().fence()?.session;
+        self.client.lease_of(session)
     }
 
     /// Our fence while leading.

@@ -137,6 +137,7 @@ impl SelectorHandle {
 #[derive(Clone, Debug)]
 pub struct Leadership {
     fence: Fence,
+    client: Client,
     latch: watch::Receiver<LatchState>,
     ended: watch::Receiver<bool>,
 }
@@ -147,9 +148,21 @@ impl Leadership {
         &self.fence
     }
 
-    /// Whether leadership has ended (lost, interrupted or stopped).
+    /// Whether leadership has ended (lost, interrupted or stopped), or may have: also true
+    /// once the lease of the session that owns the latch node ran out
+    /// ([`valid_until`](Self::valid_until)), checked at the moment of the call.
     pub fn is_lost(&self) -> bool {
-        *self.ended.borrow() || self.latch.borrow().fence() != Some(&self.fence)
+        *self.ended.borrow()
+            || self.latch.borrow().fence() != Some(&self.fence)
+            || self
+                .valid_until()
+                .is_none_or(|until| std::time::Instant::now() >= until)
+    }
+
+    /// Until when this term is certainly still ours: the lease of the session that owns the
+    /// latch node (see [`zkr::Client::valid_until`]); `None` once that session is over.
+    pub fn valid_until(&self) -> Option<std::time::Instant> {
+        self.client.lease_of(self.fence.session)
     }
 
     /// Completes when leadership ends.
@@ -246,6 +259,7 @@ impl LeaderSelector {
                     let (ended_tx, ended_rx) = watch::channel(false);
                     let token = Leadership {
                         fence: fence.clone(),
+                        client: self.b.client.clone(),
                         latch: latch.state_receiver(),
                         ended: ended_rx,
                     };

@@ -37,7 +37,10 @@
 //! completes as soon as the session is `Suspended` (default, Curator's policy) or only when it
 //! is `Lost` ([`LossPolicy::Lost`]). Both come before the server can expire the session, so
 //! the holder is told before anyone else can acquire. A lost hold stays lost: release and
-//! acquire again.
+//! acquire again. Besides, [`MutexGuard::is_held`] is false once the session's lease
+//! ([`MutexGuard::valid_until`]) has run out, computed at the moment of the call: a process that
+//! was paused for longer learns it on its first call, before any task has run (see
+//! `docs/leases.md` in the repository).
 //!
 //! ```no_run
 //! # async fn demo(client: zkr::Client) -> zkr_recipes::Result<()> {
@@ -200,9 +203,24 @@ impl MutexGuard {
     }
 
     /// Whether the lock is still held: false once the session was suspended (or lost, by
-    /// policy) since the acquisition.
+    /// policy) since the acquisition, and false once the session's lease ran out
+    /// ([`valid_until`](Self::valid_until)), checked at the moment of the call: a process that
+    /// was paused longer than the lease gets `false` on its first call, before any background
+    /// task has run.
     pub fn is_held(&self) -> bool {
-        !self.released && !self.client.is_pin_lost() && !self.monitor.is_lost()
+        !self.released
+            && !self.client.is_pin_lost()
+            && std::time::Instant::now() < self.valid_until()
+            && !self.monitor.is_lost()
+    }
+
+    /// Until when the lock is certainly still ours: the lease of the session that holds it
+    /// (see [`zkr::Client::valid_until`]). Act on the lock only before this instant, and stamp
+    /// writes with the [fencing token](Self::fencing_token) for what may arrive after it.
+    pub fn valid_until(&self) -> std::time::Instant {
+        self.client
+            .valid_until()
+            .unwrap_or_else(std::time::Instant::now)
     }
 
     /// Completes when the lock may no longer be held.
