@@ -161,3 +161,104 @@ fn lost_lock_terminates_the_command() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(err.contains("lost"), "{err}");
 }
+
+#[test]
+fn the_command_gets_the_lock_path_node_and_fencing_token() {
+    let zk = testing::shared().unwrap().connect_string();
+    let path = root("env");
+    let run = || {
+        let out = zkr(&zk)
+            .args([
+                "lock",
+                &path,
+                "--",
+                "sh",
+                "-c",
+                "echo \"$ZKR_LOCK_PATH|$ZKR_LOCK_NODE|$ZKR_FENCING_TOKEN\"",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let line = String::from_utf8(out.stdout).unwrap();
+        let parts: Vec<String> = line.trim().split('|').map(str::to_string).collect();
+        assert_eq!(parts.len(), 3, "{line}");
+        parts
+    };
+    let first = run();
+    assert_eq!(first[0], path);
+    assert!(
+        first[1].starts_with(&format!("{path}/")) && first[1].contains("-lock-"),
+        "{first:?}"
+    );
+    let t1: i64 = first[2].parse().unwrap();
+    let second = run();
+    let t2: i64 = second[2].parse().unwrap();
+    assert!(t1 > 0 && t2 > t1, "fencing tokens increase: {t1} then {t2}");
+}
+
+/// A holder whose client is silently cut off (blackholed: no reset, no reply) learns it only
+/// from missing confirmations. Its command ignores SIGTERM; the process group must still be
+/// gone by the lease deadline, before the server expires the session and another process gets
+/// the lock. Order checked by the exit of the first `zkr` against the second one's command.
+#[test]
+fn a_command_ignoring_sigterm_is_gone_before_the_next_holder_starts() {
+    let ens = testing::shared().unwrap();
+    let proxy = FaultProxy::for_ensemble(ens).unwrap();
+    let path = root("lease-kill");
+    let mut first = zkr(&proxy.connect_string())
+        .args([
+            "--session-timeout-ms",
+            "2000",
+            "lock",
+            &path,
+            "--",
+            "sh",
+            "-c",
+            "trap '' TERM; echo ready; while true; do sleep 0.05; done",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(first.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    let mut second = zkr(&ens.connect_string())
+        .args([
+            "--timeout",
+            "30s",
+            "lock",
+            &path,
+            "--",
+            "sh",
+            "-c",
+            "echo started",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    proxy.blackhole();
+    let cut = Instant::now();
+    let waiter = std::thread::spawn(move || {
+        let status = first.wait().unwrap();
+        (status, Instant::now())
+    });
+    let mut out2 = std::io::BufReader::new(second.stdout.take().unwrap());
+    let mut started = String::new();
+    std::io::BufRead::read_line(&mut out2, &mut started).unwrap();
+    let second_started = Instant::now();
+    assert_eq!(started.trim(), "started");
+    let (status, first_gone) = waiter.join().unwrap();
+    assert_eq!(status.code(), Some(8), "the first holder reports the loss");
+    assert!(
+        first_gone < second_started,
+        "the first holder's command was gone {:?} after the cut, the second started {:?} after it",
+        first_gone - cut,
+        second_started - cut
+    );
+    assert!(second.wait().unwrap().success());
+    proxy.heal();
+}

@@ -1,6 +1,8 @@
 //! `zkr elect PATH --id ID -- CMD ARGS...`: takes part in a Curator-compatible leader election
-//! on PATH and runs CMD while leader; CMD gets SIGTERM (SIGKILL after a grace period) when
-//! leadership is lost, and `zkr` then rejoins the election. When CMD exits on its own, `zkr`
+//! on PATH and runs CMD while leader; CMD gets `ZKR_LOCK_PATH`, `ZKR_LOCK_NODE` (our latch node)
+//! and `ZKR_FENCING_TOKEN` (the leader's fence, increasing across leaders) in its environment.
+//! CMD gets SIGTERM when leadership is lost (SIGKILL after a grace period, and never later than
+//! the leadership's lease deadline), and `zkr` then rejoins the election. When CMD exits on its own, `zkr`
 //! resigns (so another candidate takes over at once) and rejoins after `--restart-delay`, or,
 //! with `--once`, exits with CMD's status. On SIGINT/SIGTERM the command is terminated, `zkr`
 //! resigns and exits with the command's status (130 if none ran).
@@ -124,7 +126,14 @@ pub async fn elect(ctx: &Ctx, args: &ElectArgs) -> Result<u8, CliError> {
             let argv = &args.command;
             async move {
                 ev("leader", Some(leadership.fence().epoch), None);
-                let end = match child::run_while(argv, leadership.lost()).await {
+                let lease = || leadership.valid_until();
+                let hold = child::Hold {
+                    path,
+                    node: &leadership.fence().node,
+                    token: leadership.fence().epoch,
+                    lease: &lease,
+                };
+                let end = match child::run_while(argv, hold, leadership.lost()).await {
                     Ok(Ended::Finished(s)) => TermEnd::Exited(child::exit_code(&s)),
                     Ok(Ended::Stopped(s)) if signalled.load(Ordering::Acquire) => {
                         TermEnd::Interrupted(child::exit_code(&s))

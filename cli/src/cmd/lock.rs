@@ -2,8 +2,11 @@
 //! Curator-compatible lock on PATH (like `etcdctl lock`).
 //!
 //! * Exits with CMD's status (128 + signal if it was killed by one).
+//! * CMD gets `ZKR_LOCK_PATH`, `ZKR_LOCK_NODE` and `ZKR_FENCING_TOKEN` (the lock node's czxid,
+//!   increasing across holders) in its environment, to fence its writes.
 //! * If the lock is lost while CMD runs (the session is suspended or lost), CMD gets SIGTERM
-//!   and `zkr` exits with [`LOCK_LOST`] and a clear message.
+//!   and `zkr` exits with [`LOCK_LOST`] and a clear message; its process group gets SIGKILL no
+//!   later than the lock's lease deadline, before the server can hand the lock on.
 //! * If the lock is not acquired within `--timeout`, `zkr` exits with [`LOCK_TIMEOUT`] and CMD
 //!   is not started.
 
@@ -72,7 +75,14 @@ pub async fn run(ctx: &Ctx, args: &LockArgs, wait: Option<Duration>) -> Result<L
         token = guard.fencing_token(),
         "lock acquired"
     );
-    let ended = child::run_while(&args.command, guard.lost()).await;
+    let lease = || Some(guard.valid_until());
+    let hold = child::Hold {
+        path: &args.path,
+        node: guard.node_path(),
+        token: guard.fencing_token(),
+        lease: &lease,
+    };
+    let ended = child::run_while(&args.command, hold, guard.lost()).await;
     let code = match ended {
         Ok(Ended::Finished(s)) | Ok(Ended::Interrupted(s)) => LockExit(child::exit_code(&s)),
         Ok(Ended::Stopped(_)) => {
