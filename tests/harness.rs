@@ -181,6 +181,24 @@ fn harness_types_are_send_and_sync() {
 }
 
 #[test]
+fn link_faults_need_a_partitionable_ensemble() {
+    let zk = shared_ensemble3().expect("zookeeper quorum");
+    assert!(!zk.is_partitionable());
+    for result in [zk.isolate(0), zk.partition(&[&[0], &[1, 2]]), zk.heal()] {
+        let error = result.expect_err("link faults on an ensemble without link proxies");
+        assert!(matches!(error, HarnessError::Other(_)), "{error:?}");
+        assert!(error.to_string().contains("start_partitionable"), "{error}");
+    }
+    assert_eq!(zk.link_addrs(0, 1), None);
+    assert!(zk.quorum_addrs(0).is_some());
+    // A standalone server has no quorum links; this fails before any JVM starts.
+    assert!(matches!(
+        ZkEnsemble::start_partitionable(1),
+        Err(HarnessError::Other(_))
+    ));
+}
+
+#[test]
 fn paused_member_does_not_answer_until_resumed() {
     let zk = ZkEnsemble::standalone().unwrap();
     zk.pause(0).unwrap();

@@ -13,6 +13,86 @@
 //!   (each test using its own root path) so that only one JVM start is paid per test binary.
 //! * [`FaultProxy`] sits between a client and the servers and cuts, flaps or freezes the client's
 //!   TCP connections for real.
+//! * [`ZkEnsemble::start_partitionable`] starts a quorum whose member-to-member links run through
+//!   harness-owned proxies, so a test can [isolate](ZkEnsemble::isolate) a member,
+//!   [partition](ZkEnsemble::partition) the quorum and [heal](ZkEnsemble::heal) it again (see
+//!   [below](#member-to-member-faults)). No iptables, network namespaces or root needed.
+//!
+//! # Member-to-member faults
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use zkr::testing::ZkEnsemble;
+//!
+//! let zk = ZkEnsemble::start_partitionable(3)?;
+//! let old = zk.wait_leader_among(&[0, 1, 2], Duration::from_secs(30))?;
+//! zk.isolate(old)?;                       // cut the leader off from the other two
+//! let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+//! let new = zk.wait_leader_among(&others, Duration::from_secs(20))?;
+//! assert_ne!(new, old);
+//! zk.heal()?;                             // the old leader rejoins as a follower
+//! zk.wait_leader_among(&[0, 1, 2], Duration::from_secs(20))?;
+//! # Ok::<(), zkr::testing::HarnessError>(())
+//! ```
+//!
+//! **What is proxied.** In a partitionable ensemble of `n` members every *directed link*
+//! `i → j` has two [`FaultProxy`]s on `127.0.0.1`: one forwarding to member `j`'s peer
+//! (quorum) port and one to its election port. Member `i`'s `zoo.cfg` keeps its own
+//! `server.i` line with its real ports (a member binds the addresses of its own line) and
+//! names, for every other member `j`, the two proxies of `i → j`. Every quorum TCP connection
+//! is opened by one member (a follower connects to its leader; an election connection is opened
+//! by either side), so it runs through exactly one link proxy. [`ZkEnsemble::quorum_addrs`] and
+//! [`ZkEnsemble::link_addrs`] give the real and the proxy addresses.
+//!
+//! Two details keep every connection on its proxy:
+//!
+//! * ZooKeeper 3.8's election handshake carries the initiator's own election address, and a
+//!   receiver with a higher server id drops the connection and calls the initiator back *at
+//!   that address* — straight to the real port. The election-link proxies therefore rewrite the
+//!   handshake to the older form without an address (which 3.8 still accepts), and the receiver
+//!   calls back at the address in its own configuration: through its own proxy.
+//! * The members' configurations differ in the other members' addresses. With dynamic
+//!   reconfiguration off (`reconfigEnabled=false`, the default) a follower does not adopt the
+//!   leader's configuration ("Dynamic reconfig is disabled, we don't store the last seen
+//!   config"), writes no `zoo.cfg.dynamic.*` file, and its `conf` four-letter word keeps listing
+//!   its own proxies. The `partition` integration tests check this and that no member holds a
+//!   connection to another member's real quorum address.
+//!
+//! **Faults.**
+//!
+//! | call | links between | effect |
+//! |---|---|---|
+//! | [`isolate(i)`](ZkEnsemble::isolate) | `i` and every other member, both directions | blackholed; other links keep their state |
+//! | [`partition(&[&[..], ..])`](ZkEnsemble::partition) | members of different groups | blackholed; links within a group forward; replaces earlier faults; unlisted members are alone |
+//! | [`heal()`](ZkEnsemble::heal) | all members | forward again |
+//!
+//! Blackholed means a **silent drop**: the [`FaultProxy::blackhole`] mode. Nothing is closed or
+//! reset; bytes (and closes) are held and delivered in order after `heal`, as TCP would after a
+//! real partition heals; new connections are accepted by the proxy and then hear nothing. So the
+//! members learn about a partition only through ZooKeeper's own timeouts: a follower that hears
+//! nothing from its leader for `syncLimit × tickTime` (5 s with the harness's `tickTime=500`,
+//! `syncLimit=10`) goes back to LOOKING, and a leader without acks from a quorum for as long
+//! steps down. Measured on a 2-core machine: an isolated follower kept serving for about 5.0 s;
+//! after isolating the leader, the other two had a new leader about 5.4–5.9 s later; after
+//! `heal` the cut-off member served as follower again within 50–350 ms.
+//!
+//! **Client ports are not affected.** An isolated member keeps accepting client connections
+//! and answering four-letter words; it serves requests until it notices the partition, then
+//! answers `srvr` with "not currently serving requests" (`ruok` still says `imok`). Use
+//! [`ZkEnsemble::wait_leader_among`] with the majority side to wait for a working quorum
+//! ([`ZkEnsemble::leader_index`] may still name an isolated old leader until it steps down).
+//! Client-side faults remain the job of a [`FaultProxy`] in front of the client ports
+//! ([`FaultProxy::for_member`], [`FaultProxy::for_ensemble`]); both kinds combine.
+//!
+//! Differences from a packet-level partition: a connection opened during a blackhole completes
+//! its TCP handshake with the proxy (a real partition would leave it unanswered), and a link
+//! proxy whose target port refuses keeps retrying it for up to 2 s before closing the
+//! connection (ZooKeeper would have seen the refusal and retried by itself). ZooKeeper hears
+//! silence in the first case and a short delay in the second.
+//!
+//! Ensembles from the other constructors have no link proxies: `isolate`, `partition` and
+//! `heal` return a [`HarnessError::Other`] saying so. The proxies are stopped and their
+//! threads joined when the ensemble is dropped, after its members are killed.
 //!
 //! # Blocking on purpose
 //!

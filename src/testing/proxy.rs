@@ -13,15 +13,22 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{HarnessError, ZkEnsemble};
 
 /// How long the proxy tries to connect to one upstream before trying the next one.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a quorum-link proxy keeps retrying an upstream that refuses (see
+/// [`FaultProxy::start_quorum_link`]).
+const QUORUM_UPSTREAM_PATIENCE: Duration = Duration::from_secs(2);
+/// Pause between two such retries.
+const UPSTREAM_RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
 const BUFFER_SIZE: usize = 16 * 1024;
+/// Longest address list accepted in a ZooKeeper election handshake (ZooKeeper's own limit).
+const MAX_ELECTION_ADDRESS_LEN: i32 = 8192;
 
 /// A TCP proxy on `127.0.0.1:<ephemeral port>` in front of one or more ZooKeeper servers.
 ///
@@ -56,6 +63,16 @@ pub struct FaultProxy {
     accept_thread: Option<JoinHandle<()>>,
 }
 
+/// What the proxy does to the first bytes a client sends, before it forwards as usual.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Preamble {
+    /// Nothing: forward every byte unchanged.
+    Forward,
+    /// The connection is a ZooKeeper election connection: strip the initiator's own election
+    /// address from its handshake (see [`FaultProxy::start_election_link`]).
+    StripElectionAddress,
+}
+
 /// What the proxy does with traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -67,6 +84,9 @@ enum Mode {
 /// State shared by the proxy handle and its threads.
 struct Shared {
     upstreams: Vec<SocketAddr>,
+    preamble: Preamble,
+    /// How long to keep retrying when every upstream refuses (zero: try each once).
+    upstream_patience: Duration,
     next_upstream: AtomicUsize,
     state: Mutex<State>,
     /// Signalled on every mode change, connection close and shutdown.
@@ -93,6 +113,42 @@ struct Connection {
 impl FaultProxy {
     /// Starts a proxy on `127.0.0.1:0` forwarding to `upstreams` (tried round robin).
     pub fn start(upstreams: Vec<SocketAddr>) -> Result<FaultProxy, HarnessError> {
+        FaultProxy::start_with(upstreams, Preamble::Forward, Duration::ZERO)
+    }
+
+    /// A proxy for one direction of a quorum link of a partitionable ensemble: member A's
+    /// connections to member B's peer port (`election == false`) or election port
+    /// (`election == true`). Differences from [`start`](FaultProxy::start):
+    ///
+    /// * **Refused upstream.** Without a proxy a connection to a port nobody listens on yet
+    ///   is refused and ZooKeeper retries it (a new leader binds its peer port a few
+    ///   milliseconds after the election, and its followers may already be connecting). The
+    ///   proxy has accepted the connection by then, so instead it retries the upstream for up
+    ///   to 2 s before closing the connection.
+    /// * **Election handshake.** ZooKeeper 3.8 opens an election connection with
+    ///   `[protocol version][sid][length][initiator's own election address]`; a receiver with
+    ///   a higher sid drops the connection and calls the initiator back *at that address*,
+    ///   which would bypass the proxy of the reverse link. An election-link proxy rewrites the
+    ///   handshake to the older `[sid]`-only form (which 3.8 still accepts), so the receiver
+    ///   calls back at the address in its own configuration, i.e. through its own proxy.
+    ///   Everything after the handshake is forwarded unchanged.
+    pub(crate) fn start_quorum_link(
+        upstream: SocketAddr,
+        election: bool,
+    ) -> Result<FaultProxy, HarnessError> {
+        let preamble = if election {
+            Preamble::StripElectionAddress
+        } else {
+            Preamble::Forward
+        };
+        FaultProxy::start_with(vec![upstream], preamble, QUORUM_UPSTREAM_PATIENCE)
+    }
+
+    fn start_with(
+        upstreams: Vec<SocketAddr>,
+        preamble: Preamble,
+        upstream_patience: Duration,
+    ) -> Result<FaultProxy, HarnessError> {
         if upstreams.is_empty() {
             return Err(HarnessError::Other(
                 "a FaultProxy needs at least one upstream address".to_string(),
@@ -105,6 +161,8 @@ impl FaultProxy {
             .map_err(|e| HarnessError::io("reading the fault proxy's address", e))?;
         let shared = Arc::new(Shared {
             upstreams,
+            preamble,
+            upstream_patience,
             next_upstream: AtomicUsize::new(0),
             state: Mutex::new(State {
                 mode: Mode::Forward,
@@ -281,8 +339,30 @@ impl Shared {
         self.changed.notify_all();
     }
 
-    /// Connects to the next upstream in round-robin order, skipping ones that refuse.
-    fn connect_upstream(&self) -> io::Result<TcpStream> {
+    /// Connects to the next upstream in round-robin order, skipping ones that refuse; while
+    /// all refuse, retries for `upstream_patience` unless the connection is closed meanwhile.
+    fn connect_upstream(&self, connection: &Connection) -> io::Result<TcpStream> {
+        let deadline = Instant::now() + self.upstream_patience;
+        loop {
+            let error = match self.try_upstreams() {
+                Ok(stream) => return Ok(stream),
+                Err(error) => error,
+            };
+            if Instant::now() >= deadline || !self.still_wanted(connection) {
+                return Err(error);
+            }
+            thread::sleep(UPSTREAM_RETRY_PAUSE);
+        }
+    }
+
+    /// Whether `connection` still needs an upstream (not closed, the proxy not cut or shut).
+    fn still_wanted(&self, connection: &Connection) -> bool {
+        let state = self.lock_state();
+        !state.shutdown && state.mode != Mode::Cut && !connection.closed.load(Ordering::SeqCst)
+    }
+
+    /// One round over the upstreams, starting with the next in round-robin order.
+    fn try_upstreams(&self) -> io::Result<TcpStream> {
         let count = self.upstreams.len();
         let start = self.next_upstream.fetch_add(1, Ordering::SeqCst) % count;
         let mut last_error = None;
@@ -385,7 +465,7 @@ fn serve_connection(
 /// Connects upstream and records the stream in `connection` (so that closing it shuts the
 /// upstream side down too). `None` if no upstream accepts or the connection was closed meanwhile.
 fn attach_upstream(shared: &Shared, connection: &Connection) -> Option<TcpStream> {
-    let upstream = match shared.connect_upstream() {
+    let upstream = match shared.connect_upstream(connection) {
         Ok(upstream) => upstream,
         Err(error) => {
             tracing::debug!(%error, "fault proxy: no upstream accepted the connection");
@@ -428,7 +508,11 @@ fn pump_both(
         });
     match backward {
         Ok(backward) => {
-            pump(shared, client, upstream, connection);
+            let mut client = client;
+            let mut upstream = upstream;
+            if forward_preamble(shared, &mut client, &mut upstream, connection) {
+                pump(shared, client, upstream, connection);
+            }
             let _ = backward.join();
         }
         Err(_) => shared.close(connection),
@@ -461,6 +545,96 @@ fn pump(shared: &Shared, mut from: TcpStream, mut to: TcpStream, connection: &Co
     if shared.wait_forwarding(connection) {
         let _ = to.shutdown(Shutdown::Write);
     }
+}
+
+/// Applies the proxy's [`Preamble`] to the first bytes from the client. `true` when the rest of
+/// the stream is to be pumped as usual; `false` when the connection is done (closed, cut, or the
+/// client ended the stream inside the preamble, which is then passed on like in [`pump`]).
+fn forward_preamble(
+    shared: &Shared,
+    from: &mut TcpStream,
+    to: &mut TcpStream,
+    connection: &Connection,
+) -> bool {
+    if shared.preamble == Preamble::Forward {
+        return true;
+    }
+    let mut raw = Vec::new();
+    let (forward, ended) = match read_election_handshake(from, &mut raw) {
+        Ok(Handshake::Election { sid }) => (sid.to_be_bytes().to_vec(), false),
+        // Not a handshake this proxy knows how to rewrite, or the stream ended early: as is.
+        Ok(Handshake::Other) => (raw, false),
+        Ok(Handshake::Ended) => (raw, true),
+        Err(_) => {
+            shared.close(connection);
+            return false;
+        }
+    };
+    if !shared.wait_forwarding(connection) {
+        return false;
+    }
+    if to.write_all(&forward).is_err() {
+        shared.close(connection);
+        return false;
+    }
+    if ended {
+        let _ = to.shutdown(Shutdown::Write);
+        return false;
+    }
+    true
+}
+
+/// What [`read_election_handshake`] found.
+enum Handshake {
+    /// A complete handshake of the member with this sid.
+    Election { sid: i64 },
+    /// Bytes that are no handshake this proxy knows: forward them unchanged and go on.
+    Other,
+    /// The stream ended inside the handshake: forward what came, then end the stream.
+    Ended,
+}
+
+/// Reads a ZooKeeper election handshake (`[version: i64][sid: i64][len: i32][address]` with a
+/// negative version, or a bare non-negative `[sid: i64]`) into `raw`.
+fn read_election_handshake(from: &mut TcpStream, raw: &mut Vec<u8>) -> io::Result<Handshake> {
+    if !read_more(from, raw, 8)? {
+        return Ok(Handshake::Ended);
+    }
+    let first = i64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+    if first >= 0 {
+        return Ok(Handshake::Election { sid: first });
+    }
+    if !read_more(from, raw, 12)? {
+        return Ok(Handshake::Ended);
+    }
+    let sid = i64::from_be_bytes(raw[8..16].try_into().expect("8 bytes"));
+    let len = i32::from_be_bytes(raw[16..20].try_into().expect("4 bytes"));
+    if !(0..=MAX_ELECTION_ADDRESS_LEN).contains(&len) || sid < 0 {
+        return Ok(Handshake::Other);
+    }
+    if !read_more(from, raw, len as usize)? {
+        return Ok(Handshake::Ended);
+    }
+    Ok(Handshake::Election { sid })
+}
+
+/// Appends exactly `n` more bytes from `from` to `raw`; `false` if the stream ends first.
+fn read_more(from: &mut TcpStream, raw: &mut Vec<u8>, n: usize) -> io::Result<bool> {
+    let start = raw.len();
+    raw.resize(start + n, 0);
+    let mut filled = start;
+    while filled < raw.len() {
+        match from.read(&mut raw[filled..]) {
+            Ok(0) => {
+                raw.truncate(filled);
+                return Ok(false);
+            }
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(true)
 }
 
 /// Unblocks the accept thread after `shutdown` was set: connect to the listener, or, if that

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::HarnessError;
+use super::{FaultProxy, HarnessError};
 
 /// How long a start or restart may take until every member serves.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -58,6 +58,10 @@ const LOG_BINDINGS: &[&str] = &["slf4j-simple.jar", "slf4j-nop.jar"];
 const INSTALL_HINT: &str = "install ZooKeeper 3.8 and a Java runtime with \
      `apt-get update && apt-get install -y zookeeper`";
 const MAIN_CLASS: &str = "org.apache.zookeeper.server.quorum.QuorumPeerMain";
+/// Most members a partitionable ensemble may have (it runs `2 × n × (n − 1)` proxies).
+const MAX_PARTITIONABLE_MEMBERS: usize = 15;
+/// Pause between two polls of [`ZkEnsemble::wait_leader_among`].
+const LEADER_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A set of real ZooKeeper server processes: one standalone server or an N-member quorum.
 ///
@@ -65,8 +69,10 @@ const MAIN_CLASS: &str = "org.apache.zookeeper.server.quorum.QuorumPeerMain";
 /// (state is behind locks), so an ensemble can be shared between threads, e.g. in an `Arc` or a
 /// `static`.
 ///
-/// Dropping the ensemble kills every member with `SIGKILL` (by pid), reaps it and removes the
-/// temporary directories. See the [module docs](crate::testing) for the death-signal safety net.
+/// Dropping the ensemble kills every member with `SIGKILL` (by pid), reaps it, removes the
+/// temporary directories and then stops the quorum-link proxies of a
+/// [partitionable](ZkEnsemble::start_partitionable) ensemble, joining their threads. See the
+/// [module docs](crate::testing) for the death-signal safety net.
 ///
 /// ```no_run
 /// use zkr::testing::ZkEnsemble;
@@ -82,6 +88,28 @@ const MAIN_CLASS: &str = "org.apache.zookeeper.server.quorum.QuorumPeerMain";
 pub struct ZkEnsemble {
     launch: Launch,
     members: Vec<Member>,
+    /// The quorum-link proxies of an ensemble from [`ZkEnsemble::start_partitionable`].
+    /// Declared after `members`: `Drop` kills the members first, then the proxies are joined.
+    net: Option<QuorumNet>,
+}
+
+/// The quorum network of a partitionable ensemble: in member `i`'s `zoo.cfg` every other
+/// member `j` is the pair of proxies of the directed link `i → j` (see the
+/// [module docs](crate::testing#member-to-member-faults)).
+#[derive(Debug)]
+struct QuorumNet {
+    /// One entry per directed link `from → to` (`from != to`).
+    links: Vec<QuorumLink>,
+}
+
+/// The two proxies of the directed link `from → to`: connections that member `from` opens to
+/// member `to`'s peer port and election port.
+#[derive(Debug)]
+struct QuorumLink {
+    from: usize,
+    to: usize,
+    peer: FaultProxy,
+    election: FaultProxy,
 }
 
 /// How to start a JVM running ZooKeeper.
@@ -102,6 +130,8 @@ struct Member {
     config: PathBuf,
     log: PathBuf,
     client_port: u16,
+    /// The peer (quorum) and election addresses this member binds (`None` when standalone).
+    quorum: Option<(SocketAddr, SocketAddr)>,
     process: Mutex<Option<Child>>,
     /// Exit status of a process that ended on its own (seen by a status check).
     exited: Mutex<Option<ExitStatus>>,
@@ -166,6 +196,42 @@ impl ZkEnsemble {
         options: &[&str],
         config_lines: &[&str],
     ) -> Result<ZkEnsemble, HarnessError> {
+        ZkEnsemble::start_impl(members, options, config_lines, false)
+    }
+
+    /// Starts a quorum of `members` (2 to 15; normally 3 or 5) whose member-to-member links can
+    /// be cut: every peer and election connection goes through a harness-owned [`FaultProxy`]
+    /// for its directed link, so [`isolate`](ZkEnsemble::isolate),
+    /// [`partition`](ZkEnsemble::partition) and [`heal`](ZkEnsemble::heal) work. Client ports
+    /// are not proxied. See the [module docs](crate::testing#member-to-member-faults) for how.
+    ///
+    /// Errors as for [`start`](ZkEnsemble::start).
+    pub fn start_partitionable(members: usize) -> Result<ZkEnsemble, HarnessError> {
+        ZkEnsemble::start_partitionable_with(members, &[], &[])
+    }
+
+    /// Like [`start_partitionable`](ZkEnsemble::start_partitionable), with extra JVM options
+    /// and extra `zoo.cfg` lines for every member (as [`start_with`](ZkEnsemble::start_with)).
+    pub fn start_partitionable_with(
+        members: usize,
+        options: &[&str],
+        config_lines: &[&str],
+    ) -> Result<ZkEnsemble, HarnessError> {
+        if !(2..=MAX_PARTITIONABLE_MEMBERS).contains(&members) {
+            return Err(HarnessError::Other(format!(
+                "a partitionable ensemble needs 2 to {MAX_PARTITIONABLE_MEMBERS} members \
+                 (asked for {members}); a standalone server has no quorum links"
+            )));
+        }
+        ZkEnsemble::start_impl(members, options, config_lines, true)
+    }
+
+    fn start_impl(
+        members: usize,
+        options: &[&str],
+        config_lines: &[&str],
+        partitionable: bool,
+    ) -> Result<ZkEnsemble, HarnessError> {
         if members == 0 {
             return Err(HarnessError::Other(
                 "an ensemble needs at least one member".to_string(),
@@ -180,7 +246,7 @@ impl ZkEnsemble {
             .extend(config_lines.iter().map(|o| o.to_string()));
         let mut attempt = 1;
         loop {
-            match ZkEnsemble::try_start(&launch, members) {
+            match ZkEnsemble::try_start(&launch, members, partitionable) {
                 Ok(ensemble) => return Ok(ensemble),
                 Err((error, port_clash)) if port_clash && attempt < START_ATTEMPTS => {
                     tracing::warn!(attempt, %error, "ZooKeeper port clash; retrying with new ports");
@@ -193,16 +259,31 @@ impl ZkEnsemble {
 
     /// One start attempt. On failure also tells whether a server log mentions a port clash
     /// (the partially started ensemble is dropped, i.e. killed, before returning).
-    fn try_start(launch: &Launch, count: usize) -> Result<ZkEnsemble, (HarnessError, bool)> {
-        let ports = pick_ports(count).map_err(|e| (e, false))?;
+    fn try_start(
+        launch: &Launch,
+        count: usize,
+        partitionable: bool,
+    ) -> Result<ZkEnsemble, (HarnessError, bool)> {
+        let (ports, reserved) = reserve_ports(count).map_err(|e| (e, false))?;
+        // The proxies bind their (ephemeral) ports while the members' ports are still held, so
+        // that none of them can get a member's port.
+        let net = if partitionable {
+            Some(QuorumNet::start(&ports).map_err(|e| (e, false))?)
+        } else {
+            None
+        };
+        drop(reserved);
         let mut members = Vec::with_capacity(count);
         for index in 0..count {
-            members
-                .push(Member::create(index, &ports, &launch.extra_config).map_err(|e| (e, false))?);
+            members.push(
+                Member::create(index, &ports, &launch.extra_config, net.as_ref())
+                    .map_err(|e| (e, false))?,
+            );
         }
         let ensemble = ZkEnsemble {
             launch: launch.clone(),
             members,
+            net,
         };
         let started = ensemble
             .members
@@ -459,6 +540,166 @@ impl ZkEnsemble {
             .map(|member| member.index)
     }
 
+    /// The peer (quorum) address and the election address member `i` binds; `None` for a
+    /// standalone server or an index out of range. In a partitionable ensemble these are the
+    /// members' real addresses, which only the link proxies connect to.
+    pub fn quorum_addrs(&self, i: usize) -> Option<(SocketAddr, SocketAddr)> {
+        self.members.get(i).and_then(|member| member.quorum)
+    }
+
+    /// The proxy addresses of the directed link `from → to` in a partitionable ensemble: where
+    /// member `from` connects to reach member `to`'s peer port and election port (they are
+    /// `to`'s addresses in `from`'s `zoo.cfg`). `None` for other ensembles, `from == to` or an
+    /// index out of range.
+    pub fn link_addrs(&self, from: usize, to: usize) -> Option<(SocketAddr, SocketAddr)> {
+        let link = self.net.as_ref()?.link(from, to)?;
+        Some((link.peer.addr(), link.election.addr()))
+    }
+
+    /// Whether this ensemble was started by [`start_partitionable`](Self::start_partitionable),
+    /// i.e. supports [`isolate`](Self::isolate), [`partition`](Self::partition) and
+    /// [`heal`](Self::heal).
+    pub fn is_partitionable(&self) -> bool {
+        self.net.is_some()
+    }
+
+    /// Cuts member `i` off from every other member: each quorum and election link to and from
+    /// it is blackholed (silence: nothing is closed or reset, bytes are held until
+    /// [`heal`](Self::heal)). Other links keep their state, so isolating two members one after
+    /// the other isolates both. The member's process and its client port are untouched: it
+    /// keeps accepting clients and answering four-letter words, and notices the isolation only
+    /// through ZooKeeper's own timeouts (`syncLimit × tickTime`).
+    ///
+    /// Errors if the ensemble is not partitionable or `i` is out of range.
+    pub fn isolate(&self, i: usize) -> Result<(), HarnessError> {
+        let net = self.net("isolate a member")?;
+        self.member(i)?;
+        for link in net
+            .links
+            .iter()
+            .filter(|link| link.from == i || link.to == i)
+        {
+            link.blackhole();
+        }
+        tracing::debug!(member = i, "isolated ZooKeeper member");
+        Ok(())
+    }
+
+    /// Splits the ensemble into `groups`: links between members of different groups are
+    /// blackholed (as by [`isolate`](Self::isolate)), links within a group forward. This
+    /// replaces any earlier `isolate` or `partition`. A member listed in no group forms a group
+    /// of its own, so `partition(&[&[1, 2]])` on three members is `isolate(0)`.
+    ///
+    /// Errors if the ensemble is not partitionable, or a member is out of range or listed twice.
+    pub fn partition(&self, groups: &[&[usize]]) -> Result<(), HarnessError> {
+        let net = self.net("partition the ensemble")?;
+        let group_of = group_assignment(self.members.len(), groups)?;
+        let (cut, keep): (Vec<&QuorumLink>, Vec<&QuorumLink>) = net
+            .links
+            .iter()
+            .partition(|link| group_of[link.from] != group_of[link.to]);
+        // Silence first, then let the rest flow: no moment where a cut link still forwards.
+        cut.iter().for_each(|link| link.blackhole());
+        keep.iter().for_each(|link| link.heal());
+        tracing::debug!(?groups, "partitioned ZooKeeper ensemble");
+        Ok(())
+    }
+
+    /// Lets every quorum and election link flow again (after [`isolate`](Self::isolate) or
+    /// [`partition`](Self::partition)). Held bytes are delivered in order; connections that
+    /// a member gave up on meanwhile are then reset by it, as after a real partition heals.
+    ///
+    /// Errors if the ensemble is not partitionable.
+    pub fn heal(&self) -> Result<(), HarnessError> {
+        let net = self.net("heal the quorum links")?;
+        net.links.iter().for_each(QuorumLink::heal);
+        tracing::debug!("healed ZooKeeper ensemble");
+        Ok(())
+    }
+
+    /// Waits until `members` work as a quorum again: one of them serves as leader and every
+    /// other one serves as follower (or observer), per `srvr`. Returns the leader's index.
+    ///
+    /// Use it after [`isolate`](Self::isolate) or [`partition`](Self::partition) with the
+    /// majority side (an isolated old leader may report `leader` for up to
+    /// `syncLimit × tickTime` after losing its quorum, so [`leader_index`](Self::leader_index)
+    /// over all members can name it meanwhile), and after [`heal`](Self::heal) with all
+    /// members. A killed or paused member in `members` never serves, so the wait times out.
+    ///
+    /// Errors: [`HarnessError::Timeout`] (naming each member's last mode) if that does not
+    /// happen within `timeout`; [`HarnessError::Other`] for an empty set or an index out of
+    /// range.
+    pub fn wait_leader_among(
+        &self,
+        members: &[usize],
+        timeout: Duration,
+    ) -> Result<usize, HarnessError> {
+        if members.is_empty() {
+            return Err(HarnessError::Other(
+                "wait_leader_among needs at least one member".to_string(),
+            ));
+        }
+        for &i in members {
+            self.member(i)?;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let modes: Vec<(usize, Result<String, String>)> = members
+                .iter()
+                .map(|&i| {
+                    let mode = if self.is_paused(i) {
+                        Err("paused".to_string())
+                    } else {
+                        self.mode(i).map_err(|e| e.to_string())
+                    };
+                    (i, mode)
+                })
+                .collect();
+            let leaders: Vec<usize> = modes
+                .iter()
+                .filter(|(_, mode)| mode.as_deref() == Ok("leader"))
+                .map(|&(i, _)| i)
+                .collect();
+            let others_follow = modes
+                .iter()
+                .all(|(_, mode)| matches!(mode.as_deref(), Ok("leader" | "follower" | "observer")));
+            if let ([leader], true) = (leaders.as_slice(), others_follow) {
+                return Ok(*leader);
+            }
+            if Instant::now() >= deadline {
+                let seen: Vec<String> = modes
+                    .iter()
+                    .map(|(i, mode)| match mode {
+                        Ok(mode) => format!("member {i}: {mode}"),
+                        Err(error) => format!("member {i}: not serving ({})", error.trim()),
+                    })
+                    .collect();
+                return Err(HarnessError::Timeout {
+                    what: format!(
+                        "members {members:?} did not have one leader and only followers within \
+                         {timeout:?}; last seen: {}",
+                        seen.join("; ")
+                    ),
+                    log_tail: String::new(),
+                });
+            }
+            thread::sleep(
+                LEADER_POLL_INTERVAL.min(deadline.saturating_duration_since(Instant::now())),
+            );
+        }
+    }
+
+    /// The quorum network, or an error naming what could not be done without one.
+    fn net(&self, what: &str) -> Result<&QuorumNet, HarnessError> {
+        self.net.as_ref().ok_or_else(|| {
+            HarnessError::Other(format!(
+                "cannot {what}: this ensemble's quorum links are not proxied; start it with \
+                 ZkEnsemble::start_partitionable to use isolate/partition/heal (client-side \
+                 faults: put a FaultProxy in front of the client ports)"
+            ))
+        })
+    }
+
     fn member(&self, i: usize) -> Result<&Member, HarnessError> {
         self.members.get(i).ok_or_else(|| {
             HarnessError::Other(format!(
@@ -518,6 +759,71 @@ impl ZkEnsemble {
     }
 }
 
+impl QuorumNet {
+    /// Starts the two proxies of every directed link `from → to` on `127.0.0.1:<ephemeral>`,
+    /// forwarding to member `to`'s real peer and election port.
+    fn start(ports: &[Ports]) -> Result<QuorumNet, HarnessError> {
+        let mut links = Vec::with_capacity(ports.len() * ports.len().saturating_sub(1));
+        for (from, to) in (0..ports.len())
+            .flat_map(|from| (0..ports.len()).map(move |to| (from, to)))
+            .filter(|(from, to)| from != to)
+        {
+            let target = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            links.push(QuorumLink {
+                from,
+                to,
+                peer: FaultProxy::start_quorum_link(target(ports[to].peer), false)?,
+                election: FaultProxy::start_quorum_link(target(ports[to].election), true)?,
+            });
+        }
+        Ok(QuorumNet { links })
+    }
+
+    fn link(&self, from: usize, to: usize) -> Option<&QuorumLink> {
+        self.links
+            .iter()
+            .find(|link| link.from == from && link.to == to)
+    }
+}
+
+impl QuorumLink {
+    fn blackhole(&self) {
+        self.peer.blackhole();
+        self.election.blackhole();
+    }
+
+    fn heal(&self) {
+        self.peer.heal();
+        self.election.heal();
+    }
+}
+
+/// For each of `count` members the number of its group in `groups` (members listed in no group
+/// get a group of their own).
+fn group_assignment(count: usize, groups: &[&[usize]]) -> Result<Vec<usize>, HarnessError> {
+    let mut group_of: Vec<Option<usize>> = vec![None; count];
+    for (group, members) in groups.iter().enumerate() {
+        for &i in *members {
+            let slot = group_of.get_mut(i).ok_or_else(|| {
+                HarnessError::Other(format!(
+                    "partition {groups:?}: no member {i}, the ensemble has {count} member(s)"
+                ))
+            })?;
+            if slot.is_some() {
+                return Err(HarnessError::Other(format!(
+                    "partition {groups:?}: member {i} is listed more than once"
+                )));
+            }
+            *slot = Some(group);
+        }
+    }
+    Ok(group_of
+        .into_iter()
+        .enumerate()
+        .map(|(i, group)| group.unwrap_or(groups.len() + i))
+        .collect())
+}
+
 impl Drop for ZkEnsemble {
     fn drop(&mut self) {
         self.kill_all(true);
@@ -525,8 +831,14 @@ impl Drop for ZkEnsemble {
 }
 
 impl Member {
-    /// Creates the member's directory, `zoo.cfg` and `data/myid`.
-    fn create(index: usize, all: &[Ports], extra: &[String]) -> Result<Member, HarnessError> {
+    /// Creates the member's directory, `zoo.cfg` and `data/myid`. In a partitionable
+    /// ensemble (`net`) the other members' lines name this member's link proxies.
+    fn create(
+        index: usize,
+        all: &[Ports],
+        extra: &[String],
+        net: Option<&QuorumNet>,
+    ) -> Result<Member, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("zkr-zk{}-", index + 1))
             .tempdir()
@@ -551,15 +863,21 @@ impl Member {
              admin.enableServer=false\n",
             data.display()
         );
+        let mut quorum = None;
         if all.len() > 1 {
             for (k, ports) in all.iter().enumerate() {
-                text.push_str(&format!(
-                    "server.{}=127.0.0.1:{}:{}\n",
-                    k + 1,
-                    ports.peer,
-                    ports.election
-                ));
+                // A member binds the addresses of its own line; it reaches every other member
+                // at the addresses of that member's line, i.e. through the link's proxies.
+                let (peer, election) = match net.and_then(|net| net.link(index, k)) {
+                    Some(link) => (link.peer.addr().port(), link.election.addr().port()),
+                    None => (ports.peer, ports.election),
+                };
+                text.push_str(&format!("server.{}=127.0.0.1:{peer}:{election}\n", k + 1));
             }
+            quorum = Some((
+                SocketAddr::from((Ipv4Addr::LOCALHOST, all[index].peer)),
+                SocketAddr::from((Ipv4Addr::LOCALHOST, all[index].election)),
+            ));
             let myid = data.join("myid");
             fs::write(&myid, format!("{}\n", index + 1))
                 .map_err(|e| HarnessError::io(format!("writing {}", myid.display()), e))?;
@@ -576,6 +894,7 @@ impl Member {
             config,
             log,
             client_port,
+            quorum,
             process: Mutex::new(None),
             exited: Mutex::new(None),
             paused: AtomicBool::new(false),
@@ -743,7 +1062,13 @@ fn locate_classpath() -> Result<String, HarnessError> {
 
 /// Picks a client, peer and election port for each of `count` members. All ports are held at
 /// once (so they are distinct) and released on return.
+#[cfg(test)]
 fn pick_ports(count: usize) -> Result<Vec<Ports>, HarnessError> {
+    reserve_ports(count).map(|(ports, _released)| ports)
+}
+
+/// Like `pick_ports`, but the ports stay bound until the returned listeners are dropped.
+fn reserve_ports(count: usize) -> Result<(Vec<Ports>, Vec<TcpListener>), HarnessError> {
     let mut held = Vec::with_capacity(count * 3);
     for _ in 0..count * 3 {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -754,14 +1079,18 @@ fn pick_ports(count: usize) -> Result<Vec<Ports>, HarnessError> {
             .port();
         held.push((listener, port));
     }
-    Ok(held
+    let ports = held
         .chunks(3)
         .map(|chunk| Ports {
             client: chunk[0].1,
             peer: chunk[1].1,
             election: chunk[2].1,
         })
-        .collect())
+        .collect();
+    Ok((
+        ports,
+        held.into_iter().map(|(listener, _)| listener).collect(),
+    ))
 }
 
 /// Sends a four-letter word to `addr` and reads the answer until the server closes.
@@ -1044,6 +1373,16 @@ mod tests {
             Some(4)
         );
         assert_eq!(parse_total_watches("garbage"), None);
+    }
+
+    #[test]
+    fn assigns_partition_groups() {
+        assert_eq!(group_assignment(3, &[&[0], &[1, 2]]).unwrap(), [0, 1, 1]);
+        // Unlisted members are alone.
+        assert_eq!(group_assignment(3, &[&[1, 2]]).unwrap(), [1, 0, 0]);
+        assert_eq!(group_assignment(3, &[]).unwrap(), [0, 1, 2]);
+        assert!(group_assignment(3, &[&[0, 3]]).is_err());
+        assert!(group_assignment(3, &[&[0], &[0, 1]]).is_err());
     }
 
     #[test]
