@@ -517,3 +517,25 @@ async fn semaphore_bounds_holders() {
         "a 4th lease is refused"
     );
 }
+
+/// An operator deleting the lock node ends the hold: `lost()` completes and `is_held()` turns
+/// false, while the session itself is fine.
+#[tokio::test]
+async fn a_deleted_lock_node_ends_the_hold() {
+    let ens = zkr::testing::shared().expect("zookeeper");
+    let c = common::client(&ens.connect_string(), 4000).await;
+    let operator = common::client(&ens.connect_string(), 4000).await;
+    let path = common::root("deleted-node");
+    let m = zkr_recipes::Mutex::new(&c, &path).unwrap();
+    let g = m.acquire().await.unwrap();
+    assert!(g.is_held());
+    operator.delete(g.node_path(), None).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), g.lost())
+        .await
+        .expect("lost() completes once the node is deleted");
+    assert!(!g.is_held());
+    assert!(c.state().is_connected(), "the session itself is fine");
+    drop(g);
+    c.close().await;
+    operator.close().await;
+}

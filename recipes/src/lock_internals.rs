@@ -169,6 +169,56 @@ pub(crate) struct HoldMonitor {
     lost: std::sync::atomic::AtomicBool,
     policy: LossPolicy,
     epoch: Option<u64>,
+    node: Option<NodeWatch>,
+}
+
+/// Watches a held node: if it disappears (an operator deleted it, or its session ended), the
+/// hold is over. One `exists` watch, removed when the hold is dropped.
+struct NodeWatch {
+    gone: std::sync::Arc<(std::sync::atomic::AtomicBool, tokio::sync::Notify)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NodeWatch {
+    fn start(client: &Client, path: &str) -> NodeWatch {
+        let gone = std::sync::Arc::new((
+            std::sync::atomic::AtomicBool::new(false),
+            tokio::sync::Notify::new(),
+        ));
+        let (client, path, flag) = (client.clone(), path.to_string(), gone.clone());
+        let task = tokio::spawn(async move {
+            match client.wait_gone(&path).await {
+                Ok(()) => tracing::warn!(node = %path, "held node deleted: the hold is lost"),
+                Err(e) if e.is_session_lost() => {}
+                // Anything else (no permission to watch, say) leaves the decision to the
+                // session states.
+                Err(_) => return,
+            }
+            flag.0.store(true, std::sync::atomic::Ordering::Release);
+            flag.1.notify_waiters();
+        });
+        NodeWatch { gone, task }
+    }
+
+    fn is_gone(&self) -> bool {
+        self.gone.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.gone.1.notified();
+            if self.is_gone() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for NodeWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl HoldMonitor {
@@ -185,7 +235,14 @@ impl HoldMonitor {
             lost: lost.into(),
             policy,
             epoch,
+            node: None,
         }
+    }
+
+    /// Also ends the hold when `path` (our node) disappears.
+    pub fn watching_node(mut self, client: &Client, path: &str) -> Self {
+        self.node = Some(NodeWatch::start(client, path));
+        self
     }
 
     fn mark(&self) {
@@ -194,7 +251,9 @@ impl HoldMonitor {
 
     /// Non-blocking check: drains the state transitions seen so far.
     pub fn is_lost(&self) -> bool {
-        if self.lost.load(std::sync::atomic::Ordering::Acquire) {
+        if self.lost.load(std::sync::atomic::Ordering::Acquire)
+            || self.node.as_ref().is_some_and(NodeWatch::is_gone)
+        {
             return true;
         }
         if let Ok(mut st) = self.states.try_lock() {
@@ -213,12 +272,23 @@ impl HoldMonitor {
         if self.is_lost() {
             return;
         }
-        let mut st = self.states.lock().await;
-        while let Some(s) = st.next().await {
-            if is_loss(&s, self.policy, self.epoch) {
-                self.mark();
-                return;
+        let node_gone = async {
+            match &self.node {
+                Some(n) => n.wait().await,
+                None => std::future::pending().await,
             }
+        };
+        let states_lost = async {
+            let mut st = self.states.lock().await;
+            while let Some(s) = st.next().await {
+                if is_loss(&s, self.policy, self.epoch) {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = node_gone => {}
+            _ = states_lost => {}
         }
         self.mark();
     }

@@ -179,7 +179,7 @@ impl MutexGuard {
     pub(crate) fn new(a: Acquired, policy: LossPolicy) -> Self {
         let epoch = a.client.epoch();
         MutexGuard {
-            monitor: HoldMonitor::new(a.states, policy, epoch),
+            monitor: HoldMonitor::new(a.states, policy, epoch).watching_node(&a.client, &a.path),
             client: a.client,
             path: a.path,
             token: a.stat.czxid,

@@ -122,7 +122,8 @@ impl Semaphore {
                     if children.len() <= self.max_leases {
                         let epoch = pinned.epoch();
                         let path = node.disarm();
-                        return Ok(Some(MutexGuard::from_parts(pinned.clone(), path, stat.czxid, HoldMonitor::new(states, self.policy, epoch))));
+                        let monitor = HoldMonitor::new(states, self.policy, epoch).watching_node(&pinned, &path);
+                        return Ok(Some(MutexGuard::from_parts(pinned.clone(), path, stat.czxid, monitor)));
                     }
                     if try_only {
                         node.remove().await?;
