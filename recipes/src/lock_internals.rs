@@ -169,7 +169,10 @@ pub(crate) struct HoldMonitor {
     lost: std::sync::atomic::AtomicBool,
     policy: LossPolicy,
     epoch: Option<u64>,
-    node: Option<NodeWatch>,
+    /// Our node, watched from the first call to [`lost`](Self::lost) on (a hold that nobody
+    /// waits on costs no watch: lock cycles stay two writes and one read).
+    node: Option<(Client, String)>,
+    node_watch: std::sync::OnceLock<NodeWatch>,
 }
 
 /// Watches a held node: if it disappears (an operator deleted it, or its session ended), the
@@ -236,12 +239,14 @@ impl HoldMonitor {
             policy,
             epoch,
             node: None,
+            node_watch: std::sync::OnceLock::new(),
         }
     }
 
-    /// Also ends the hold when `path` (our node) disappears.
+    /// Also ends the hold when `path` (our node) disappears, as seen by a watch set when
+    /// someone first waits for the loss.
     pub fn watching_node(mut self, client: &Client, path: &str) -> Self {
-        self.node = Some(NodeWatch::start(client, path));
+        self.node = Some((client.clone(), path.to_string()));
         self
     }
 
@@ -252,7 +257,7 @@ impl HoldMonitor {
     /// Non-blocking check: drains the state transitions seen so far.
     pub fn is_lost(&self) -> bool {
         if self.lost.load(std::sync::atomic::Ordering::Acquire)
-            || self.node.as_ref().is_some_and(NodeWatch::is_gone)
+            || self.node_watch.get().is_some_and(NodeWatch::is_gone)
         {
             return true;
         }
@@ -274,7 +279,12 @@ impl HoldMonitor {
         }
         let node_gone = async {
             match &self.node {
-                Some(n) => n.wait().await,
+                Some((client, path)) => {
+                    self.node_watch
+                        .get_or_init(|| NodeWatch::start(client, path))
+                        .wait()
+                        .await
+                }
                 None => std::future::pending().await,
             }
         };

@@ -40,7 +40,8 @@
 //! acquire again. Besides, [`MutexGuard::is_held`] is false once the session's lease
 //! ([`MutexGuard::valid_until`]) has run out, computed at the moment of the call: a process that
 //! was paused for longer learns it on its first call, before any task has run (see
-//! `docs/leases.md` in the repository).
+//! `docs/leases.md` in the repository). While someone waits on [`MutexGuard::lost`], the guard
+//! also watches its own node: a node deleted by an operator ends the hold.
 //!
 //! ```no_run
 //! # async fn demo(client: zkr::Client) -> zkr_recipes::Result<()> {
