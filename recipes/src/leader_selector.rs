@@ -21,6 +21,19 @@
 //! * **[`SelectorHandle::stop`]** (or dropping every handle *and* the `run` future): the token
 //!   fires, we resign and `run` returns.
 //!
+//! # ActiveBreadCrumb (opt-in fencing of a previous active)
+//! With [`LeaderSelectorBuilder::active_breadcrumb`] the selector works like Hadoop's
+//! `ActiveStandbyElector`. The active keeps a *persistent* breadcrumb node (data = its id) at a
+//! path of the application's choosing:
+//! * a newly elected leader reads it first. If it names another participant, that participant
+//!   did not resign cleanly (it crashed, or was cut off and may still be running): the fence
+//!   step runs with its id *before* the closure, and only if the fence succeeds does this
+//!   candidate take over; otherwise it resigns and tries again later;
+//! * taking over writes our id into the breadcrumb, in one `multi` with a check that our latch
+//!   node still exists (a leader that already lost its node cannot overwrite it);
+//! * a clean resignation (the closure returns, an interrupt, a stop) deletes the breadcrumb, so
+//!   the next leader fences nobody; a lost term leaves it for the next leader to fence.
+//!
 //! ```no_run
 //! # async fn demo(client: zkr::Client) -> zkr_recipes::Result<()> {
 //! use zkr_recipes::leader_selector::LeaderSelector;
@@ -37,6 +50,7 @@
 //! ```
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,9 +70,45 @@ pub struct LeaderSelectorBuilder {
     step_down: StepDown,
     requeue: bool,
     grace: Duration,
+    breadcrumb: Option<Breadcrumb>,
+}
+
+/// The fence step of the ActiveBreadCrumb mode: given the id of the previous active, resolves
+/// to whether it has been fenced (made harmless).
+type FenceFn = Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+#[derive(Clone)]
+struct Breadcrumb {
+    path: String,
+    fence: FenceFn,
+}
+
+impl std::fmt::Debug for Breadcrumb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breadcrumb")
+            .field("path", &self.path)
+            .finish()
+    }
 }
 
 impl LeaderSelectorBuilder {
+    /// ActiveBreadCrumb mode (see the [module docs](self#activebreadcrumb-opt-in-fencing-of-a-previous-active)):
+    /// keep a persistent breadcrumb with our id at `path` while leading, and before leading
+    /// run `fence(previous id)` if the breadcrumb names another participant; take over only if
+    /// it resolves to `true`.
+    pub fn active_breadcrumb<F, Fut>(mut self, path: &str, fence: F) -> Self
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = bool> + Send + 'static,
+    {
+        let fence: FenceFn = Arc::new(move |id| Box::pin(fence(id)));
+        self.breadcrumb = Some(Breadcrumb {
+            path: path.to_string(),
+            fence,
+        });
+        self
+    }
+
     /// Participant id (node data).
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = id.into();
@@ -186,6 +236,7 @@ impl LeaderSelector {
             step_down: StepDown::default(),
             requeue: true,
             grace: Duration::ZERO,
+            breadcrumb: None,
         }
     }
 
@@ -254,6 +305,18 @@ impl LeaderSelector {
                             return Ok(());
                         }
                     };
+                    if let Some(bc) = &b.breadcrumb {
+                        if let Err(why) = take_over(&b.client, bc, &b.id, &fence).await {
+                            tracing::warn!(%why, "not taking over; resigning");
+                            let _ = latch.close().await;
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => {}
+                                _ = wait_stopped(&mut ctl) => return Ok(()),
+                            }
+                            delay = (delay * 2).min(Duration::from_secs(2));
+                            break;
+                        }
+                    }
                     // Interrupts sent while we were not leading do not count.
                     let seen = ctl.borrow_and_update().interrupts;
                     let (ended_tx, ended_rx) = watch::channel(false);
@@ -282,6 +345,12 @@ impl LeaderSelector {
                     if end != End::Returned && !self.b.grace.is_zero() {
                         let _ = tokio::time::timeout(self.b.grace, &mut fut).await;
                     }
+                    if end != End::Lost {
+                        if let Some(bc) = &b.breadcrumb {
+                            // A clean resignation: nobody needs fencing after us.
+                            clear_breadcrumb(&b.client, bc, &b.id, &fence).await;
+                        }
+                    }
                     match end {
                         End::Lost => continue,
                         End::Returned => {
@@ -305,6 +374,82 @@ impl LeaderSelector {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// Before leading in ActiveBreadCrumb mode: fences the previous active if the breadcrumb names
+/// one, then writes our id into it (while our latch node exists).
+async fn take_over(
+    client: &Client,
+    bc: &Breadcrumb,
+    id: &str,
+    fence: &Fence,
+) -> std::result::Result<(), String> {
+    use zkr::{CreateMode, Op};
+    let found = match client.get_data(&bc.path).await {
+        Ok((data, stat)) => Some((String::from_utf8_lossy(&data).into_owned(), stat)),
+        Err(zkr::Error::NoNode { .. }) => None,
+        Err(e) => return Err(format!("reading the breadcrumb {}: {e}", bc.path)),
+    };
+    let write = match found {
+        Some((previous, stat)) => {
+            if previous != id {
+                tracing::warn!(previous = %previous, "the previous active did not resign cleanly; fencing it");
+                if !(bc.fence)(previous.clone()).await {
+                    return Err(format!("fencing the previous active {previous:?} failed"));
+                }
+                tracing::info!(previous = %previous, "previous active fenced");
+            }
+            Op::SetData {
+                path: bc.path.clone(),
+                data: id.as_bytes().to_vec(),
+                version: Some(stat.version),
+            }
+        }
+        None => {
+            if let Some(parent) = zkr::path::parent(&bc.path) {
+                client
+                    .ensure_path(parent)
+                    .await
+                    .map_err(|e| format!("creating {parent}: {e}"))?;
+            }
+            Op::Create {
+                path: bc.path.clone(),
+                data: id.as_bytes().to_vec(),
+                mode: CreateMode::Persistent,
+            }
+        }
+    };
+    let check = Op::Check {
+        path: fence.node.clone(),
+        version: None,
+    };
+    client
+        .multi(&[check, write])
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("writing the breadcrumb {}: {e}", bc.path))
+}
+
+/// After a clean resignation: deletes the breadcrumb if it is still ours.
+async fn clear_breadcrumb(client: &Client, bc: &Breadcrumb, id: &str, fence: &Fence) {
+    use zkr::Op;
+    if let Ok((data, stat)) = client.get_data(&bc.path).await {
+        if data == id.as_bytes() {
+            let ops = [
+                Op::Check {
+                    path: fence.node.clone(),
+                    version: None,
+                },
+                Op::Delete {
+                    path: bc.path.clone(),
+                    version: Some(stat.version),
+                },
+            ];
+            if let Err(e) = client.multi(&ops).await {
+                tracing::warn!(error = %e, "could not delete the breadcrumb");
+            }
+        }
     }
 }
 

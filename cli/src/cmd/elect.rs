@@ -39,6 +39,13 @@ pub struct ElectArgs {
     /// Keep leading while the connection is suspended; give up only when the session is lost
     #[arg(long)]
     pub keep_on_suspend: bool,
+    /// ActiveBreadCrumb mode: before leading, if the previous leader did not resign cleanly,
+    /// run this shell command with its id in `ZKR_FENCE_ID`; take over only if it exits 0
+    #[arg(long, value_name = "SHELL-COMMAND")]
+    pub fence_cmd: Option<String>,
+    /// Where the breadcrumb (data = the active's id) lives (default: PATH-breadcrumb)
+    #[arg(long, requires = "fence_cmd", value_name = "ZNODE")]
+    pub breadcrumb: Option<String>,
     /// Pause before rejoining after the command exited on its own
     #[arg(long, value_parser = super::parse_duration, default_value = "1s", value_name = "DURATION")]
     pub restart_delay: Duration,
@@ -55,6 +62,30 @@ pub struct LeaderArgs {
     /// Print one JSON line per change of leader until Ctrl-C
     #[arg(long)]
     pub watch: bool,
+}
+
+/// Runs the fence command (`sh -c CMD`) with the previous active's id in `ZKR_FENCE_ID`;
+/// `true` if it exits 0.
+async fn fence(cmd: String, path: String, previous: String) -> bool {
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .env("ZKR_FENCE_ID", &previous)
+        .env("ZKR_LOCK_PATH", &path)
+        .kill_on_drop(true)
+        .status()
+        .await;
+    match status {
+        Ok(s) if s.success() => true,
+        Ok(s) => {
+            tracing::warn!(previous = %previous, status = %s, "the fence command failed");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot run the fence command");
+            false
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -114,8 +145,21 @@ pub async fn elect(ctx: &Ctx, args: &ElectArgs) -> Result<u8, CliError> {
             })
             .requeue(false)
             // The command gets SIGTERM, then SIGKILL after child::GRACE: let that finish.
-            .grace(child::GRACE + Duration::from_secs(2))
-            .build();
+            .grace(child::GRACE + Duration::from_secs(2));
+        let selector = match &args.fence_cmd {
+            Some(cmd) => {
+                let crumb = args
+                    .breadcrumb
+                    .clone()
+                    .unwrap_or_else(|| format!("{path}-breadcrumb"));
+                let (cmd, path) = (cmd.clone(), path.to_string());
+                selector.active_breadcrumb(&crumb, move |previous| {
+                    fence(cmd.clone(), path.clone(), previous)
+                })
+            }
+            None => selector,
+        }
+        .build();
         let handle = selector.handle();
         let last: Arc<Mutex<Option<TermEnd>>> = Arc::new(Mutex::new(None));
         ev("joined", None, None);
