@@ -269,3 +269,70 @@ async fn holders_on_an_isolated_follower_are_told_before_the_majority_takes_over
 async fn holders_on_an_isolated_leader_are_told_before_the_majority_takes_over() {
     run_all(true, &[Kind::Mutex, Kind::Latch]).await;
 }
+
+/// A holder whose connect string names every member is moved off the cut-off member while its
+/// lease lasts: the session survives (same session, node kept), and with the `Lost` loss policy
+/// the lock stays held; nobody else gets it.
+#[tokio::test]
+#[allow(clippy::await_holding_lock)]
+async fn a_session_on_an_isolated_follower_moves_to_the_majority_and_keeps_its_lock() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    common::init_tracing();
+    let ens = Arc::new(ZkEnsemble::start_partitionable(3).expect("ensemble"));
+    let leader = leader_of(&ens).await;
+    let f = (leader + 1) % 3;
+    let all: Vec<String> = (0..3).map(|i| ens.member_connect_string(i)).collect();
+    let a = common::client(&all.join(","), SESSION_MS).await;
+    a.move_session(&ens.member_connect_string(f)).await.unwrap();
+    let session = a.session_id().unwrap();
+    let path = common::root("iso-move");
+    let g = Mutex::new(&a, &path)
+        .unwrap()
+        .with_loss_policy(LossPolicy::Lost)
+        .acquire()
+        .await
+        .unwrap();
+    let mut states = a.states();
+    let e = ens.clone();
+    common::blocking(move || e.isolate(f)).await.unwrap();
+    common::expect_state(&mut states, LONG, "reconnected elsewhere", |s| {
+        matches!(s, zkr::SessionState::Reconnected { .. })
+    })
+    .await;
+    assert_ne!(
+        a.connected_server().as_deref(),
+        Some(ens.member_connect_string(f).as_str()),
+        "moved off the isolated member"
+    );
+    assert_eq!(a.session_id(), Some(session), "same session");
+    // Past the point where the isolated member gives up (and well past the session timeout):
+    // the session and its lock node are alive, seen by a client on the majority.
+    let e = ens.clone();
+    common::blocking(move || {
+        let deadline = Instant::now() + LONG;
+        while e.mode(f).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the isolated member keeps serving"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await;
+    let observer = common::client(&all.join(","), 5 * SESSION_MS).await;
+    let stat = observer
+        .exists(g.node_path())
+        .await
+        .unwrap()
+        .expect("lock node kept");
+    assert_eq!(stat.ephemeral_owner, session.0);
+    assert!(
+        g.is_held(),
+        "with the Lost policy the lock survives the move"
+    );
+    g.release().await.unwrap();
+    a.close().await;
+    observer.close().await;
+    let e = ens.clone();
+    common::blocking(move || e.heal().unwrap()).await;
+}
