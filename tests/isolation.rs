@@ -267,7 +267,17 @@ async fn holders_on_an_isolated_follower_are_told_before_the_majority_takes_over
 #[tokio::test]
 #[allow(clippy::await_holding_lock)]
 async fn holders_on_an_isolated_leader_are_told_before_the_majority_takes_over() {
-    run_all(true, &[Kind::Mutex, Kind::Latch]).await;
+    run_all(
+        true,
+        &[
+            Kind::Mutex,
+            Kind::RwLockWrite,
+            Kind::Semaphore,
+            Kind::Latch,
+            Kind::Selector,
+        ],
+    )
+    .await;
 }
 
 /// A holder whose connect string names every member is moved off the cut-off member while its
