@@ -1,4 +1,5 @@
-//! Bad input gets a typed error, never a panic (issue #2 test 6).
+//! Bad input gets a typed error, never a panic: invalid paths, oversized data, malformed connect
+//! strings, an unreachable ensemble.
 
 mod common;
 

@@ -2,9 +2,11 @@
 //! a subscriber cut off (fault proxy) while the config changes, a session expired meanwhile,
 //! bad payloads, and keys deleted and re-created while disconnected.
 //!
-//! PITFALLS covered: 1 (a change while cut off is delivered after healing), 2 (delete +
-//! re-create at the same version), 3 (keys vanishing during the first load), 25 (a versioned
-//! value stuck when its version repeats; a value changed while disconnected is re-read).
+//! Failure modes covered (see docs/failure-modes.md): a change made while cut off is delivered
+//! after healing (*Missed change on reconnect*); a delete + re-create at the same version is seen
+//! (*Same-version re-create*); keys vanishing during the first load do not stall it (*Vanishing
+//! child during a load*); a value whose version repeats, or that changed while disconnected, is
+//! re-read (*Stuck versioned value*).
 
 mod common;
 
@@ -126,7 +128,7 @@ fn root_of(path: &str) -> String {
     )
 }
 
-/// Pitfalls 1 and 25: the subscriber is cut off (stale, last value kept), the config changes
+/// A change while cut off: the subscriber is cut off (stale, last value kept), the config changes
 /// twice meanwhile; after healing the latest value is delivered and the flag clears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_while_cut_off_is_delivered_after_healing() {
@@ -163,7 +165,7 @@ async fn change_while_cut_off_is_delivered_after_healing() {
     admin.delete_recursive(&root_of(&path)).await.unwrap();
 }
 
-/// Pitfalls 2 and 25: deleted and re-created at the same data version (0) while the subscriber
+/// Same-version re-create: deleted and re-created at the same data version (0) while the subscriber
 /// was cut off; and a change during a session expiry. Both are re-read and delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recreate_at_same_version_and_expiry_are_not_missed() {
@@ -356,7 +358,7 @@ async fn tree_converges_after_cut_with_recreated_key() {
     admin.delete_recursive(&root_of(&dir)).await.unwrap();
 }
 
-/// Pitfall 3: keys vanish while the first load runs; the load still completes and converges
+/// Keys vanish while the first load runs; the load still completes and converges
 /// to the truth.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tree_first_load_completes_while_keys_vanish() {

@@ -1,7 +1,8 @@
 //! Master election (leader latch, run-while-leader, observe) against real ZooKeeper with real
-//! faults. Pitfalls covered: 18 (at most one leader, sampled continuously, under member kills,
-//! pauses, cuts and expiry), 19 (never lead from an older session's node), 20 (two quick
-//! reconnects), 21 (election path deleted while disconnected), 22 (interrupting twice).
+//! faults. Covered (see docs/failure-modes.md, *Election*): at most one leader, sampled
+//! continuously, under member kills, pauses, cuts and expiry; never leading from an older
+//! session's node; two quick reconnects; the election path deleted while disconnected;
+//! leadership interrupted twice in a row.
 
 mod common;
 
@@ -335,9 +336,9 @@ async fn cut_off_leader_steps_down_before_another_is_elected() {
     }
 }
 
-/// Pitfalls 19 and 20: after two quick reconnects the leader still has its (same) node; after
-/// its session expired it never leads from the old node, and leads again only from a node of
-/// its new session.
+/// After two quick reconnects the leader still has its (same) node; after its session expired
+/// it never leads from the old node, and leads again only from a node of its new session (see
+/// docs/failure-modes.md, *Double flap* and *Leading from an old node*).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_and_expiry_never_leave_a_stale_leader() {
     init_tracing();
@@ -354,9 +355,9 @@ async fn reconnects_and_expiry_never_leave_a_stale_leader() {
     let lb = LeaderLatch::start(&b, &path, "b").await.unwrap();
     sampler.watch(&lb);
 
-    // Two quick flaps (pitfall 20). Each one is seen by the latch itself, in order: it steps
-    // down on Suspended and, once reconnected and its node checked, leads again with the same
-    // node and fence (no reset on reconnect).
+    // Two quick flaps. Each one is seen by the latch itself, in order: it steps down on
+    // Suspended and, once reconnected and its node checked, leads again with the same node and
+    // fence (no reset on reconnect).
     let mut ch = la.changes();
     assert_eq!(ch.next_change().await, Some(LatchState::Leader(f1.clone())));
     for _ in 0..2 {
@@ -375,7 +376,7 @@ async fn reconnects_and_expiry_never_leave_a_stale_leader() {
     assert_leader_node_sound(&admin, &la, &a).await;
     assert!(!lb.is_leader());
 
-    // Expiry (pitfall 19): B takes over; A rejoins from its new session only.
+    // Expiry: B takes over; A rejoins from its new session only, never from its old node.
     let old_session = a.session_id().unwrap();
     a.expire_session_for_testing(&ens.connect_string(), &proxy)
         .await
@@ -420,7 +421,7 @@ async fn reconnects_and_expiry_never_leave_a_stale_leader() {
     admin.delete_recursive(&root_of(&path)).await.unwrap();
 }
 
-/// Pitfall 21: the election path is deleted while a candidate is disconnected; after healing it
+/// The election path is deleted while a candidate is disconnected; after healing it
 /// recreates the path and rejoins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn election_path_deleted_while_disconnected_rejoins() {
@@ -463,7 +464,7 @@ async fn election_path_deleted_while_disconnected_rejoins() {
     admin.delete_recursive(&root_of(&path)).await.unwrap();
 }
 
-/// Pitfall 18 on a 3-member ensemble: members killed and paused, a candidate's session
+/// Never two leaders, on a 3-member ensemble: members killed and paused, a candidate's session
 /// expired, a candidate's process gone; at most one leader at every sample, fencing epochs
 /// strictly increasing, and every elected leader's node is its own and first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,7 +580,7 @@ async fn next_term(terms: &mut tokio::sync::mpsc::UnboundedReceiver<Term>) -> Te
 }
 
 /// Run-while-leader: terms alternate when the closure returns; the token fires on loss; two
-/// interrupts in a row never stop the candidate from rejoining (pitfall 22).
+/// interrupts in a row never stop the candidate from rejoining.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn selector_runs_terms_interrupts_and_rejoins() {
     init_tracing();

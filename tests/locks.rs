@@ -1,4 +1,5 @@
-//! Exclusive and shared locks against real ZooKeeper (issue #3; pitfalls 7–17).
+//! Exclusive and shared locks and semaphores against real ZooKeeper, with real faults (see
+//! docs/failure-modes.md, *Locks and semaphores*).
 
 mod common;
 
@@ -94,7 +95,7 @@ async fn fencing_tokens_increase_and_fenced_writes_check_the_lock() {
     }
 }
 
-/// Pitfall 7: a holder cut off past the session timeout is told it lost the lock before any
+/// A holder cut off past the session timeout is told it lost the lock before any
 /// other client acquires it — with both loss policies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_off_holder_is_told_before_another_acquires() {
@@ -144,7 +145,7 @@ async fn cut_off_holder_is_told_before_another_acquires() {
     }
 }
 
-/// Pitfall 8: after a client-side `Lost`, the client's new session never adopts the node its
+/// After a client-side `Lost`, the client's new session never adopts the node its
 /// old session left (the server keeps it until its own timeout): a new acquire queues behind
 /// that node and holds the lock only once the server removed it, through its own node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +218,7 @@ async fn new_session_never_adopts_the_old_sessions_node() {
     admin.delete_recursive(&path).await.unwrap();
 }
 
-/// Pitfalls 10 and 11: an acquire cancelled at any stage leaves no node behind, and the others
+/// An acquire cancelled at any stage (also while suspended) leaves no node behind, and the others
 /// proceed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_acquires_leave_nothing_behind() {
@@ -247,7 +248,7 @@ async fn cancelled_acquires_leave_nothing_behind() {
             break;
         }
     }
-    // And a cancelled acquire while Suspended (pitfall 11): through a proxy that is cut.
+    // And a cancelled acquire while Suspended: through a proxy that is cut.
     let proxy = FaultProxy::for_ensemble(ens).unwrap();
     let c2 = client(&proxy.connect_string(), 4000).await;
     let m3 = Mutex::new(&c2, &path).unwrap();
@@ -288,7 +289,7 @@ async fn cancelled_acquires_leave_nothing_behind() {
         .unwrap();
 }
 
-/// Pitfall 9: connections dropped around the create: exactly one node per acquirer.
+/// Ghost nodes: connections dropped around the create: exactly one node per acquirer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_loss_during_create_leaves_one_node() {
     init_tracing();
@@ -318,7 +319,7 @@ async fn connection_loss_during_create_leaves_one_node() {
     }
 }
 
-/// Pitfall 14: many acquire/release cycles with waiting leave no watches behind.
+/// Many acquire/release cycles with waiting leave no watches behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_cycles_leave_no_watches() {
     init_tracing();
@@ -413,7 +414,7 @@ async fn rwlock_invariants_under_contention() {
     );
 }
 
-/// Pitfall 15: a reader queued before a writer is not blocked by it (kazoo 2.8's deadlock).
+/// A reader queued before a writer is not blocked by it (kazoo 2.8's deadlock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reader_does_not_wait_for_a_later_writer() {
     let ens = testing::shared().expect("zookeeper");
@@ -451,7 +452,7 @@ async fn reader_does_not_wait_for_a_later_writer() {
 }
 
 /// Semaphore: never more than N holders under 8-way contention (blocking and try), and leases
-/// of cancelled acquires and dead sessions do not linger (pitfalls 12, 13).
+/// of cancelled acquires and dead sessions do not linger.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn semaphore_bounds_holders() {
     init_tracing();

@@ -1,4 +1,5 @@
-//! Interop with Apache Curator 5.4 on the same lock paths (issue #3; pitfall 17): a Curator
+//! Interop with Apache Curator 5.4 on the same lock paths (clients of different libraries must
+//! exclude each other; see docs/failure-modes.md, *Mixed libraries on one lock*): a Curator
 //! `InterProcessMutex` holder blocks zkr and a zkr holder blocks Curator; the same for the
 //! read/write lock. The Curator side is a real Java program (tests/java/CuratorPeer.java)
 //! compiled at test time; the test is skipped (printing why) only where Java is absent.

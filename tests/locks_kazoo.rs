@@ -1,4 +1,4 @@
-//! Interop with kazoo 2.8 (Debian's `python3-kazoo`) on one lock path (issue #3): a kazoo
+//! Interop with kazoo 2.8 (Debian's `python3-kazoo`) on one lock path: a kazoo
 //! `Lock` holder excludes zkr, and kazoo told about Curator-style names
 //! (`extra_lock_patterns=["-lock-"]`) is excluded by a zkr holder. Skipped (printing why) only
 //! where kazoo is not installed.

@@ -1,6 +1,6 @@
 //! Naming recipes (`SequentialIds`, `AtomicCounter`, `IdBlocks`) against real ZooKeeper:
 //! uniqueness across 4 sessions, Curator's counter layout, and a counter changed while a client
-//! was cut off (pitfall 25: re-read, never overwritten). Uniqueness across 4 OS processes
+//! was cut off (re-read, never overwritten). Uniqueness across 4 OS processes
 //! running `zkr id next` is tested in `cli/tests/cli_recipes.rs`.
 
 mod common;
@@ -146,7 +146,7 @@ async fn atomic_counter_curator_layout_and_contention() {
     admin.delete_recursive(&base).await.unwrap();
 }
 
-/// Pitfall 25: the counter changes while a client is cut off; after healing its increment
+/// The counter changes while a client is cut off; after healing its increment
 /// builds on the new value (re-read), never on what it saw before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counter_changed_while_cut_off_is_reread() {

@@ -1,5 +1,6 @@
 //! Registration and discovery against real ZooKeeper, with session expiry and cut connections.
-//! Pitfalls 3, 23, 24.
+//! Covered (see docs/failure-modes.md): instances vanishing during a load, stale
+//! re-registration after expiry, and `NodeExists` from an old session's node.
 
 mod common;
 
@@ -114,7 +115,7 @@ async fn discovery_follows_adds_updates_and_removals() {
     w.delete_recursive(&base).await.unwrap();
 }
 
-/// Pitfall 24: a node of another (old) session is in the way: it is replaced, no NodeExists.
+/// A node of another (old) session is in the way: it is replaced, no NodeExists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_sessions_node_is_replaced() {
     init_tracing();
@@ -153,7 +154,7 @@ async fn old_sessions_node_is_replaced() {
     c.delete_recursive(&base).await.unwrap();
 }
 
-/// Pitfalls 23 + 24: after the session is lost the registration comes back with the newest
+/// After the session is lost the registration comes back with the newest
 /// payload (set while disconnected), replacing the old session's node if still present.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn back_after_session_loss_with_newest_payload() {
@@ -232,7 +233,7 @@ async fn back_after_session_loss_with_newest_payload() {
     w.delete_recursive(&base).await.unwrap();
 }
 
-/// Pitfall 23: unregister while the session is being replaced: the instance stays gone.
+/// Unregister while the session is being replaced: the instance stays gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unregister_during_reconnect_stays_gone() {
     init_tracing();
@@ -279,7 +280,7 @@ async fn unregister_during_reconnect_stays_gone() {
     blocking(move || drop(proxy)).await;
 }
 
-/// Pitfall 3: instances vanish while the discovery loads; the load completes, treating them
+/// Instances vanish while the discovery loads; the load completes, treating them
 /// as gone, and converges to the survivors. Junk nodes are skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_load_survives_vanishing_children() {

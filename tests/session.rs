@@ -1,4 +1,5 @@
-//! Session layer against real ZooKeeper with real faults (issue #2, tests 1–4).
+//! Session layer against real ZooKeeper with real faults: a member killed or paused, a session
+//! expired, a connection cut or half-open (see docs/failure-modes.md, *Session and watches*).
 
 mod common;
 
@@ -406,8 +407,8 @@ async fn watches_survive_reconnect_and_expiry() {
     admin.delete_recursive(&root).await.unwrap();
 }
 
-/// Session ids never go backwards and `Lost` always precedes the next session's `Connected`
-/// (pitfall 4), over several expiries.
+/// Session ids never go backwards and `Lost` always precedes the next session's `Connected`,
+/// over several expiries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_order_over_repeated_expiry() {
     init_tracing();
@@ -449,7 +450,7 @@ async fn state_order_over_repeated_expiry() {
     }
 }
 
-/// Pitfall 6: a half-open connection (the network silently drops everything) is noticed:
+/// A half-open connection (the network silently drops everything) is noticed:
 /// `Suspended` within 2/3 of the session timeout, `Lost` before the server expires the session
 /// (an observer sees the ephemeral node go only afterwards).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

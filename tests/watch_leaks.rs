@@ -1,4 +1,5 @@
-//! Watch streams leave nothing behind (issue #2 test 5, pitfall 5).
+//! Watch streams leave nothing behind: many streams opened and dropped leave no server watch
+//! and no client registry entry (see docs/failure-modes.md, *Watch leaks*).
 
 mod common;
 

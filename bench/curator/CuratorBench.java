@@ -1,4 +1,4 @@
-// CuratorBench: the Apache Curator 5.4.0 peer of `zkr-bench` (see /work/shared/BENCHMARKS.md).
+// CuratorBench: the Apache Curator 5.4.0 peer of `zkr-bench` (see docs/benchmarks.md).
 //
 // Same workloads, same op counts, same root-path convention (/zkr-bench/<cmd>-<unix-ms>, removed
 // afterwards) and the same JSON field names, so that scripts/bench-compare can print zkr/Curator
@@ -190,7 +190,7 @@ public class CuratorBench {
         return round(count / (nanos / 1e9), 1);
     }
 
-    /** The one JSON line: common fields in contract order, then extras. */
+    /** The one JSON line: common fields in zkr-bench's order, then extras. */
     static final class Report {
         final Map<String, Object> m = new LinkedHashMap<>();
 

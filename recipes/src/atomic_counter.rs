@@ -17,7 +17,7 @@
 //!   (Like every version-based compare-and-set, this assumes the counter node is not deleted
 //!   and re-created while in use: a re-created node can reach the same version again.)
 //! * Compare-and-set is by data version, which ZooKeeper compares for equality: it keeps working
-//!   after the version wraps past 2^31 (pitfall 25).
+//!   after the version wraps past 2^31 (it never gets stuck on a wrapped version).
 //! * **Outcome unknown**: if the connection drops while the write is in flight, the add may or
 //!   may not have been applied. `add` then returns the `ConnectionLoss` error instead of
 //!   guessing (a guess could hand the same value to two callers); retrying is safe for IDs (at

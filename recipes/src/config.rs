@@ -15,9 +15,8 @@
 //!   receiver of the latest [`Versioned`] value and is a `Stream` of [`ConfigEvent`]s. It always
 //!   converges to the latest published value; quick successive versions may coalesce into one
 //!   event. Changes are recognised by `mzxid` (and `czxid`), never by the data version alone, so
-//!   a node deleted and re-created at the same version, or a data version that wrapped around
-//!   (pitfalls 2 and 25), is still seen as a new value, and an old read arriving late never
-//!   replaces a newer value.
+//!   a node deleted and re-created at the same version, or a data version that wrapped around,
+//!   is still seen as a new value, and an old read arriving late never replaces a newer value.
 //! * A payload that is not valid JSON for `T` is reported as [`ConfigEvent::Invalid`]; the last
 //!   good value stays in force.
 //!

@@ -10,9 +10,10 @@
 //!   [`zkr::Client::watch_children`] of the directory plus one [`zkr::Client::watch_data`] per
 //!   key, all re-armed and re-read across reconnects and new sessions, so it converges to the
 //!   current map — including a key deleted and re-created while the client was disconnected
-//!   (seen by its new `czxid`/`mzxid`, pitfall 2) and a value changed meanwhile (pitfall 25).
-//! * A key that vanishes between the listing and its read is treated as gone, never as an error
-//!   (pitfall 3): the first load always completes.
+//!   (seen by its new `czxid`/`mzxid`, even at the same data version) and a value changed
+//!   meanwhile (re-read, never missed).
+//! * A key that vanishes between the listing and its read is treated as gone, never as an error:
+//!   the first load always completes.
 //! * A key whose payload does not decode is reported as [`TreeEvent::Invalid`]; its last good
 //!   value stays in the map.
 //! * Per key, an older read arriving late never replaces a newer one (ordered by `mzxid`).
@@ -289,7 +290,7 @@ async fn read_all<T: DeserializeOwned>(
     for (k, path, r) in futures::future::join_all(reads).await {
         match r {
             Ok((data, stat)) => out.push((k, decode::<T>(&path, &data, &stat, false))),
-            Err(zkr::Error::NoNode { .. }) => {} // vanished after the listing: gone (pitfall 3)
+            Err(zkr::Error::NoNode { .. }) => {} // vanished after the listing: gone, not an error
             Err(e) => return Err(e.into()),
         }
     }

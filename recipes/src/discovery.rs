@@ -8,7 +8,7 @@
 //! # Guarantees
 //! * The first snapshot is yielded once every instance listed at start has been read; an
 //!   instance whose node vanished between the listing and the read counts as gone, it never
-//!   stalls or fails the load (pitfall 3). Nodes whose data is not a `ServiceInstance` are
+//!   stalls or fails the load. Nodes whose data is not a `ServiceInstance` are
 //!   skipped.
 //! * Afterwards a snapshot is yielded after every change (instances added, removed, payload
 //!   updated), coalesced: a slow consumer sees the latest set, never a stale one.
@@ -49,7 +49,7 @@ pub(crate) type NodeData = Option<(Vec<u8>, Stat)>;
 
 /// A cache of a directory's children and their data, built on a children watch plus either a
 /// data watch per child (`follow`) or one read per child (for immutable nodes). A child that
-/// vanishes before its read counts as gone (pitfall 3).
+/// vanishes before its read counts as gone, so a load never stalls or fails on it.
 pub(crate) struct ChildCache {
     client: Client,
     dir: String,
@@ -319,7 +319,7 @@ impl Discovery {
     }
 
     /// One-shot read of the live instances (no watch). Instances that vanish during the read
-    /// are left out (pitfall 3).
+    /// are left out (not an error).
     pub async fn instances(
         client: &Client,
         base: &str,

@@ -14,11 +14,12 @@
 //! * While the registration is alive and a session is up, the node exists, is owned by the
 //!   current session and carries the latest payload given to [`Registration::update`].
 //! * After a session loss the node is re-created in the next session with the **latest**
-//!   payload (pitfall 23). If a node of an older session (or an older process) is still there,
-//!   it is deleted (version-checked) and re-created — never a `NodeExists` error (pitfall 24).
+//!   payload, never the one it was first registered with. If a node of an older session (or an
+//!   older process) is still there, it is deleted (version-checked) and re-created — never a
+//!   `NodeExists` error.
 //! * After [`Registration::unregister`] (or drop) the node is removed and never re-created,
 //!   even if the unregister raced a reconnect: the unregistered flag is checked under the same
-//!   lock that re-registration holds (pitfall 23).
+//!   lock that re-registration holds.
 //!
 //! # Session states
 //! * `Suspended`: nothing is done; the node lives as long as the session does.

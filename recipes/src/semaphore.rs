@@ -15,9 +15,9 @@
 //! 4. Release the internal mutex.
 //!
 //! Only the holder of the internal mutex can add a lease it does not hold yet, so at most N
-//! leases are ever held, also for [`Semaphore::try_acquire`] under concurrency (pitfall 13).
+//! leases are ever held, also for [`Semaphore::try_acquire`] under concurrency.
 //! Lease nodes are ephemeral and cancel-safe (removed when an acquire is dropped), so leases of
-//! dead sessions and cancelled acquires never linger (pitfall 12).
+//! dead sessions and cancelled acquires never linger and never exhaust the semaphore.
 //!
 //! On `Suspended` / `Lost` a held [`Lease`] behaves like a [`MutexGuard`](crate::MutexGuard):
 //! `is_held()` turns false and `lost()` completes.

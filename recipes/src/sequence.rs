@@ -3,18 +3,19 @@
 //! # Names
 //! Curator's protected names: `_c_<uuid>-<marker><sequence>`, e.g.
 //! `_c_6f1c…-lock-0000000042`. The uuid lets a client find its own node after a connection
-//! loss hid the create's reply (pitfall 9); the server appends the sequence (`%010d` of the
+//! loss hid the create's reply (a "ghost" node); the server appends the sequence (`%010d` of the
 //! parent's cversion, which wraps from `2147483647` to `-2147483648`).
 //!
 //! # Order
 //! Contenders are ordered by their sequence number *numerically and wrap-aware* (serial number
-//! arithmetic relative to a reference), never as strings (pitfall 16).
+//! arithmetic relative to a reference), never as strings, so the order survives the wrap.
 //!
 //! # Cancellation
 //! [`create_protected`] returns a [`NodeGuard`]. Until the recipe `disarm`s it, dropping the
 //! guard — or dropping the future before the create's reply arrived — removes our node in the
 //! background: by path when known, otherwise by finding the uuid-prefixed node owned by our
-//! session. No node is left at the head of a queue to deadlock everyone (pitfalls 10, 11).
+//! session. No node is left at the head of a queue to deadlock everyone, also when the acquire
+//! is cancelled while the connection is down.
 
 use uuid::Uuid;
 use zkr::{Client, CreateMode, Stat};
@@ -217,7 +218,8 @@ pub(crate) async fn create_protected(
                 client.ensure_containers(dir).await?;
             }
             Err(e) if e.is_connection_loss() => {
-                // The create may have run: look for our node before trying again (pitfall 9).
+                // The create may have run and only its reply was lost: look for our node
+                // before trying again (see docs/failure-modes.md, *Ghost node*).
                 let found = client
                     .retry(&zkr::RetryPolicy::default(), || {
                         find_ours(client, dir, &guard.uuid_prefix)

@@ -24,7 +24,7 @@
 //! * **Dead workers' tasks come back**: when a worker's session dies its ephemeral claim
 //!   vanishes and the task is claimable again (workers watch `claims/`).
 //! * The coordinator's stream ([`Coordinator`]) first yields once every node listed at start
-//!   was read (a node that vanished meanwhile counts as gone, pitfall 3), then after every
+//!   was read (a node that vanished meanwhile counts as gone, not as an error), then after every
 //!   change (coalesced: the latest view is never missed).
 //!
 //! # Session states

@@ -1,4 +1,4 @@
-//! Plumbing shared by the `zkr-bench` workloads (see `BENCHMARKS.md`): the common flags, the
+//! Plumbing shared by the `zkr-bench` workloads (see `docs/benchmarks.md`): the common flags, the
 //! server to run against, clients, the per-run root path, latency percentiles, fan-out of N
 //! clients, and the one JSON line each run prints.
 //!
@@ -306,7 +306,8 @@ pub fn per_s(count: usize, elapsed: Duration) -> Option<f64> {
     (s > 0.0).then(|| round(count as f64 / s, 1))
 }
 
-/// The one JSON line of a run: the common fields in contract order, then the workload's own.
+/// The one JSON line of a run: the common fields in a fixed order (the one every peer prints),
+/// then the workload's own.
 #[derive(Serialize, Debug, Clone)]
 pub struct Report {
     pub peer: String,

@@ -1,4 +1,4 @@
-//! `w1`, `w2`, `w3` — the lock workloads of BENCHMARKS.md.
+//! `w1`, `w2`, `w3` — the lock workloads (see `docs/benchmarks.md`).
 //!
 //! * W1-lock-uncontended: 1 client; 100 warm-up then 2,000 timed acquire+release of one
 //!   exclusive lock. `p50_ms`/`p99_ms`: one cycle.
@@ -7,9 +7,10 @@
 //!   shared counter must not lose updates. `p50_ms`/`p99_ms`: acquire wait.
 //! * W3-rwlock: 8 clients × 250 ops, op j of client i is a write iff (37j+11i) % 5 == 0, else a
 //!   read. `p50_ms`/`p99_ms`: acquire wait; `max_concurrent_readers`.
-//! * W1-floor (`w1floor`, not in BENCHMARKS.md): W1's shape with no lock logic at all — each cycle
-//!   is only the two durable writes every Curator-compatible lock cycle must make: create the
-//!   ephemeral-sequential lock node, then delete it. No ordering read, no watch, no recipe code.
+//! * W1-floor (`w1floor`, zkr only, no peer runs it): W1's shape with no lock logic at all —
+//!   each cycle is only the two durable writes every Curator-compatible lock cycle must make:
+//!   create the ephemeral-sequential lock node, then delete it. No ordering read, no watch, no
+//!   recipe code.
 //!   Its ops/s bounds what any W1 implementation (zkr's, Curator's) can reach on that server.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,5 +1,6 @@
-//! `zkr-bench`: the benchmark program of `BENCHMARKS.md`. Each subcommand runs one workload and
-//! prints exactly one JSON line on stdout; logs go to stderr (`RUST_LOG`, default `warn`).
+//! `zkr-bench`: the benchmark program (see `docs/benchmarks.md`). Each subcommand runs one
+//! workload and prints exactly one JSON line on stdout; logs go to stderr (`RUST_LOG`, default
+//! `warn`).
 //!
 //! Exit code 0 if the run completed and its own check passed (`ok: true`), 1 otherwise (the
 //! JSON line is printed either way once the workload started), 2 for bad usage.
