@@ -600,15 +600,15 @@ fn read_election_handshake(from: &mut TcpStream, raw: &mut Vec<u8>) -> io::Resul
     if !read_more(from, raw, 8)? {
         return Ok(Handshake::Ended);
     }
-    let first = i64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+    let first = i64::from_be_bytes(array(&raw[..8]));
     if first >= 0 {
         return Ok(Handshake::Election { sid: first });
     }
     if !read_more(from, raw, 12)? {
         return Ok(Handshake::Ended);
     }
-    let sid = i64::from_be_bytes(raw[8..16].try_into().expect("8 bytes"));
-    let len = i32::from_be_bytes(raw[16..20].try_into().expect("4 bytes"));
+    let sid = i64::from_be_bytes(array(&raw[8..16]));
+    let len = i32::from_be_bytes(array(&raw[16..20]));
     if !(0..=MAX_ELECTION_ADDRESS_LEN).contains(&len) || sid < 0 {
         return Ok(Handshake::Other);
     }
@@ -616,6 +616,13 @@ fn read_election_handshake(from: &mut TcpStream, raw: &mut Vec<u8>) -> io::Resul
         return Ok(Handshake::Ended);
     }
     Ok(Handshake::Election { sid })
+}
+
+/// `bytes` as a fixed-size array; `bytes` is exactly `N` long (a slice of a range of that size).
+fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(bytes);
+    out
 }
 
 /// Appends exactly `n` more bytes from `from` to `raw`; `false` if the stream ends first.
