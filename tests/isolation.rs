@@ -40,6 +40,9 @@ async fn leader_of(ens: &Arc<ZkEnsemble>) -> usize {
         .expect("a leader among the three")
 }
 
+/// The instant one side of a scenario saw its event (told of the loss, or took over).
+type Event = std::pin::Pin<Box<dyn Future<Output = Instant> + Send>>;
+
 /// `A` holds through member `m` only; `B` waits through the other two; `m` is isolated.
 /// Returns how long after the isolation A was told and B took over.
 async fn scenario(ens: &Arc<ZkEnsemble>, kind: Kind, isolate_leader: bool) -> (Duration, Duration) {
@@ -60,10 +63,7 @@ async fn scenario(ens: &Arc<ZkEnsemble>, kind: Kind, isolate_leader: bool) -> (D
     let path = common::root(&format!("iso-{kind:?}-{isolate_leader}").to_lowercase());
 
     // A takes the hold; B starts waiting for it. Each side reports the instant of its event.
-    let (told, took): (
-        std::pin::Pin<Box<dyn Future<Output = Instant> + Send>>,
-        std::pin::Pin<Box<dyn Future<Output = Instant> + Send>>,
-    ) = match kind {
+    let (told, took): (Event, Event) = match kind {
         Kind::Mutex | Kind::MutexOnLost => {
             let policy = if matches!(kind, Kind::Mutex) {
                 LossPolicy::Suspended
@@ -234,6 +234,8 @@ async fn scenario(ens: &Arc<ZkEnsemble>, kind: Kind, isolate_leader: bool) -> (D
     result
 }
 
+// Holding the std mutex across the awaits is the point: it keeps the tests of this file serial.
+#[allow(clippy::await_holding_lock)]
 async fn run_all(isolate_leader: bool, kinds: &[Kind]) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     common::init_tracing();
@@ -248,7 +250,6 @@ async fn run_all(isolate_leader: bool, kinds: &[Kind]) {
 }
 
 #[tokio::test]
-#[allow(clippy::await_holding_lock)]
 async fn holders_on_an_isolated_follower_are_told_before_the_majority_takes_over() {
     run_all(
         false,
@@ -265,7 +266,6 @@ async fn holders_on_an_isolated_follower_are_told_before_the_majority_takes_over
 }
 
 #[tokio::test]
-#[allow(clippy::await_holding_lock)]
 async fn holders_on_an_isolated_leader_are_told_before_the_majority_takes_over() {
     run_all(
         true,
