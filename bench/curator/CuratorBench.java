@@ -1,4 +1,4 @@
-// CuratorBench: the Apache Curator 5.4.0 peer of `zkr-bench` (see docs/benchmarks.md).
+// CuratorBench: the Apache Curator 5.4.0 peer of `zkr-bench` (see docs/benchmarking.md).
 //
 // Same workloads, same op counts, same root-path convention (/zkr-bench/<cmd>-<unix-ms>, removed
 // afterwards) and the same JSON field names, so that scripts/bench-compare can print zkr/Curator

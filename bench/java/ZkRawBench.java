@@ -1,5 +1,5 @@
 // ZkRawBench: the plain Apache ZooKeeper Java client (org.apache.zookeeper.ZooKeeper, 3.8) peer of
-// `zkr-bench raw` (W0-raw-floor, bench/zkr-bench/src/raw.rs; see docs/benchmarks.md): the bare
+// `zkr-bench raw` (W0-raw-floor, bench/zkr-bench/src/raw.rs; see docs/benchmarking.md): the bare
 // operations every recipe is built from, with no recipe library in between. One client (one
 // session), under a fresh root /zkr-bench/raw-<unix-ms> (parent /zkr-bench a container node),
 // removed afterwards:

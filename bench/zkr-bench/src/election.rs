@@ -1,4 +1,4 @@
-//! `w4` and `w4pause` — leader election failover (see `docs/benchmarks.md`).
+//! `w4` and `w4pause` — leader election failover (see `docs/benchmarking.md`).
 //!
 //! **W4-election-failover-close** (`w4`): 3 candidates (each its own session) on one election;
 //! 10 rounds (× `--scale`): the leader's process shuts down gracefully — `LeaderLatch::close()`

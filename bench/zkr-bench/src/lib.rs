@@ -1,4 +1,4 @@
-//! Plumbing shared by the `zkr-bench` workloads (see `docs/benchmarks.md`): the common flags, the
+//! Plumbing shared by the `zkr-bench` workloads (see `docs/benchmarking.md`): the common flags, the
 //! server to run against, clients, the per-run root path, latency percentiles, fan-out of N
 //! clients, and the one JSON line each run prints.
 //!

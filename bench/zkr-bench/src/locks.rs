@@ -1,4 +1,4 @@
-//! `w1`, `w2`, `w3` — the lock workloads (see `docs/benchmarks.md`).
+//! `w1`, `w2`, `w3` — the lock workloads (see `docs/benchmarking.md`).
 //!
 //! * W1-lock-uncontended: 1 client; 100 warm-up then 2,000 timed acquire+release of one
 //!   exclusive lock. `p50_ms`/`p99_ms`: one cycle.

@@ -1,4 +1,4 @@
-//! `zkr-bench`: the benchmark program (see `docs/benchmarks.md`). Each subcommand runs one
+//! `zkr-bench`: the benchmark program (see `docs/benchmarking.md`). Each subcommand runs one
 //! workload and prints exactly one JSON line on stdout; logs go to stderr (`RUST_LOG`, default
 //! `warn`).
 //!
