@@ -540,3 +540,28 @@ async fn a_deleted_lock_node_ends_the_hold() {
     c.close().await;
     operator.close().await;
 }
+
+/// A release future dropped mid-way (under a timeout) still removes the lock node: the guard
+/// is marked released only once the delete finished, so dropping it deletes in the background.
+#[tokio::test]
+async fn a_release_dropped_mid_way_still_frees_the_lock() {
+    let ens = zkr::testing::shared().expect("zookeeper");
+    let c = common::client(&ens.connect_string(), 4000).await;
+    let other = common::client(&ens.connect_string(), 4000).await;
+    let path = common::root("dropped-release");
+    for _ in 0..20 {
+        let g = zkr_recipes::Mutex::new(&c, &path)
+            .unwrap()
+            .acquire()
+            .await
+            .unwrap();
+        let node = g.node_path().to_string();
+        let _ = tokio::time::timeout(Duration::from_micros(1), g.release()).await;
+        tokio::time::timeout(Duration::from_secs(5), other.wait_gone(&node))
+            .await
+            .expect("the node goes although the release was dropped")
+            .unwrap();
+    }
+    c.close().await;
+    other.close().await;
+}

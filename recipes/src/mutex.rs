@@ -270,11 +270,14 @@ impl MutexGuard {
 
     /// Releases the lock. `Err(SessionLost)` if it had already been lost with the session.
     pub async fn release(mut self) -> Result<()> {
-        self.released = true;
         let span = tracing::debug_span!("zkr.mutex.release", node = %self.path);
+        // `released` is set only once the delete has finished: if this future is dropped
+        // before (under a timeout, say), or the delete failed, dropping the guard deletes the
+        // node in the background instead of leaving it until the session ends.
         let deleted = lock_internals::release_node(&self.client, &self.path)
             .instrument(span)
             .await?;
+        self.released = true;
         if deleted {
             Ok(())
         } else {
