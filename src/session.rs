@@ -474,6 +474,9 @@ async fn monitor(shared: &Shared, epoch: &Arc<Epoch>, states: &mut WireStates) -
     let mut suspended = false;
     let now = states.current();
     let mut wire_connected = matches!(now, WireState::Connected | WireState::ReadOnly);
+    // A read-only member has no leader to confirm anything: any reply counts there, and the
+    // heartbeat is a read (a `sync` would be refused).
+    let mut read_only = now == WireState::ReadOnly;
     if now == WireState::ReadOnly {
         shared.publish(SessionState::ReadOnly { session, epoch: n });
     }
@@ -494,6 +497,7 @@ async fn monitor(shared: &Shared, epoch: &Arc<Epoch>, states: &mut WireStates) -
                 }
                 WireState::Connected | WireState::ReadOnly => {
                     wire_connected = true;
+                    read_only = ws == WireState::ReadOnly;
                     // The handshake resumed the session (the member revalidated it with the
                     // leader): it is alive, unless the lease ran out meanwhile.
                     if suspended && Instant::now() < epoch.valid_until() {
@@ -543,7 +547,12 @@ async fn monitor(shared: &Shared, epoch: &Arc<Epoch>, states: &mut WireStates) -
                     let e = epoch.clone();
                     heartbeat = Some(tokio::spawn(async move {
                         if let Ok(w) = e.wire() {
-                            let _ = tokio::time::timeout(e.timeout, e.run(w.sync("/"))).await;
+                            let t = e.timeout;
+                            let _ = if read_only {
+                                tokio::time::timeout(t, e.run(w.exists("/"))).await.map(|_| ())
+                            } else {
+                                tokio::time::timeout(t, e.run(w.sync("/"))).await.map(|_| ())
+                            };
                         }
                     }));
                 }

@@ -61,6 +61,17 @@ async fn read_only_session_while_quorum_is_lost_then_read_write_again() {
         c.state()
     );
     assert_eq!(c.get_data("/ro-data").await.unwrap().0, b"before");
+    // An idle read-only session stays up: with no leader to confirm anything, its heartbeat
+    // is a read. Idle for longer than a read-write session's lease, it is still epoch 1.
+    let mut idle_states = c.states();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    while let Ok(Some(s)) = tokio::time::timeout(Duration::ZERO, idle_states.next_state()).await {
+        assert!(
+            matches!(s, SessionState::ReadOnly { epoch: 1, .. }),
+            "an idle read-only session changed state: {s:?}"
+        );
+    }
+    assert_eq!(c.get_data("/ro-data").await.unwrap().0, b"before");
     assert!(matches!(
         c.set_data("/ro-data", b"x", None).await,
         Err(Error::NotReadOnly)
