@@ -330,3 +330,26 @@ async fn discovery_load_survives_vanishing_children() {
     c.close().await;
     w.delete_recursive(&base).await.unwrap();
 }
+
+/// An unregister future dropped mid-way (under a timeout) still removes the instance: the
+/// registration counts as finished only once the delete is done.
+#[tokio::test]
+async fn an_unregister_dropped_mid_way_still_removes_the_instance() {
+    let ens = testing::shared().expect("zookeeper");
+    let base = root("reg-dropped-unregister");
+    let c = client(&ens.connect_string(), 10_000).await;
+    let other = client(&ens.connect_string(), 10_000).await;
+    for i in 0..10 {
+        let reg = Registration::register(&c, &base, ServiceInstance::new("api", &format!("i{i}")))
+            .await
+            .unwrap();
+        let path = reg.path().to_string();
+        let _ = tokio::time::timeout(Duration::from_micros(1), reg.unregister()).await;
+        tokio::time::timeout(T, other.wait_gone(&path))
+            .await
+            .expect("the instance goes although unregister was dropped")
+            .unwrap();
+    }
+    c.close().await;
+    other.close().await;
+}

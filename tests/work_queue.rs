@@ -254,3 +254,34 @@ async fn worker_session_death_task_completed_once_by_another() {
     cb.close().await;
     admin.delete_recursive(&r).await.unwrap();
 }
+
+/// A `complete` dropped mid-way never leaves the task stuck as claimed: it ends up either done
+/// (the multi ran) or back in the queue (the claim was released), and a release dropped mid-way
+/// returns it to the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finishing_calls_dropped_mid_way_leave_no_stuck_claim() {
+    let ens = testing::shared().expect("zookeeper");
+    let r = root("wq-dropped");
+    let c = client(&ens.connect_string(), 10_000).await;
+    let q = WorkQueue::open(&c, &r).await.unwrap();
+    let coord = q.coordinator().unwrap();
+    for i in 0..6 {
+        q.put(&json!({ "n": i })).await.unwrap();
+    }
+    let mut worker = q.worker("w").await.unwrap();
+    for k in 0..6 {
+        let task = worker.claim(T).await.unwrap();
+        let cut = Duration::from_micros(1);
+        if k % 2 == 0 {
+            let _ = tokio::time::timeout(cut, task.complete(json!({ "k": k }))).await;
+        } else {
+            let _ = tokio::time::timeout(cut, task.release()).await;
+        }
+        // Nothing stays claimed: every task is pending or completed.
+        coord
+            .wait_until(T, |s| s.count(TaskState::Running) == 0)
+            .await
+            .unwrap();
+    }
+    c.close().await;
+}

@@ -342,9 +342,12 @@ impl Registration {
 
     /// Removes the node; it is never re-created afterwards.
     pub async fn unregister(mut self) -> Result<()> {
-        self.finished = true;
         self.task.abort();
-        unregister_inner(&self.shared).await
+        // Marked finished only once the delete is done: dropped before (under a timeout, say)
+        // or failed, the registration's drop deletes the node in the background instead.
+        let r = unregister_inner(&self.shared).await;
+        self.finished = r.is_ok();
+        r
     }
 }
 

@@ -720,20 +720,26 @@ impl ClaimedTask {
 
     /// Gives the task back to the queue.
     pub async fn release(mut self) -> Result<()> {
-        self.finished = true;
         let path = self.queue.node("claims", &self.id);
         let client = match self.pin().await {
             Ok(c) => c,
-            Err(_) => return Ok(()), // the claim went with the session
+            Err(_) => {
+                self.finished = true;
+                return Ok(()); // the claim went with the session
+            }
         };
-        match conn_retry(&client)
+        // `finished` is set only once the claim is gone: a release dropped mid-way (or failed)
+        // is finished by the drop handler in the background.
+        let r = match conn_retry(&client)
             .run_if(|e| e.is_connection_loss(), || client.delete(&path, None))
             .await
         {
             Ok(()) | Err(zkr::Error::NoNode { .. }) => Ok(()),
             Err(e) if e.is_session_lost() => Ok(()), // the claim went with the session
             Err(e) => Err(e.into()),
-        }
+        };
+        self.finished = r.is_ok();
+        r
     }
 
     async fn finish(mut self, state: &str, result: Value, error: Option<String>) -> Result<()> {
@@ -764,8 +770,10 @@ impl ClaimedTask {
                 mode: CreateMode::Persistent,
             },
         ];
-        self.finished = true;
-        async {
+        // `finished` is set only once the outcome is known: a finish dropped mid-way leaves the
+        // drop handler to release the claim (the task goes back to the queue, unless our multi
+        // already ran, in which case the claim is gone and `done/` holds our outcome).
+        let r = async {
             let deadline = Instant::now() + self.client.timeout();
             loop {
                 let r = match self.pin().await {
@@ -796,7 +804,9 @@ impl ClaimedTask {
             }
         }
         .instrument(span)
-        .await
+        .await;
+        self.finished = true;
+        r
     }
 
     /// Whether `done/x` holds our outcome (read through any live session).
