@@ -32,7 +32,7 @@ pub struct ClientBuilder {
     session_timeout: Duration,
     connect_timeout: Option<Duration>,
     op_timeout: Option<Duration>,
-    auth: Vec<(String, Vec<u8>)>,
+    auth: crate::types::Credentials,
     default_acl: Vec<Acl>,
     max_in_flight: usize,
     read_only: bool,
@@ -81,13 +81,14 @@ impl ClientBuilder {
     /// Digest authentication (`user:password`); re-applied on every reconnect and new session.
     pub fn digest_auth(mut self, user: &str, password: &str) -> Self {
         self.auth
+            .0
             .push(("digest".into(), format!("{user}:{password}").into_bytes()));
         self
     }
 
     /// Any auth scheme.
     pub fn auth(mut self, scheme: &str, data: &[u8]) -> Self {
-        self.auth.push((scheme.into(), data.to_vec()));
+        self.auth.0.push((scheme.into(), data.to_vec()));
         self
     }
 
@@ -218,7 +219,7 @@ impl Client {
             session_timeout: Duration::from_secs(10),
             connect_timeout: None,
             op_timeout: None,
-            auth: Vec::new(),
+            auth: Default::default(),
             default_acl: Acl::open(),
             max_in_flight: 1024,
             read_only: false,

@@ -221,3 +221,40 @@ pub struct ClientInfo {
     /// The identity within the scheme.
     pub user: String,
 }
+
+/// Authentication credentials (`scheme`, secret bytes), kept to be re-sent on every reconnect
+/// and new session. `Debug` shows the schemes only: secrets never reach logs or error output.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub(crate) struct Credentials(pub Vec<(String, Vec<u8>)>);
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(scheme, _)| format!("{scheme}:<redacted>")),
+            )
+            .finish()
+    }
+}
+
+impl std::ops::Deref for Credentials {
+    type Target = [(String, Vec<u8>)];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_show_their_secret() {
+        let c = Credentials(vec![("digest".into(), b"app:s3cret-pw".to_vec())]);
+        let shown = format!("{c:?} {c:#?}");
+        assert!(shown.contains("digest"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+}

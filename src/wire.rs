@@ -30,7 +30,7 @@ pub(crate) struct WireConfig {
     pub servers: Vec<(String, u16)>,
     pub chroot: Option<String>,
     pub session_timeout: Duration,
-    pub auth: Vec<(String, Vec<u8>)>,
+    pub auth: crate::types::Credentials,
     /// Accept read-only sessions from a server that lost its quorum.
     pub read_only: bool,
     /// Requests unanswered on the socket at most.

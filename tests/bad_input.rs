@@ -181,3 +181,25 @@ fn cpu_time() -> Duration {
         + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
     Duration::from_millis(ticks * 10)
 }
+
+/// Passwords never appear in `Debug` output of the builder or the client.
+#[tokio::test]
+async fn secrets_stay_out_of_debug_output() {
+    let ens = zkr::testing::shared().expect("zookeeper");
+    let builder = zkr::Client::builder(&ens.connect_string())
+        .digest_auth("app", "hunter2-secret")
+        .auth("digest", b"other:pa55word");
+    let shown = format!("{builder:?}");
+    assert!(shown.contains("digest"), "{shown}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("pa55word"),
+        "{shown}"
+    );
+    let client = builder.connect().await.unwrap();
+    let shown = format!("{client:?}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("pa55word"),
+        "{shown}"
+    );
+    client.close().await;
+}

@@ -143,7 +143,7 @@ pub(crate) struct ConnConfig {
     pub servers: Vec<(String, u16)>,
     pub session_timeout: Duration,
     pub read_only: bool,
-    pub auth: Vec<(String, Vec<u8>)>,
+    pub auth: crate::types::Credentials,
     pub max_in_flight: usize,
     pub chroot: Option<String>,
 }
@@ -1004,7 +1004,7 @@ mod tests {
                 servers: vec![("127.0.0.1".into(), 1)],
                 session_timeout: Duration::from_secs(1),
                 read_only: false,
-                auth: Vec::new(),
+                auth: Default::default(),
                 max_in_flight: 16,
                 chroot: Some("/chroot".into()),
             },
