@@ -119,7 +119,13 @@ pub(crate) async fn acquire(
                         continue;
                     }
                 }
-                children = within(deadline, "lock acquire", pinned.get_children(dir)).await??;
+                let policy = zkr::RetryPolicy::default();
+                children = within(
+                    deadline,
+                    "lock acquire",
+                    pinned.retry(&policy, || pinned.get_children(dir)),
+                )
+                .await??;
             }
         }
     }

@@ -231,8 +231,10 @@ pub(crate) async fn create_protected(
                         for extra in found {
                             let _ = client.delete(&extra, None).await;
                         }
-                        let stat = client.exists(&path).await?;
-                        let children = client.get_children(dir).await?;
+                        // The connection may drop again: these reads are retried too.
+                        let policy = zkr::RetryPolicy::default();
+                        let stat = client.retry(&policy, || client.exists(&path)).await?;
+                        let children = client.retry(&policy, || client.get_children(dir)).await?;
                         if let Some(stat) = stat {
                             return Ok((guard, stat, children));
                         }
