@@ -191,7 +191,6 @@ pub(crate) async fn create_protected(
         path: None,
         armed: true,
     };
-    let mut created_dir = false;
     loop {
         match client
             .create_and_list(&prefix, data, CreateMode::EphemeralSequential, dir)
@@ -209,13 +208,13 @@ pub(crate) async fn create_protected(
                 };
                 return Ok((guard, stat, children));
             }
-            Err(zkr::Error::NoNode { .. }) if !created_dir => {
-                client.ensure_containers(dir).await?;
-                created_dir = true;
-            }
             Err(zkr::Error::NoNode { .. }) => {
-                // The container was removed by the server between our mkdir and create: again.
-                client.ensure_containers(dir).await?;
+                // No directory yet, or the server removed the container between our mkdir and
+                // create. Creating it is idempotent, so a connection loss is retried too.
+                let policy = zkr::RetryPolicy::default();
+                client
+                    .retry(&policy, || client.ensure_containers(dir))
+                    .await?;
             }
             Err(e) if e.is_connection_loss() => {
                 // The create may have run and only its reply was lost: look for our node
