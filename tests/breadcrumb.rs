@@ -121,31 +121,42 @@ async fn a_clean_hand_over_fences_nobody() {
     cb.close().await;
 }
 
-#[tokio::test]
-async fn a_crashed_active_is_fenced_before_the_next_leader_acts() {
+/// A leads, B (fencing with `fb`) waits, then A crashes: its process stops without resigning
+/// and its session (with its latch node) goes; its breadcrumb stays.
+struct AfterCrash {
+    cb: Client,
+    crumb: String,
+    led: mpsc::UnboundedReceiver<String>,
+    b: tokio::task::JoinHandle<()>,
+}
+
+async fn crash_the_active(name: &str, fb: &Fencer) -> AfterCrash {
     let ens = zkr::testing::shared().expect("zookeeper");
     let (ca, cb) = (
         common::client(&ens.connect_string(), 4000).await,
         common::client(&ens.connect_string(), 4000).await,
     );
-    let root = common::root("crumb-crash");
+    let root = common::root(name);
     let (path, crumb) = (format!("{root}/election"), format!("{root}/active"));
     let (led_tx, mut led) = mpsc::unbounded_channel();
-    let fb = Fencer::new(true);
-    let a = candidate(
-        &ca,
-        &path,
-        &crumb,
-        "a",
-        &Fencer::new(true),
-        led_tx.clone(),
-        None,
-    );
+    let fa = Fencer::new(true);
+    let a = candidate(&ca, &path, &crumb, "a", &fa, led_tx.clone(), None);
     assert_eq!(next(&mut led).await, "a");
-    let b = candidate(&cb, &path, &crumb, "b", &fb, led_tx, None);
-    // Crash: the process stops without resigning; its session (and latch node) goes.
+    let b = candidate(&cb, &path, &crumb, "b", fb, led_tx, None);
     a.abort();
     ca.close().await;
+    AfterCrash { cb, crumb, led, b }
+}
+
+#[tokio::test]
+async fn a_crashed_active_is_fenced_before_the_next_leader_acts() {
+    let fb = Fencer::new(true);
+    let AfterCrash {
+        cb,
+        crumb,
+        mut led,
+        b,
+    } = crash_the_active("crumb-crash", &fb).await;
     assert_eq!(next(&mut led).await, "b");
     assert_eq!(fb.calls.load(Ordering::SeqCst), 1);
     assert_eq!(*fb.seen.lock().unwrap(), vec!["a".to_string()]);
@@ -156,28 +167,13 @@ async fn a_crashed_active_is_fenced_before_the_next_leader_acts() {
 
 #[tokio::test]
 async fn a_failing_fence_means_no_takeover() {
-    let ens = zkr::testing::shared().expect("zookeeper");
-    let (ca, cb) = (
-        common::client(&ens.connect_string(), 4000).await,
-        common::client(&ens.connect_string(), 4000).await,
-    );
-    let root = common::root("crumb-fail");
-    let (path, crumb) = (format!("{root}/election"), format!("{root}/active"));
-    let (led_tx, mut led) = mpsc::unbounded_channel();
     let fb = Fencer::new(false);
-    let a = candidate(
-        &ca,
-        &path,
-        &crumb,
-        "a",
-        &Fencer::new(true),
-        led_tx.clone(),
-        None,
-    );
-    assert_eq!(next(&mut led).await, "a");
-    let b = candidate(&cb, &path, &crumb, "b", &fb, led_tx, None);
-    a.abort();
-    ca.close().await;
+    let AfterCrash {
+        cb,
+        crumb,
+        mut led,
+        b,
+    } = crash_the_active("crumb-fail", &fb).await;
     // B is elected again and again, fences, fails, and resigns each time: it never acts.
     let deadline = tokio::time::Instant::now() + T;
     while fb.calls.load(Ordering::SeqCst) < 3 {
