@@ -188,21 +188,17 @@ mod tests {
         }
     }
 
+    async fn handshake_with(port: u16) -> Result<Established, HandshakeError> {
+        let t = Duration::from_secs(5);
+        handshake("127.0.0.1", port, &request(), &[], 1 << 20, t).await
+    }
+
     #[tokio::test]
     async fn handshake_sets_tcp_nodelay_and_reads_the_session() {
         // With Nagle's algorithm on, a request sent right behind another would wait for the
         // first one's reply, and pipelining would gain nothing.
         let (port, member) = fake_member(4000).await;
-        let est = handshake(
-            "127.0.0.1",
-            port,
-            &request(),
-            &[],
-            1 << 20,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+        let est = handshake_with(port).await.unwrap();
         assert!(est.stream.nodelay().unwrap(), "TCP_NODELAY must be on");
         assert_eq!(est.response.session_id, 0x1234);
         assert_eq!(est.response.passwd, vec![7; 16]);
@@ -220,15 +216,7 @@ mod tests {
     #[tokio::test]
     async fn a_zero_timeout_means_the_session_expired() {
         let (port, _member) = fake_member(0).await;
-        let r = handshake(
-            "127.0.0.1",
-            port,
-            &request(),
-            &[],
-            1 << 20,
-            Duration::from_secs(5),
-        )
-        .await;
+        let r = handshake_with(port).await;
         assert!(matches!(r, Err(HandshakeError::Expired)));
     }
 }

@@ -172,6 +172,18 @@ pub(crate) struct ConnShared {
 }
 
 impl ConnShared {
+    fn new(state: WireState, session: SessionInfo) -> ConnShared {
+        ConnShared {
+            state: watch::channel(state).0,
+            session: Mutex::new(session),
+            last_zxid: AtomicI64::new(0),
+            next_watch_id: AtomicU64::new(1),
+            confirmed_sent: AtomicU64::new(0),
+            confirmed_recv: AtomicU64::new(0),
+            base: Instant::now() - Duration::from_secs(1),
+        }
+    }
+
     pub fn session(&self) -> SessionInfo {
         self.session
             .lock()
@@ -248,47 +260,25 @@ pub(crate) async fn open(
         }
     };
     let server = i % n;
-    let base = Instant::now() - Duration::from_secs(1);
     let state = if est.response.read_only {
         WireState::ReadOnly
     } else {
         WireState::Connected
     };
-    let (state_tx, _) = watch::channel(state);
-    let shared = Arc::new(ConnShared {
-        state: state_tx,
-        session: Mutex::new(SessionInfo {
+    let shared = Arc::new(ConnShared::new(
+        state,
+        SessionInfo {
             id: est.response.session_id,
             passwd: est.response.passwd.clone(),
             timeout: Duration::from_millis(u64::try_from(est.response.timeout_ms).unwrap_or(0)),
             server,
-        }),
-        last_zxid: AtomicI64::new(0),
-        next_watch_id: AtomicU64::new(1),
-        confirmed_sent: AtomicU64::new(0),
-        confirmed_recv: AtomicU64::new(0),
-        base,
-    });
+        },
+    ));
     // Creating a session is a transaction of the leader's.
     shared.confirmed(est.sent);
     let (req_tx, req_rx) = mpsc::unbounded_channel();
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-    let task = Task {
-        seen_rw: !est.response.read_only,
-        cfg,
-        shared: shared.clone(),
-        requests: req_rx,
-        control: ctl_rx,
-        pending: VecDeque::new(),
-        auth_pending: VecDeque::new(),
-        next_xid: 1,
-        watches: HashMap::new(),
-        pending_regs: HashMap::new(),
-        persistent: HashMap::new(),
-        removed_all: HashMap::new(),
-        wbuf: Vec::with_capacity(64 * 1024),
-        wpos: 0,
-    };
+    let task = Task::new(cfg, shared.clone(), req_rx, ctl_rx, !est.response.read_only);
     tokio::spawn(task.run(est));
     Ok((shared, req_tx, ctl_tx))
 }
@@ -369,6 +359,31 @@ enum End {
 }
 
 impl Task {
+    fn new(
+        cfg: ConnConfig,
+        shared: Arc<ConnShared>,
+        requests: mpsc::UnboundedReceiver<Packet>,
+        control: mpsc::UnboundedReceiver<Control>,
+        seen_rw: bool,
+    ) -> Task {
+        Task {
+            cfg,
+            shared,
+            requests,
+            control,
+            pending: VecDeque::new(),
+            auth_pending: VecDeque::new(),
+            next_xid: 1,
+            watches: HashMap::new(),
+            pending_regs: HashMap::new(),
+            persistent: HashMap::new(),
+            removed_all: HashMap::new(),
+            wbuf: Vec::with_capacity(64 * 1024),
+            wpos: 0,
+            seen_rw,
+        }
+    }
+
     async fn run(mut self, first: Established) {
         let mut est = first;
         let end = loop {
@@ -996,45 +1011,24 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     fn task() -> Task {
-        let (state, _) = watch::channel(WireState::Connected);
         let (_req_tx, requests) = mpsc::unbounded_channel();
         let (_ctl_tx, control) = mpsc::unbounded_channel();
-        Task {
-            cfg: ConnConfig {
-                servers: vec![("127.0.0.1".into(), 1)],
-                session_timeout: Duration::from_secs(1),
-                read_only: false,
-                auth: Default::default(),
-                max_in_flight: 16,
-                chroot: Some("/chroot".into()),
-            },
-            shared: Arc::new(ConnShared {
-                state,
-                session: Mutex::new(SessionInfo {
-                    id: 1,
-                    passwd: vec![0; 16],
-                    timeout: Duration::from_secs(1),
-                    server: 0,
-                }),
-                last_zxid: AtomicI64::new(0),
-                next_watch_id: AtomicU64::new(1),
-                confirmed_sent: AtomicU64::new(0),
-                confirmed_recv: AtomicU64::new(0),
-                base: Instant::now(),
-            }),
-            requests,
-            control,
-            pending: VecDeque::new(),
-            auth_pending: VecDeque::new(),
-            next_xid: 1,
-            watches: HashMap::new(),
-            pending_regs: HashMap::new(),
-            persistent: HashMap::new(),
-            removed_all: HashMap::new(),
-            wbuf: Vec::new(),
-            wpos: 0,
-            seen_rw: true,
-        }
+        let cfg = ConnConfig {
+            servers: vec![("127.0.0.1".into(), 1)],
+            session_timeout: Duration::from_secs(1),
+            read_only: false,
+            auth: Default::default(),
+            max_in_flight: 16,
+            chroot: Some("/chroot".into()),
+        };
+        let session = SessionInfo {
+            id: 1,
+            passwd: vec![0; 16],
+            timeout: Duration::from_secs(1),
+            server: 0,
+        };
+        let shared = Arc::new(ConnShared::new(WireState::Connected, session));
+        Task::new(cfg, shared, requests, control, true)
     }
 
     /// A plausible reply frame: a real header (xid among the special ones and 1..4) followed by
