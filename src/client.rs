@@ -914,4 +914,29 @@ impl Client {
         proxy.heal();
         r
     }
+
+    /// The current session's id and password, so that another process can expire it with
+    /// [`crate::testing::expire_session`] (the soak's session-expiry fault does this to its
+    /// workload processes). Test-only: the password is the session's secret.
+    #[cfg(feature = "testing")]
+    pub async fn session_credentials_for_testing(&self) -> Result<(SessionId, Vec<u8>)> {
+        let e = self.inner.shared.live_epoch().await?;
+        let session = e.wire()?.session();
+        Ok((SessionId(session.id), session.passwd.clone()))
+    }
+}
+
+/// Expires the session `id` (password `passwd`, as given by
+/// [`Client::session_credentials_for_testing`]) by opening a second connection with the same
+/// credentials to one of the servers in `direct` and closing it. The session's owner should be
+/// cut off meanwhile (through a [`crate::testing::FaultProxy`]), or its instant reconnect and
+/// this call take the session from each other.
+#[cfg(feature = "testing")]
+pub(crate) async fn expire_session_with(direct: &str, id: SessionId, passwd: &[u8]) -> Result<()> {
+    let servers = ConnectString::parse(direct)?.servers;
+    let session = crate::wire::WireSession {
+        id: id.0,
+        passwd: passwd.to_vec(),
+    };
+    crate::wire::expire_session(&servers, &session, Duration::from_secs(10)).await
 }

@@ -1,8 +1,9 @@
 //! The invariant checker, run after the soak on the resource's write record and the fault log.
 //!
-//! * **Mutual exclusion.** A hold is the interval [first write, last write] (receive times at
-//!   the resource, accepted or rejected) of one `zkr lock` acquisition (one lock node). Holds of
-//!   different acquisitions must not overlap. The only exception: a hold whose holder was
+//! * **Mutual exclusion.** A hold is one `zkr lock` acquisition (one lock node). Its interval
+//!   runs from its command's "acquired" marker (or its first write) to its "released" marker
+//!   (or its last write), all receive times at the resource, on the soak's one monotonic clock.
+//!   Holds of different acquisitions must not overlap. The only exception: a hold whose holder was
 //!   paused (SIGSTOP of its `zkr` and its command) during the hold; it may go on writing after
 //!   it resumes, but every such write made after the next hold began must have been REJECTED by
 //!   the fenced resource (counted as `late_writes_rejected`).
@@ -15,7 +16,7 @@
 use std::collections::HashMap;
 
 use crate::faults::Record;
-use crate::resource::Write;
+use crate::resource::{Marker, Write};
 
 #[derive(Debug, Clone)]
 pub struct Hold {
@@ -47,7 +48,9 @@ pub struct Outcome {
     pub censored_heals: usize,
 }
 
-pub fn holds(writes: &[Write], faults: &[Record]) -> Vec<Hold> {
+/// The holds on one fenced resource; `group` names its writers (`lock` or `elect`): writer N is
+/// the participant `{group}-N`.
+pub fn holds(writes: &[Write], markers: &[Marker], faults: &[Record], group: &str) -> Vec<Hold> {
     let mut by_id: HashMap<&str, usize> = HashMap::new();
     let mut out: Vec<Hold> = Vec::new();
     for w in writes {
@@ -66,7 +69,7 @@ pub fn holds(writes: &[Write], faults: &[Record]) -> Vec<Hold> {
             out.len() - 1
         });
         let h = &mut out[i];
-        h.last = w.t_ms;
+        h.last = h.last.max(w.t_ms);
         if w.accepted {
             h.accepted += 1;
             h.first_accepted.get_or_insert(w.t_ms);
@@ -74,17 +77,39 @@ pub fn holds(writes: &[Write], faults: &[Record]) -> Vec<Hold> {
             h.rejected += 1;
         }
     }
+    // The command's own start and end marks widen the interval (a hold that never wrote is
+    // left out: it has no token to judge by).
+    for m in markers {
+        if let Some(&i) = by_id.get(m.hold.as_str()) {
+            let h = &mut out[i];
+            if m.acquired {
+                h.first = h.first.min(m.t_ms);
+            } else {
+                h.last = h.last.max(m.t_ms);
+            }
+        }
+    }
     for h in &mut out {
+        let name = format!("{group}-{}", h.holder);
         h.paused = faults.iter().any(|f| {
-            f.paused_holder == Some(h.holder) && h.first <= f.end_ms && h.last >= f.start_ms
+            f.paused.as_deref() == Some(name.as_str())
+                && h.first <= f.end_ms
+                && h.last >= f.start_ms
         });
     }
     out.sort_by(|a, b| a.first.total_cmp(&b.first));
     out
 }
 
-pub fn check(writes: &[Write], faults: &[Record], bound_ms: f64, end_ms: f64) -> Outcome {
-    let holds = holds(writes, faults);
+pub fn check(
+    writes: &[Write],
+    markers: &[Marker],
+    faults: &[Record],
+    group: &str,
+    bound_ms: f64,
+    end_ms: f64,
+) -> Outcome {
+    let holds = holds(writes, markers, faults, group);
     let mut violations = Vec::new();
     let mut late_writes_rejected = 0;
     // Mutual exclusion. Holds are sorted by first write; of two holds that overlap in time,
@@ -171,16 +196,7 @@ pub fn check(writes: &[Write], faults: &[Record], bound_ms: f64, end_ms: f64) ->
     // calm stretch longer than the bound is a violation.
     let mut gaps = Vec::new();
     let mut censored_heals = 0;
-    for f in faults {
-        let heal = f.end_ms;
-        if faults.iter().any(|g| g.start_ms <= heal && g.end_ms > heal) {
-            continue;
-        }
-        let calm_until = faults
-            .iter()
-            .map(|g| g.start_ms)
-            .filter(|&t| t > heal)
-            .fold(end_ms, f64::min);
+    for (heal, calm_until) in full_heals(faults, end_ms) {
         let next = holds
             .iter()
             .filter(|h| h.first > heal)
@@ -221,10 +237,45 @@ pub fn check(writes: &[Write], faults: &[Record], bound_ms: f64, end_ms: f64) ->
     }
 }
 
-/// The faults and holds within ±5 s of `at_ms`, one line each, in time order.
-pub fn timeline(at_ms: f64, faults: &[Record], holds: &[Hold]) -> Vec<String> {
+/// Every full heal (the end of a fault while no other fault is active) with the end of the calm
+/// after it (the next fault's start, or the end of the run).
+pub fn full_heals(faults: &[Record], end_ms: f64) -> Vec<(f64, f64)> {
+    faults
+        .iter()
+        .map(|f| f.end_ms)
+        .filter(|&heal| !faults.iter().any(|g| g.start_ms <= heal && g.end_ms > heal))
+        .map(|heal| {
+            let calm_until = faults
+                .iter()
+                .map(|g| g.start_ms)
+                .filter(|&t| t > heal)
+                .fold(end_ms, f64::min);
+            (heal, calm_until)
+        })
+        .collect()
+}
+
+/// The faults, holds and losses (participant, time) within ±5 s of `at_ms`, one line each, in
+/// time order.
+pub fn timeline(
+    at_ms: f64,
+    faults: &[Record],
+    holds: &[Hold],
+    losses: &[(String, f64)],
+) -> Vec<String> {
     let (lo, hi) = (at_ms - 5000.0, at_ms + 5000.0);
     let mut lines: Vec<(f64, String)> = Vec::new();
+    for (who, t) in losses {
+        if (lo..=hi).contains(t) {
+            lines.push((
+                *t,
+                format!(
+                    "{:>9.3}s  lost  {who}: zkr ended the hold (lock lost)",
+                    t / 1000.0
+                ),
+            ));
+        }
+    }
     for f in faults {
         if f.start_ms <= hi && f.end_ms >= lo {
             lines.push((
@@ -288,10 +339,10 @@ mod tests {
     fn pause(holder: usize, start_ms: f64, end_ms: f64) -> Record {
         Record {
             kind: Kind::HolderPause,
-            target: format!("holder {holder}"),
+            target: format!("lock-{holder}"),
             start_ms,
             end_ms,
-            paused_holder: Some(holder),
+            paused: Some(format!("lock-{holder}")),
         }
     }
 
@@ -303,7 +354,7 @@ mod tests {
             w(20.0, 1, "b", 2, true),
             w(30.0, 1, "b", 2, true),
         ];
-        let outcome = check(&writes, &[], 6000.0, 40.0);
+        let outcome = check(&writes, &[], &[], "lock", 6000.0, 40.0);
         assert!(outcome.violations.is_empty());
         assert_eq!(outcome.holds.len(), 2);
     }
@@ -318,9 +369,31 @@ mod tests {
             w(20.0, 0, "a", 1, false),
             w(30.0, 1, "b", 2, true),
         ];
-        let outcome = check(&writes, &faults, 60_000.0, 40.0);
+        let outcome = check(&writes, &[], &faults, "lock", 60_000.0, 40.0);
         assert!(outcome.violations.is_empty(), "{:?}", outcome.violations);
         assert_eq!(outcome.late_writes_rejected, 1);
+    }
+
+    fn mark(t_ms: f64, holder: usize, hold: &str, acquired: bool) -> Marker {
+        Marker {
+            t_ms,
+            holder,
+            hold: hold.to_string(),
+            acquired,
+        }
+    }
+
+    #[test]
+    fn markers_widen_a_hold() {
+        // Writes alone do not overlap, but holder 0's command ran until 25 (its release mark)
+        // while holder 1 acquired at 15.
+        let writes = [w(0.0, 0, "a", 1, true), w(20.0, 1, "b", 2, true)];
+        let markers = [mark(25.0, 0, "a", false), mark(15.0, 1, "b", true)];
+        let outcome = check(&writes, &[], &[], "lock", 6000.0, 40.0);
+        assert!(outcome.violations.is_empty());
+        let outcome = check(&writes, &markers, &[], "lock", 6000.0, 40.0);
+        assert_eq!(outcome.violations.len(), 1);
+        assert_eq!(outcome.violations[0].kind, "overlap");
     }
 
     #[test]
@@ -330,7 +403,7 @@ mod tests {
             w(20.0, 1, "b", 2, true),
             w(30.0, 0, "a", 1, false),
         ];
-        let outcome = check(&writes, &[], 6000.0, 40.0);
+        let outcome = check(&writes, &[], &[], "lock", 6000.0, 40.0);
         assert_eq!(outcome.violations.len(), 1);
         assert_eq!(outcome.violations[0].kind, "overlap");
     }
@@ -343,7 +416,7 @@ mod tests {
             w(20.0, 1, "b", 2, true),
             w(30.0, 0, "a", 1, false),
         ];
-        let outcome = check(&rejected, &faults, 60_000.0, 40.0);
+        let outcome = check(&rejected, &[], &faults, "lock", 60_000.0, 40.0);
         assert!(outcome.violations.is_empty());
         assert_eq!(outcome.late_writes_rejected, 1);
         // A stale token accepted after the next hold began (a broken resource) is caught.
@@ -352,7 +425,7 @@ mod tests {
             w(20.0, 1, "b", 2, true),
             w(30.0, 0, "a", 1, true),
         ];
-        let outcome = check(&accepted, &faults, 60_000.0, 40.0);
+        let outcome = check(&accepted, &[], &faults, "lock", 60_000.0, 40.0);
         let kinds: Vec<&str> = outcome.violations.iter().map(|v| v.kind).collect();
         assert!(kinds.contains(&"stale-write-accepted"), "{kinds:?}");
         assert!(kinds.contains(&"token-order"), "{kinds:?}");

@@ -4,10 +4,13 @@
 //! alone. Targets that only exist at run time (the current ZooKeeper leader, the holder that
 //! holds the lock now) are resolved when the fault starts, using `pick` where a choice remains.
 //! At most one member fault (kill / pause) and one quorum-network fault (isolate / partition)
-//! run at a time; client-side faults (one per holder) and a holder pause may overlap with them.
+//! run at a time; client-side faults (cut, blackhole, session expiry: one at a time per
+//! participant), a holder pause and a worker pause may overlap with them.
 
 use std::collections::HashMap;
 use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -29,11 +32,13 @@ pub enum Kind {
     Partition,
     ClientCut,
     ClientBlackhole,
+    SessionExpiry,
     HolderPause,
+    WorkerPause,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::MemberKill,
         Kind::MemberPause,
         Kind::IsolateLeader,
@@ -41,7 +46,9 @@ impl Kind {
         Kind::Partition,
         Kind::ClientCut,
         Kind::ClientBlackhole,
+        Kind::SessionExpiry,
         Kind::HolderPause,
+        Kind::WorkerPause,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,7 +60,9 @@ impl Kind {
             Kind::Partition => "partition",
             Kind::ClientCut => "client-cut",
             Kind::ClientBlackhole => "client-blackhole",
+            Kind::SessionExpiry => "session-expiry",
             Kind::HolderPause => "holder-pause",
+            Kind::WorkerPause => "worker-pause",
         }
     }
 
@@ -64,8 +73,10 @@ impl Kind {
             Kind::IsolateLeader | Kind::IsolateFollower | Kind::Partition => (2000, 7000),
             // Sometimes longer than the 4 s session timeout.
             Kind::ClientCut | Kind::ClientBlackhole => (1000, 6000),
+            // The owner stays cut off for a moment after its session was expired.
+            Kind::SessionExpiry => (300, 1500),
             // Always longer than the session timeout.
-            Kind::HolderPause => (5000, 8000),
+            Kind::HolderPause | Kind::WorkerPause => (5000, 8000),
         }
     }
 }
@@ -77,14 +88,36 @@ enum Slot {
     Net,
     Client(usize),
     HolderPause,
+    WorkerPause,
 }
 
-fn slot(kind: Kind, pick: u64, holders: usize) -> Slot {
+/// The participants as the plan sees them: how many, and which are library workers (the
+/// session-expiry and worker-pause targets).
+pub struct Cast {
+    pub participants: usize,
+    pub workers: Vec<usize>,
+}
+
+impl Cast {
+    /// The participant a client fault picks.
+    pub fn client(&self, kind: Kind, pick: u64) -> usize {
+        if kind == Kind::SessionExpiry && !self.workers.is_empty() {
+            self.workers[pick as usize % self.workers.len()]
+        } else {
+            pick as usize % self.participants.max(1)
+        }
+    }
+}
+
+fn slot(kind: Kind, pick: u64, cast: &Cast) -> Slot {
     match kind {
         Kind::MemberKill | Kind::MemberPause => Slot::Member,
         Kind::IsolateLeader | Kind::IsolateFollower | Kind::Partition => Slot::Net,
-        Kind::ClientCut | Kind::ClientBlackhole => Slot::Client(pick as usize % holders),
+        Kind::ClientCut | Kind::ClientBlackhole | Kind::SessionExpiry => {
+            Slot::Client(cast.client(kind, pick))
+        }
         Kind::HolderPause => Slot::HolderPause,
+        Kind::WorkerPause => Slot::WorkerPause,
     }
 }
 
@@ -98,7 +131,7 @@ pub struct Planned {
 }
 
 /// The schedule: a fault every 1–3 s from 2 s on, starting no later than `budget_ms`.
-pub fn plan(rng: &mut StdRng, budget_ms: u64, holders: usize) -> Vec<Planned> {
+pub fn plan(rng: &mut StdRng, budget_ms: u64, cast: &Cast) -> Vec<Planned> {
     let mut out = Vec::new();
     let mut busy: HashMap<Slot, u64> = HashMap::new();
     let mut t = 2000;
@@ -109,7 +142,10 @@ pub fn plan(rng: &mut StdRng, budget_ms: u64, holders: usize) -> Vec<Planned> {
         for kind in kinds {
             let (lo, hi) = kind.duration();
             let duration_ms = rng.gen_range(lo..=hi);
-            let s = slot(kind, pick, holders);
+            if kind == Kind::SessionExpiry && cast.workers.is_empty() {
+                continue;
+            }
+            let s = slot(kind, pick, cast);
             if busy.get(&s).is_none_or(|&free| free <= t) {
                 // 500 ms of calm on the slot before its next fault.
                 busy.insert(s, t + duration_ms + 500);
@@ -134,15 +170,64 @@ pub struct Record {
     pub target: String,
     pub start_ms: f64,
     pub end_ms: f64,
-    /// For holder pauses: the holder whose `zkr` (and command) was stopped.
-    pub paused_holder: Option<usize>,
+    /// For process pauses: the participant that was stopped (see [`Participant::name`]).
+    pub paused: Option<String>,
 }
 
-/// What a holder thread shares with the fault runner.
-pub struct HolderHandle {
+/// What kind of process a participant runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// `zkr lock` holders.
+    Lock,
+    /// `zkr elect` candidates.
+    Elect,
+    /// `zkr-soak worker` processes.
+    Worker,
+}
+
+/// One client process of the soak, as the fault runner sees it.
+pub struct Participant {
+    /// `lock-0`, `elect-2`, `ids-1`, `queue-worker-0`, ...
+    pub name: String,
+    pub group: Group,
+    /// Index within its group (the holder number on the fenced resources).
+    pub index: usize,
+    /// Its own fault proxy: every connection it makes goes through it.
     pub proxy: FaultProxy,
-    /// Pid of the holder's running `zkr lock`, if any.
-    pub zkr_pid: Mutex<Option<u32>>,
+    /// Pid of its running process (`zkr` or `zkr-soak worker`), if any.
+    pub pid: Mutex<Option<u32>>,
+    /// Where a worker writes its events (the session credentials are there).
+    pub events: Option<PathBuf>,
+    /// Set when the soak stops it on purpose (its exit is then not a failure).
+    pub stopped: AtomicBool,
+}
+
+impl Participant {
+    pub fn new(
+        name: String,
+        group: Group,
+        index: usize,
+        proxy: FaultProxy,
+        events: Option<PathBuf>,
+    ) -> Participant {
+        Participant {
+            name,
+            group,
+            index,
+            proxy,
+            pid: Mutex::new(None),
+            events,
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_pid(&self, pid: Option<u32>) {
+        *self.pid.lock().unwrap_or_else(|e| e.into_inner()) = pid;
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        *self.pid.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// How to undo a started fault.
@@ -152,12 +237,14 @@ enum Undo {
     Net,
     Proxy(usize),
     Holder { zkr: Option<Pid>, groups: Vec<Pid> },
+    Process(Pid),
     Nothing,
 }
 
 pub struct Env<'a> {
     pub zk: &'a ZkEnsemble,
-    pub holders: &'a [Arc<HolderHandle>],
+    pub cast: &'a Cast,
+    pub participants: &'a [Arc<Participant>],
 }
 
 /// Runs the plan (blocking) and returns what was done. Every fault is healed before it returns.
@@ -176,7 +263,7 @@ pub fn run(plan: &[Planned], env: &Env<'_>) -> Vec<Record> {
         let p = &plan[i];
         if !is_end {
             let start_ms = now_ms();
-            let (target, u, paused_holder) = start(p, env);
+            let (target, u, paused) = start(p, env);
             if matches!(u, Undo::Nothing) {
                 eprintln!(
                     "zkr-soak: {:>8.3}s fault skipped {}: {target}",
@@ -195,7 +282,7 @@ pub fn run(plan: &[Planned], env: &Env<'_>) -> Vec<Record> {
                 target,
                 start_ms,
                 end_ms: start_ms,
-                paused_holder,
+                paused,
             });
             undo[i] = Some(u);
         } else {
@@ -223,7 +310,7 @@ fn report_err<E: std::fmt::Display>(what: &str, r: Result<(), E>) {
     }
 }
 
-fn start(p: &Planned, env: &Env<'_>) -> (String, Undo, Option<usize>) {
+fn start(p: &Planned, env: &Env<'_>) -> (String, Undo, Option<String>) {
     let n = env.zk.len();
     let pick = p.pick as usize;
     match p.kind {
@@ -261,14 +348,59 @@ fn start(p: &Planned, env: &Env<'_>) -> (String, Undo, Option<usize>) {
             (format!("{minority:?} | {majority:?}"), Undo::Net, None)
         }
         Kind::ClientCut | Kind::ClientBlackhole => {
-            let h = pick % env.holders.len();
-            let proxy = &env.holders[h].proxy;
+            let h = env.cast.client(p.kind, p.pick);
+            let proxy = &env.participants[h].proxy;
             if p.kind == Kind::ClientCut {
                 proxy.cut();
             } else {
                 proxy.blackhole();
             }
-            (format!("holder {h}"), Undo::Proxy(h), None)
+            (env.participants[h].name.clone(), Undo::Proxy(h), None)
+        }
+        Kind::SessionExpiry => {
+            let h = env.cast.client(p.kind, p.pick);
+            let who = &env.participants[h];
+            let Some((id, passwd)) = who.events.as_deref().and_then(last_session) else {
+                return (format!("{}: no session yet", who.name), Undo::Nothing, None);
+            };
+            who.proxy.cut();
+            let r = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| {
+                    rt.block_on(zkr::testing::expire_session(
+                        &env.zk.connect_string(),
+                        zkr::SessionId(id),
+                        &passwd,
+                    ))
+                    .map_err(|e| e.to_string())
+                });
+            report_err("expire", r);
+            (
+                format!("{} (session 0x{id:x})", who.name),
+                Undo::Proxy(h),
+                None,
+            )
+        }
+        Kind::WorkerPause => {
+            let n = env.cast.workers.len();
+            let target = (0..n)
+                .map(|k| env.cast.workers[(pick + k) % n])
+                .find_map(|h| {
+                    let pid = env.participants[h].pid()?;
+                    Some((h, Pid::from_raw(pid as i32)?))
+                });
+            let Some((h, pid)) = target else {
+                return ("no worker running".to_string(), Undo::Nothing, None);
+            };
+            let _ = kill_process(pid, Signal::STOP);
+            let name = env.participants[h].name.clone();
+            (
+                format!("{name} (pid {})", pid.as_raw_nonzero()),
+                Undo::Process(pid),
+                Some(name),
+            )
         }
         Kind::HolderPause => {
             // The holder whose `zkr lock` runs its command now (waiting up to 2 s for one).
@@ -282,7 +414,8 @@ fn start(p: &Planned, env: &Env<'_>) -> (String, Undo, Option<usize>) {
             let _ = kill_process(zkr, Signal::STOP);
             (
                 format!(
-                    "holder {h} (zkr pid {}, command group {})",
+                    "{} (zkr pid {}, command group {})",
+                    env.participants[h].name,
                     zkr.as_raw_nonzero(),
                     groups
                         .iter()
@@ -294,7 +427,7 @@ fn start(p: &Planned, env: &Env<'_>) -> (String, Undo, Option<usize>) {
                     zkr: Some(zkr),
                     groups,
                 },
-                Some(h),
+                Some(env.participants[h].name.clone()),
             )
         }
     }
@@ -305,7 +438,10 @@ fn end(u: Undo, env: &Env<'_>) {
         Undo::Member(m) => report_err("resume", env.zk.resume(m)),
         Undo::Start(m) => report_err("restart", env.zk.start_member(m)),
         Undo::Net => report_err("heal", env.zk.heal()),
-        Undo::Proxy(h) => env.holders[h].proxy.heal(),
+        Undo::Proxy(h) => env.participants[h].proxy.heal(),
+        Undo::Process(pid) => {
+            let _ = kill_process(pid, Signal::CONT);
+        }
         Undo::Holder { zkr, groups } => {
             // The command resumes first and may write with its stale token for a moment before
             // zkr wakes up, sees its lease is over and kills it: those writes must be rejected.
@@ -321,18 +457,22 @@ fn end(u: Undo, env: &Env<'_>) {
     }
 }
 
-/// A holder whose `zkr` has a child (the command of a hold), from `pick` on: (holder, zkr pid,
-/// the child process groups).
+/// A lock holder or election candidate whose `zkr` has a child (the command of a hold), from
+/// `pick` on: (participant, zkr pid, the child process groups).
 fn running_hold(env: &Env<'_>, pick: usize) -> Option<(usize, Pid, Vec<Pid>)> {
     let deadline = now_ms() + 2000.0;
-    let n = env.holders.len();
+    let holders: Vec<usize> = (0..env.participants.len())
+        .filter(|&i| env.participants[i].group != Group::Worker)
+        .collect();
+    let n = holders.len();
+    if n == 0 {
+        return None;
+    }
     loop {
-        for h in (0..n).map(|k| (pick + k) % n) {
-            let pid = *env.holders[h]
-                .zkr_pid
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let Some(pid) = pid else { continue };
+        for h in (0..n).map(|k| holders[(pick + k) % n]) {
+            let Some(pid) = env.participants[h].pid() else {
+                continue;
+            };
             // Only children that already lead their own process group (zkr's command).
             let groups: Vec<Pid> = children_of(pid)
                 .into_iter()
@@ -348,6 +488,24 @@ fn running_hold(env: &Env<'_>, pick: usize) -> Option<(usize, Pid, Vec<Pid>)> {
         }
         thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The latest `session` event of a worker: (session id, password).
+fn last_session(events: &Path) -> Option<(i64, Vec<u8>)> {
+    let text = fs::read_to_string(events).ok()?;
+    text.lines().rev().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if v["ev"] != "session" {
+            return None;
+        }
+        let id = v["id"].as_i64()?;
+        let hex = v["passwd"].as_str()?;
+        let passwd = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        Some((id, passwd))
+    })
 }
 
 /// The process group of `pid` (from /proc/PID/stat).

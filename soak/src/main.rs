@@ -1,20 +1,31 @@
-//! `zkr-soak`: a seeded fault soak with an invariant checker (Jepsen-style) for zkr's locks.
+//! `zkr-soak`: a seeded fault soak with an invariant checker (Jepsen-style) for zkr's recipes.
 //!
-//! It starts its own partitionable ZooKeeper ensemble, a fenced resource (a TCP server that
-//! accepts a write only with a token at least as high as any accepted before) and N holder
-//! threads. Each holder loops on `zkr --zk <its own FaultProxy> lock /soak/lock -- zkr-soak
-//! hold ...`, and the `hold` command writes to the resource with `ZKR_FENCING_TOKEN`. Meanwhile
-//! faults drawn from the seed hit the members, the quorum links, the holders' connections and
-//! the holders' processes. Afterwards the checker (`check.rs`) looks for overlapping holds,
-//! stale accepted writes and unavailability. Exit codes: 0 no violation, 1 violation, 2 error.
+//! It starts its own partitionable ZooKeeper ensemble, two fenced resources (TCP servers that
+//! accept a write only with a token at least as high as any accepted before) and these
+//! workloads, every participant an OS process behind its own fault proxy:
+//!
+//! * **locks**: N holders loop on `zkr lock /soak/lock -- zkr-soak hold ...`; the `hold`
+//!   command writes to the lock resource with `ZKR_FENCING_TOKEN`;
+//! * **election**: candidates run `zkr elect /soak/election -- zkr-soak hold ...`, the leader
+//!   writing its fence to the election resource;
+//! * **library workers** (`zkr-soak worker`, see `worker.rs`): IDs, config publish/subscribe,
+//!   registration and discovery, a work queue with progress reporting.
+//!
+//! Meanwhile faults drawn from the seed hit the members, the quorum links, the participants'
+//! connections and sessions, and their processes (`faults.rs`). Afterwards the checkers
+//! (`check.rs` for the fenced resources, `workloads.rs` for the rest) look for overlapping
+//! holds, stale accepted writes, duplicate IDs, lost or backward config values, tasks not
+//! completed exactly once, discovery that does not converge, and unavailability. Exit codes:
+//! 0 no violation, 1 violation, 2 error.
 
 mod check;
 mod faults;
+mod procs;
+mod report;
 mod resource;
+mod worker;
+mod workloads;
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,12 +35,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rustix::process::{kill_process, kill_process_group, Pid, Signal};
-use serde_json::json;
+use rand::SeedableRng;
 use zkr::testing::{FaultProxy, ZkEnsemble};
 
-use faults::HolderHandle;
+use faults::{Group, Participant};
+use procs::{dir_log, stop_participant, HolderCtx, HolderStats, WorkerCtx};
+use worker::Role;
 
 /// The holders' session timeout.
 const SESSION_TIMEOUT_MS: u64 = 4000;
@@ -47,11 +58,13 @@ in the queue, keeps the lock until its session expires; an isolated leader takes
 reconnect. The safe implementation measured 2.3 s at worst (150 s run, seed 20261128), 0.6 s \
 (180 s, seed 42) and 0.2 s (40 s, seed 7).";
 
-static START: OnceLock<Instant> = OnceLock::new();
+/// CLOCK_MONOTONIC (ms) when the soak started.
+static START_MONO: OnceLock<f64> = OnceLock::new();
 
-/// Milliseconds since the soak started (one monotonic clock for resource and faults).
+/// Milliseconds since the soak started, on CLOCK_MONOTONIC: the clock of the resources, the
+/// faults and (converted) the workers' events.
 pub fn now_ms() -> f64 {
-    START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1000.0
+    worker::mono_ms() - *START_MONO.get_or_init(worker::mono_ms)
 }
 
 pub fn sleep_until_ms(t: f64) {
@@ -64,7 +77,7 @@ pub fn sleep_until_ms(t: f64) {
 #[derive(Parser, Debug)]
 #[command(
     name = "zkr-soak",
-    about = "Seeded fault soak with an invariant checker for zkr locks",
+    about = "Seeded fault soak with an invariant checker for zkr's recipes",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -79,6 +92,9 @@ enum Sub {
     /// (internal) the command `zkr lock` runs: writes to the fenced resource
     #[command(hide = true)]
     Hold(HoldArgs),
+    /// (internal) a library workload process
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
 }
 
 #[derive(Args, Debug)]
@@ -95,9 +111,15 @@ struct RunArgs {
     /// Ensemble size
     #[arg(long, default_value_t = 3, value_parser = parse_members)]
     members: usize,
-    /// Number of holder threads
+    /// Number of lock holder processes
     #[arg(long, default_value_t = 5)]
     holders: usize,
+    /// Number of election candidates
+    #[arg(long, default_value_t = 3)]
+    candidates: usize,
+    /// Run the lock workload only (no election, no library workers)
+    #[arg(long)]
+    locks_only: bool,
     /// Write the JSON report here
     #[arg(long)]
     report: Option<PathBuf>,
@@ -108,92 +130,37 @@ struct RunArgs {
     /// The `zkr` binary (default: next to this executable)
     #[arg(long)]
     zkr_bin: Option<PathBuf>,
-    /// Append each holder's `zkr` stderr to DIR/holder-N.log (default: discarded)
+    /// Append each lock holder's and candidate's `zkr` stderr to DIR/NAME.log (default:
+    /// discarded; the workers' logs and events go to a temporary directory, kept on a violation)
     #[arg(long, value_name = "DIR")]
     holder_logs: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
-struct HoldArgs {
+pub struct HoldArgs {
     #[arg(long)]
-    resource: String,
+    pub resource: String,
     #[arg(long)]
-    holder: usize,
+    pub holder: usize,
     /// Start a detached writer (own process group) that keeps writing after we exit
     #[arg(long)]
-    unsafe_detach: bool,
+    pub unsafe_detach: bool,
     /// Be that detached writer
     #[arg(long)]
-    detached: bool,
+    pub detached: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Sub::Hold(args)) => hold(&args).map(|()| ExitCode::SUCCESS),
+        Some(Sub::Hold(args)) => procs::hold(&args).map(|()| ExitCode::SUCCESS),
+        Some(Sub::Worker(args)) => worker::run(&args).map(|()| ExitCode::SUCCESS),
         None => soak(&cli.run),
     };
     result.unwrap_or_else(|e| {
         eprintln!("zkr-soak: {e}");
         ExitCode::from(2)
     })
-}
-
-/// The `hold` subcommand: a few writes with the lock's fencing token.
-fn hold(args: &HoldArgs) -> Result<(), String> {
-    let token: i64 = std::env::var("ZKR_FENCING_TOKEN")
-        .map_err(|_| "ZKR_FENCING_TOKEN is not set (run under `zkr lock`)".to_string())?
-        .parse()
-        .map_err(|e| format!("ZKR_FENCING_TOKEN: {e}"))?;
-    let node = std::env::var("ZKR_LOCK_NODE").unwrap_or_else(|_| format!("token-{token}"));
-    if args.unsafe_detach {
-        // Outside zkr's control: its own process group, so the lock's signals miss it.
-        let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-        std::os::unix::process::CommandExt::process_group(
-            Command::new(exe)
-                .args(["hold", "--detached", "--resource", &args.resource])
-                .args(["--holder", &args.holder.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-            0,
-        )
-        .spawn()
-        .map_err(|e| format!("starting the detached writer: {e}"))?;
-    }
-    let stream = TcpStream::connect(&args.resource)
-        .map_err(|e| format!("connecting to {}: {e}", args.resource))?;
-    let _ = stream.set_nodelay(true);
-    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-    let mut out = stream;
-    let mut rng = StdRng::seed_from_u64(token as u64 ^ (args.holder as u64) << 48);
-    // The detached writer keeps writing for 3 s (every 50 ms) with its stale token; a normal
-    // hold writes 5-20 times, 10-50 ms apart.
-    let writes = if args.detached {
-        60
-    } else {
-        rng.gen_range(5..=20)
-    };
-    let mut line = String::new();
-    for _ in 0..writes {
-        writeln!(out, "W {} {node} {token}", args.holder).map_err(|e| e.to_string())?;
-        line.clear();
-        reader.read_line(&mut line).map_err(|e| e.to_string())?;
-        let pause = if args.detached {
-            50
-        } else {
-            rng.gen_range(10..=50)
-        };
-        thread::sleep(Duration::from_millis(pause));
-    }
-    Ok(())
-}
-
-/// Per-holder results.
-#[derive(Default)]
-struct HolderStats {
-    runs: u64,
-    exit_codes: BTreeMap<String, u64>,
 }
 
 fn locate_zkr(arg: Option<&Path>) -> Result<PathBuf, String> {
@@ -215,6 +182,17 @@ fn locate_zkr(arg: Option<&Path>) -> Result<PathBuf, String> {
     ))
 }
 
+/// The library workers: (role, how many).
+const WORKERS: [(Role, usize); 7] = [
+    (Role::Ids, 2),
+    (Role::ConfigPub, 1),
+    (Role::ConfigSub, 2),
+    (Role::Register, 3),
+    (Role::Discover, 1),
+    (Role::Producer, 1),
+    (Role::QueueWorker, 3),
+];
+
 fn soak(args: &RunArgs) -> Result<ExitCode, String> {
     now_ms();
     let seed = args.seed.unwrap_or_else(|| {
@@ -233,8 +211,17 @@ fn soak(args: &RunArgs) -> Result<ExitCode, String> {
     }
     let zkr_bin = locate_zkr(args.zkr_bin.as_deref())?;
     let soak_exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let workers: Vec<(Role, usize)> = if args.locks_only {
+        Vec::new()
+    } else {
+        WORKERS
+            .iter()
+            .flat_map(|&(role, n)| (0..n).map(move |i| (role, i)))
+            .collect()
+    };
+    let candidates = if args.locks_only { 0 } else { args.candidates };
     eprintln!(
-        "zkr-soak: seed {seed}, {seconds} s, {} members, {} holders{}, zkr at {}",
+        "zkr-soak: seed {seed}, {seconds} s, {} members, {} lock holders{}, {candidates} election candidates, {} library workers, zkr at {}",
         args.members,
         args.holders,
         if args.unsafe_holder {
@@ -242,11 +229,33 @@ fn soak(args: &RunArgs) -> Result<ExitCode, String> {
         } else {
             ""
         },
+        workers.len(),
         zkr_bin.display()
     );
+    let dir = std::env::temp_dir().join(format!("zkr-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let logs_dir = args.holder_logs.clone().unwrap_or_else(|| dir.clone());
+
+    // Participants, in a fixed order (the fault plan picks them by index).
+    let mut names: Vec<(String, Group, usize, Option<Role>)> = Vec::new();
+    for i in 0..args.holders {
+        names.push((format!("lock-{i}"), Group::Lock, i, None));
+    }
+    for i in 0..candidates {
+        names.push((format!("elect-{i}"), Group::Elect, i, None));
+    }
+    for &(role, i) in &workers {
+        names.push((format!("{}-{i}", role.name()), Group::Worker, i, Some(role)));
+    }
+    let cast = faults::Cast {
+        participants: names.len(),
+        workers: (0..names.len())
+            .filter(|&i| names[i].1 == Group::Worker)
+            .collect(),
+    };
     let mut rng = StdRng::seed_from_u64(seed);
     let budget_ms = seconds.saturating_sub(8) * 1000;
-    let plan = faults::plan(&mut rng, budget_ms, args.holders);
+    let plan = faults::plan(&mut rng, budget_ms, &cast);
 
     eprintln!(
         "zkr-soak: starting a partitionable {}-member ensemble",
@@ -255,17 +264,23 @@ fn soak(args: &RunArgs) -> Result<ExitCode, String> {
     let zk = ZkEnsemble::start_partitionable(args.members).map_err(|e| e.to_string())?;
     zk.wait_leader_among(
         &(0..args.members).collect::<Vec<_>>(),
-        Duration::from_secs(30),
+        Duration::from_secs(60),
     )
     .map_err(|e| e.to_string())?;
-    let resource = resource::Resource::start().map_err(|e| format!("resource: {e}"))?;
-    let handles: Vec<Arc<HolderHandle>> = (0..args.holders)
-        .map(|_| {
+    let lock_resource = resource::Resource::start().map_err(|e| format!("resource: {e}"))?;
+    let elect_resource = resource::Resource::start().map_err(|e| format!("resource: {e}"))?;
+    let participants: Vec<Arc<Participant>> = names
+        .iter()
+        .map(|(name, group, index, _)| {
+            let events = (*group == Group::Worker).then(|| dir.join(format!("{name}.jsonl")));
             FaultProxy::for_ensemble(&zk).map(|proxy| {
-                Arc::new(HolderHandle {
+                Arc::new(Participant::new(
+                    name.clone(),
+                    *group,
+                    *index,
                     proxy,
-                    zkr_pid: Mutex::new(None),
-                })
+                    events,
+                ))
             })
         })
         .collect::<Result<_, _>>()
@@ -273,32 +288,63 @@ fn soak(args: &RunArgs) -> Result<ExitCode, String> {
     // The soak's clock starts now: the fault plan is relative to this.
     let t0 = now_ms();
     let stop = Arc::new(AtomicBool::new(false));
-    let stats: Vec<Arc<Mutex<HolderStats>>> = (0..args.holders)
+    let stats: Vec<Arc<Mutex<HolderStats>>> = (0..participants.len())
         .map(|_| Arc::new(Mutex::new(HolderStats::default())))
         .collect();
     let mut threads = Vec::new();
-    for (i, handle) in handles.iter().enumerate() {
-        let holder = HolderCtx {
-            index: i,
-            zkr_bin: zkr_bin.clone(),
-            soak_exe: soak_exe.clone(),
-            proxy: handle.proxy.connect_string(),
-            resource: resource.addr().to_string(),
-            unsafe_detach: args.unsafe_holder && i == 0,
-            log: args
-                .holder_logs
-                .as_ref()
-                .map(|dir| dir.join(format!("holder-{i}.log"))),
-            handle: Arc::clone(handle),
-            stats: Arc::clone(&stats[i]),
-            stop: Arc::clone(&stop),
-        };
-        threads.push(
-            thread::Builder::new()
-                .name(format!("holder-{i}"))
-                .spawn(move || holder.run())
-                .map_err(|e| format!("holder thread: {e}"))?,
+    let mut worker_threads = Vec::new();
+    let stop_workers = Arc::new(AtomicBool::new(false));
+    for (i, p) in participants.iter().enumerate() {
+        let log = dir_log(
+            &logs_dir,
+            &p.name,
+            args.holder_logs.is_some() || p.group == Group::Worker,
         );
+        match p.group {
+            Group::Lock | Group::Elect => {
+                let resource = if p.group == Group::Lock {
+                    lock_resource.addr()
+                } else {
+                    elect_resource.addr()
+                };
+                let holder = HolderCtx {
+                    index: p.index,
+                    zkr_bin: zkr_bin.clone(),
+                    soak_exe: soak_exe.clone(),
+                    resource: resource.to_string(),
+                    unsafe_detach: args.unsafe_holder && p.group == Group::Lock && p.index == 0,
+                    log,
+                    participant: Arc::clone(p),
+                    stats: Arc::clone(&stats[i]),
+                    stop: Arc::clone(&stop),
+                };
+                threads.push(
+                    thread::Builder::new()
+                        .name(p.name.clone())
+                        .spawn(move || holder.run())
+                        .map_err(|e| format!("holder thread: {e}"))?,
+                );
+            }
+            Group::Worker => {
+                let role = names[i].3.unwrap_or(Role::Ids);
+                let worker = WorkerCtx {
+                    role,
+                    seed: seed ^ (i as u64) << 32,
+                    soak_exe: soak_exe.clone(),
+                    log,
+                    participant: Arc::clone(p),
+                    stats: Arc::clone(&stats[i]),
+                    stop: Arc::clone(&stop_workers),
+                };
+                worker_threads.push((
+                    role,
+                    thread::Builder::new()
+                        .name(p.name.clone())
+                        .spawn(move || worker.run())
+                        .map_err(|e| format!("worker thread: {e}"))?,
+                ));
+            }
+        }
     }
     let plan: Vec<faults::Planned> = plan
         .into_iter()
@@ -312,7 +358,8 @@ fn soak(args: &RunArgs) -> Result<ExitCode, String> {
         let runner = s.spawn(|| {
             let env = faults::Env {
                 zk: &zk,
-                holders: &handles,
+                cast: &cast,
+                participants: &participants,
             };
             let r = faults::run(&plan, &env);
             done.store(true, Ordering::SeqCst);
@@ -322,9 +369,10 @@ fn soak(args: &RunArgs) -> Result<ExitCode, String> {
         while !done.load(Ordering::SeqCst) {
             thread::sleep(Duration::from_millis(100));
             if now_ms() >= next_progress {
-                let (a, r) = resource.counts();
+                let (a, r) = lock_resource.counts();
+                let (ea, er) = elect_resource.counts();
                 eprintln!(
-                    "zkr-soak: {:>8.3}s progress: writes accepted {a}, rejected {r}",
+                    "zkr-soak: {:>8.3}s progress: lock writes accepted {a}, rejected {r}; leader writes accepted {ea}, rejected {er}",
                     now_ms() / 1000.0
                 );
                 next_progress += 10_000.0;
@@ -333,10 +381,13 @@ fn soak(args: &RunArgs) -> Result<ExitCode, String> {
         runner.join().unwrap_or_default()
     });
     let last_heal = records.iter().map(|r| r.end_ms).fold(t0, f64::max);
-    // Let the holders run on after the last heal, so liveness after it is measured.
+    // Let everything run on after the last heal, so liveness after it is measured.
     sleep_until_ms((t0 + seconds as f64 * 1000.0).max(last_heal + 6000.0));
     let end_ms = now_ms();
-    eprintln!("zkr-soak: {:>8.3}s stopping the holders", end_ms / 1000.0);
+    eprintln!(
+        "zkr-soak: {:>8.3}s stopping the holders and candidates",
+        end_ms / 1000.0
+    );
     stop.store(true, Ordering::SeqCst);
     for t in threads {
         let _ = t.join();
@@ -345,123 +396,194 @@ fn soak(args: &RunArgs) -> Result<ExitCode, String> {
         // The detached writers finish their 3 s on their own.
         thread::sleep(Duration::from_millis(3500));
     }
-    let writes = resource.writes();
-    let outcome = check::check(&writes, &records, LIVENESS_BOUND_MS, end_ms);
-    drop(handles);
-    drop(zk);
-
-    // Summary.
-    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in &records {
-        *by_kind.entry(r.kind.name()).or_default() += 1;
+    // The producer and the publisher stop first; then the queue drains and the subscribers
+    // catch up before the final state is read.
+    let final_state = if workers.is_empty() {
+        None
+    } else {
+        for p in participants.iter().filter(|p| {
+            p.name.starts_with(Role::Producer.name()) || p.name.starts_with(Role::ConfigPub.name())
+        }) {
+            stop_participant(p);
+        }
+        Some(settle(
+            &soak_exe,
+            &zk.connect_string(),
+            &dir,
+            &participants,
+            30,
+        )?)
+    };
+    stop_workers.store(true, Ordering::SeqCst);
+    for p in participants.iter().filter(|p| p.group == Group::Worker) {
+        stop_participant(p);
     }
-    let accepted = writes.iter().filter(|w| w.accepted).count();
-    let rejected = writes.len() - accepted;
-    let worst = outcome
-        .gaps
+    let mut worker_exits: Vec<check::Violation> = Vec::new();
+    for (_, t) in worker_threads {
+        if let Ok(v) = t.join() {
+            worker_exits.extend(v);
+        }
+    }
+    let lock_writes = lock_resource.writes();
+    let elect_writes = elect_resource.writes();
+    let lock_markers = lock_resource.markers();
+    let elect_markers = elect_resource.markers();
+    let lock = check::check(
+        &lock_writes,
+        &lock_markers,
+        &records,
+        "lock",
+        LIVENESS_BOUND_MS,
+        end_ms,
+    );
+    let elect = check::check(
+        &elect_writes,
+        &elect_markers,
+        &records,
+        "elect",
+        LIVENESS_BOUND_MS,
+        end_ms,
+    );
+    let start_mono = START_MONO.get().copied().unwrap_or(0.0);
+    let logs: Vec<workloads::WorkerLog> = participants
         .iter()
-        .copied()
-        .max_by(|a, b| a.1.total_cmp(&b.1));
-    let holder_json: Vec<_> = stats
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let s = s.lock().unwrap_or_else(|e| e.into_inner());
-            let holds = outcome.holds.iter().filter(|h| h.holder == i).count();
-            json!({"holder": i, "zkr_runs": s.runs, "holds": holds, "exit_codes": s.exit_codes})
+        .zip(&names)
+        .filter_map(|(p, n)| {
+            let role = n.3?;
+            Some(workloads::WorkerLog::read(
+                &p.name,
+                role.name(),
+                p.events.as_deref()?,
+                start_mono,
+            ))
         })
         .collect();
-    let report = json!({
-        "times": "ms since the soak process started (the ensemble starts first; the holders start at workload_start_ms, the faults 2 s later)",
-        "workload_start_ms": round(t0),
-        "seed": seed,
-        "seconds": seconds,
-        "members": args.members,
-        "holders": args.holders,
-        "unsafe_holder": args.unsafe_holder,
-        "session_timeout_ms": SESSION_TIMEOUT_MS,
-        "faults": records.iter().map(|r| json!({
-            "kind": r.kind.name(), "target": r.target,
-            "start_ms": round(r.start_ms), "end_ms": round(r.end_ms),
-        })).collect::<Vec<_>>(),
-        "faults_total": records.len(),
-        "faults_by_kind": by_kind,
-        "fault_kinds": by_kind.len(),
-        "holds": outcome.holds.len(),
-        "paused_holds": outcome.paused_holds,
-        "writes_accepted": accepted,
-        "writes_rejected": rejected,
-        "late_writes_rejected": outcome.late_writes_rejected,
-        "holder_runs": holder_json,
-        "holder_exit_codes": "zkr lock's exit: 0 the hold ran, 1 the session was lost while acquiring (nothing held), 8 lock lost (command terminated), 7 not acquired in 20 s, 130/143 stopped at the end of the run",
-        "liveness": {
-            "bound_ms": LIVENESS_BOUND_MS,
-            "worst_ms": worst.map(|w| round(w.1)),
-            "worst_after_heal_at_ms": worst.map(|w| round(w.0)),
-            "heals_measured": outcome.gaps.len(),
-            "heals_censored_by_end": outcome.censored_heals,
-            "explanation": LIVENESS_EXPLANATION,
-        },
-        "violations": outcome.violations.iter().map(|v| json!({
-            "kind": v.kind, "at_ms": round(v.at_ms), "detail": v.detail,
-        })).collect::<Vec<_>>(),
-        "ok": outcome.violations.is_empty(),
-    });
-    if let Some(path) = &args.report {
-        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-        std::fs::write(path, text + "\n")
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let registrants: Vec<String> = names
+        .iter()
+        .filter(|n| n.3 == Some(Role::Register))
+        .map(|n| n.0.clone())
+        .collect();
+    let libs = final_state
+        .as_ref()
+        .map(|f| workloads::check(&logs, f, &records, &registrants, LIVENESS_BOUND_MS, end_ms));
+    drop(participants);
+    drop(zk);
+
+    report::finish(&report::Results {
+        seed,
+        seconds,
+        members: args.members,
+        holders: args.holders,
+        candidates,
+        workers: workers.len(),
+        unsafe_holder: args.unsafe_holder,
+        report: args.report.as_deref(),
+        dir: &dir,
+        t0,
+        records: &records,
+        names: &names,
+        stats: &stats,
+        lock: &lock,
+        elect: &elect,
+        lock_writes: &lock_writes,
+        elect_writes: &elect_writes,
+        lock_markers: &lock_markers,
+        elect_markers: &elect_markers,
+        libs: libs.as_ref(),
+        worker_exits,
+    })
+}
+
+/// Waits (up to `secs`) until the queue has no pending or running task, every config
+/// subscriber shows the final value and discovery shows every registrant; returns the final
+/// state (read directly from the ensemble, not through a proxy).
+fn settle(
+    soak_exe: &Path,
+    direct: &str,
+    dir: &Path,
+    participants: &[Arc<Participant>],
+    secs: u64,
+) -> Result<workloads::Final, String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let registrants: Vec<&str> = participants
+        .iter()
+        .filter(|p| p.name.starts_with(Role::Register.name()))
+        .map(|p| p.name.as_str())
+        .collect();
+    let mut round = 0;
+    loop {
+        round += 1;
+        let events = dir.join(format!("inspect-{round}.jsonl"));
+        let status = Command::new(soak_exe)
+            .args(["worker", "--role", "inspect", "--name", "inspect"])
+            .args(["--zk", direct])
+            .arg("--events")
+            .arg(&events)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("inspect: {e}"))?;
+        let text = std::fs::read_to_string(&events).unwrap_or_default();
+        let last = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .rfind(|v| v["ev"] == "final");
+        if let (true, Some(v)) = (status.success(), last) {
+            let state = workloads::Final {
+                config: v["config"].as_i64(),
+                tasks: v["tasks"].as_array().cloned().unwrap_or_default(),
+                instances: v["instances"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
+            let queue_done = state
+                .tasks
+                .iter()
+                .all(|t| t["state"] != "pending" && t["state"] != "running");
+            let subscribers_done = participants
+                .iter()
+                .filter(|p| p.name.starts_with(Role::ConfigSub.name()))
+                .all(|p| last_value(p, "seen", "v") == state.config.map(serde_json::Value::from));
+            let discovery_done = participants
+                .iter()
+                .filter(|p| p.name.starts_with(Role::Discover.name()))
+                .all(|p| {
+                    let mut ids: Vec<String> = last_value(p, "set", "ids")
+                        .and_then(|v| v.as_array().cloned())
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect();
+                    ids.sort();
+                    ids == registrants
+                });
+            if (queue_done && subscribers_done && discovery_done) || Instant::now() > deadline {
+                eprintln!(
+                    "zkr-soak: {:>8.3}s final state read (queue drained: {queue_done}, subscribers current: {subscribers_done}, discovery complete: {discovery_done})",
+                    now_ms() / 1000.0
+                );
+                return Ok(state);
+            }
+        } else if Instant::now() > deadline {
+            return Err("could not read the final state (inspect failed)".into());
+        }
+        thread::sleep(Duration::from_millis(1000));
     }
-    println!(
-        "zkr-soak: seed {seed}, {seconds} s, {} members, {} holders",
-        args.members, args.holders
-    );
-    println!(
-        "  faults: {} ({})",
-        records.len(),
-        by_kind
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    println!(
-        "  holds: {} ({} paused), writes accepted {accepted}, rejected {rejected} ({} late writes of paused holds rejected)",
-        outcome.holds.len(),
-        outcome.paused_holds,
-        outcome.late_writes_rejected
-    );
-    match worst {
-        Some((heal, gap)) => println!(
-            "  worst unavailability: {:.3} s after the heal at {:.3} s (bound {:.1} s, {} heals measured)",
-            gap / 1000.0,
-            heal / 1000.0,
-            LIVENESS_BOUND_MS / 1000.0,
-            outcome.gaps.len()
-        ),
-        None => println!("  worst unavailability: no heal measured"),
-    }
-    if outcome.violations.is_empty() {
-        println!("  violations: 0");
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!("  VIOLATIONS: {}", outcome.violations.len());
-    for v in outcome.violations.iter().take(10) {
-        println!("    {:>9.3}s {}: {}", (v.at_ms) / 1000.0, v.kind, v.detail);
-    }
-    if outcome.violations.len() > 10 {
-        println!("    ... (all of them in the JSON report)");
-    }
-    let first = &outcome.violations[0];
-    println!(
-        "  timeline around the first violation ({}, at {:.3} s; faults and holds within 5 s):",
-        first.kind,
-        first.at_ms / 1000.0
-    );
-    for line in check::timeline(first.at_ms, &records, &outcome.holds) {
-        println!("    {line}");
-    }
-    Ok(ExitCode::from(1))
+}
+
+/// The field `field` of the participant's last `ev` event.
+fn last_value(p: &Participant, ev: &str, field: &str) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(p.events.as_deref()?).ok()?;
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .rfind(|v| v["ev"] == ev)
+        .map(|v| v[field].clone())
 }
 
 fn parse_members(s: &str) -> Result<usize, String> {
@@ -472,127 +594,6 @@ fn parse_members(s: &str) -> Result<usize, String> {
     }
 }
 
-fn round(ms: f64) -> f64 {
+pub fn round(ms: f64) -> f64 {
     (ms * 10.0).round() / 10.0
-}
-
-struct HolderCtx {
-    index: usize,
-    zkr_bin: PathBuf,
-    soak_exe: PathBuf,
-    proxy: String,
-    resource: String,
-    unsafe_detach: bool,
-    log: Option<PathBuf>,
-    handle: Arc<HolderHandle>,
-    stats: Arc<Mutex<HolderStats>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl HolderCtx {
-    fn run(self) {
-        let mut rng = StdRng::seed_from_u64(self.index as u64);
-        while !self.stop.load(Ordering::SeqCst) {
-            let mut cmd = Command::new(&self.zkr_bin);
-            cmd.args(["--zk", &self.proxy])
-                .args(["--session-timeout-ms", &SESSION_TIMEOUT_MS.to_string()])
-                .args(["--timeout", "20s", "lock", "/soak/lock", "--"])
-                .arg(&self.soak_exe)
-                .args(["hold", "--resource", &self.resource])
-                .args(["--holder", &self.index.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(self.stderr());
-            if self.unsafe_detach {
-                cmd.arg("--unsafe-detach");
-            }
-            let code = match cmd.spawn() {
-                Ok(child) => self.wait(child),
-                Err(e) => {
-                    eprintln!("zkr-soak: holder {}: cannot start zkr: {e}", self.index);
-                    thread::sleep(Duration::from_secs(1));
-                    "spawn-error".to_string()
-                }
-            };
-            {
-                let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-                s.runs += 1;
-                *s.exit_codes.entry(code).or_default() += 1;
-            }
-            thread::sleep(Duration::from_millis(rng.gen_range(10..=50)));
-        }
-    }
-
-    fn stderr(&self) -> Stdio {
-        let file = self.log.as_ref().and_then(|path| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .ok()
-        });
-        file.map_or_else(Stdio::null, Stdio::from)
-    }
-
-    /// Waits for `zkr` to exit; on stop, SIGTERM (zkr passes it on), then SIGKILL by pid.
-    fn wait(&self, mut child: std::process::Child) -> String {
-        let pid = child.id();
-        *self
-            .handle
-            .zkr_pid
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(pid);
-        let mut stop_sent: Option<Instant> = None;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) => {}
-                Err(_) => break None,
-            }
-            if self.stop.load(Ordering::SeqCst) {
-                let zkr = Pid::from_raw(pid as i32);
-                match stop_sent {
-                    None => {
-                        // A paused process would never act on SIGTERM.
-                        for c in faults::children_of(pid) {
-                            if let Some(g) = Pid::from_raw(c as i32) {
-                                let _ = kill_process_group(g, Signal::CONT);
-                            }
-                        }
-                        if let Some(zkr) = zkr {
-                            let _ = kill_process(zkr, Signal::CONT);
-                            let _ = kill_process(zkr, Signal::TERM);
-                        }
-                        stop_sent = Some(Instant::now());
-                    }
-                    Some(at) if at.elapsed() > Duration::from_secs(3) => {
-                        for c in faults::children_of(pid) {
-                            if let Some(g) = Pid::from_raw(c as i32) {
-                                let _ = kill_process_group(g, Signal::KILL);
-                            }
-                        }
-                        let _ = child.kill();
-                        break child.wait().ok();
-                    }
-                    Some(_) => {}
-                }
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
-        *self
-            .handle
-            .zkr_pid
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = None;
-        match status {
-            Some(s) => match s.code() {
-                Some(c) => c.to_string(),
-                None => {
-                    use std::os::unix::process::ExitStatusExt;
-                    format!("signal {}", s.signal().unwrap_or(0))
-                }
-            },
-            None => "unknown".to_string(),
-        }
-    }
 }

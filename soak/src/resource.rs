@@ -2,9 +2,13 @@
 //!
 //! Protocol, one line each way: `W <holder> <hold-id> <token>` → `OK` or `REJECT`. A write is
 //! accepted when its token is at least the highest token accepted so far. Every write, accepted
-//! or not, is recorded with the resource's own receive time (one `Instant` base for the whole
-//! soak process, i.e. CLOCK_MONOTONIC), taken under the same lock as the decision, so the
-//! record's order is the order of the decisions.
+//! or not, is recorded with the resource's own receive time (CLOCK_MONOTONIC, the soak's one
+//! clock), taken under the same lock as the decision, so the record's order is the order of
+//! the decisions.
+//!
+//! The holder's command also marks the start and the end of its hold: `A <holder> <hold-id>
+//! <token>` (acquired: the command runs, so the lock is held) and `R ...` (released: the command
+//! is about to exit) → `OK`. Markers are recorded with their receive time and decide nothing.
 
 use std::io::{self, BufRead, BufReader, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -25,10 +29,20 @@ pub struct Write {
     pub accepted: bool,
 }
 
+/// A hold's start (`acquired`) or end (`!acquired`) as its command reported it.
+#[derive(Debug, Clone)]
+pub struct Marker {
+    pub t_ms: f64,
+    pub holder: usize,
+    pub hold: String,
+    pub acquired: bool,
+}
+
 #[derive(Default)]
 struct State {
     highest: Option<i64>,
     writes: Vec<Write>,
+    markers: Vec<Marker>,
 }
 
 /// The running resource server (its threads live as long as the soak process).
@@ -65,6 +79,11 @@ impl Resource {
         lock(&self.state).writes.clone()
     }
 
+    /// Every marker so far, in receive order.
+    pub fn markers(&self) -> Vec<Marker> {
+        lock(&self.state).markers.clone()
+    }
+
     /// (accepted, rejected) so far.
     pub fn counts(&self) -> (usize, usize) {
         let state = lock(&self.state);
@@ -87,7 +106,17 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
     for line in BufReader::new(stream).lines() {
         let Ok(line) = line else { return };
         let reply = match parse(&line) {
-            Some((holder, hold, token)) => {
+            Some((kind @ ('A' | 'R'), holder, hold, _)) => {
+                let t_ms = now_ms();
+                lock(state).markers.push(Marker {
+                    t_ms,
+                    holder,
+                    hold,
+                    acquired: kind == 'A',
+                });
+                "OK\n"
+            }
+            Some((_, holder, hold, token)) => {
                 let mut state = lock(state);
                 let accepted = state.highest.is_none_or(|h| token >= h);
                 if accepted {
@@ -115,13 +144,19 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
     }
 }
 
-fn parse(line: &str) -> Option<(usize, String, i64)> {
+fn parse(line: &str) -> Option<(char, usize, String, i64)> {
     let mut parts = line.split_whitespace();
-    if parts.next()? != "W" {
-        return None;
-    }
+    let kind = match parts.next()? {
+        "W" => 'W',
+        "A" => 'A',
+        "R" => 'R',
+        _ => return None,
+    };
     let holder = parts.next()?.parse().ok()?;
     let hold = parts.next()?.to_string();
     let token = parts.next()?.parse().ok()?;
-    parts.next().is_none().then_some((holder, hold, token))
+    parts
+        .next()
+        .is_none()
+        .then_some((kind, holder, hold, token))
 }

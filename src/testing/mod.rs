@@ -140,6 +140,19 @@ mod server;
 pub use proxy::FaultProxy;
 pub use server::{shared, shared_ensemble3, ZkEnsemble};
 
+/// Expires the session `id` from outside its process, like Curator's KillSession: a second
+/// connection with the session's credentials (from
+/// [`Client::session_credentials_for_testing`](crate::Client::session_credentials_for_testing))
+/// is opened to a server in `direct` and closed. Cut the owner off (with a [`FaultProxy`])
+/// while this runs, or its instant reconnect keeps taking the session back.
+pub async fn expire_session(
+    direct: &str,
+    id: crate::SessionId,
+    passwd: &[u8],
+) -> crate::Result<()> {
+    crate::client::expire_session_with(direct, id, passwd).await
+}
+
 /// Why the harness could not do what a test asked.
 ///
 /// The messages are meant to be read by a person looking at a failed test: they say what was
