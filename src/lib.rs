@@ -50,7 +50,8 @@ pub use error::{Error, ErrorCode, Result};
 pub use retry::RetryPolicy;
 pub use session::{LostReason, SessionState};
 pub use types::{
-    perms, Acl, ClientInfo, CreateMode, Op, OpResult, ReadOp, ReadResult, SessionId, Stat,
+    perms, Acl, AclProvider, ClientInfo, CreateMode, Op, OpResult, ReadOp, ReadResult, SessionId,
+    Stat,
 };
 pub use watch::{
     Change, ChildrenEvent, ChildrenWatch, DataEvent, DataWatch, PersistentWatch, WatchedEvent,

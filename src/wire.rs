@@ -30,7 +30,7 @@ pub(crate) struct WireConfig {
     pub servers: Vec<(String, u16)>,
     pub chroot: Option<String>,
     pub session_timeout: Duration,
-    pub auth: crate::types::Credentials,
+    pub auth: crate::types::AuthStore,
     /// Accept read-only sessions from a server that lost its quorum.
     pub read_only: bool,
     /// Requests unanswered on the socket at most.
@@ -717,12 +717,18 @@ impl Wire {
     pub fn multi<'a>(
         &'a self,
         ops: &'a [Op],
-        acl: &[Acl],
+        acls: &[Vec<Acl>],
     ) -> impl Future<Output = Result<Vec<OpResult>>> + Send + 'a {
         let frame = records::request(op::MULTI, |b| {
-            for o in ops {
+            for (i, o) in ops.iter().enumerate() {
+                let acl = acls.get(i).map_or(&[][..], |a| a.as_slice());
                 match o {
-                    Op::Create { path, data, mode } => {
+                    Op::Create {
+                        path, data, mode, ..
+                    }
+                    | Op::CreateWithAcl {
+                        path, data, mode, ..
+                    } => {
                         let (opcode, _, _) = records::create_kind(*mode);
                         records::put_multi_header(b, opcode, false);
                         records::put_create(b, &self.full(path), data, acl, *mode);

@@ -506,6 +506,11 @@ impl Task {
             match r {
                 Ok(j) => return Some(j),
                 Err(Error::Zk(zkr::Error::Closed)) => return None,
+                // Not allowed to join (ACL) or credentials rejected: retrying cannot help.
+                Err(Error::Zk(e)) if e.is_auth_error() => {
+                    tracing::error!(error = %e, "cannot join the election; the latch closes");
+                    return None;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not join the election; retrying");
                     tokio::select! {

@@ -143,7 +143,7 @@ pub(crate) struct ConnConfig {
     pub servers: Vec<(String, u16)>,
     pub session_timeout: Duration,
     pub read_only: bool,
-    pub auth: crate::types::Credentials,
+    pub auth: crate::types::AuthStore,
     pub max_in_flight: usize,
     pub chroot: Option<String>,
 }
@@ -245,7 +245,7 @@ pub(crate) async fn open(
         }
         let (host, port) = &cfg.servers[i % n];
         let t = per_host.min(deadline - now);
-        match handshake(host, *port, &req, &cfg.auth, MAX_FRAME, t).await {
+        match handshake(host, *port, &req, &cfg.auth.snapshot(), MAX_FRAME, t).await {
             Ok(est) => break est,
             Err(HandshakeError::AuthFailed) => return Err(HandshakeError::AuthFailed),
             Err(e) => {
@@ -891,7 +891,8 @@ impl Task {
                 passwd: info.passwd.clone(),
                 read_only: self.cfg.read_only,
             };
-            let hs = handshake(&host, port, &req, &self.cfg.auth, MAX_FRAME, per_host);
+            let auth = self.cfg.auth.snapshot();
+            let hs = handshake(&host, port, &req, &auth, MAX_FRAME, per_host);
             let r = tokio::select! {
                 r = hs => Some(r),
                 c = self.control.recv() => match c {
