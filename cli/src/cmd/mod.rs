@@ -6,6 +6,7 @@
 //! `Command` in `main.rs` and one arm to its dispatch. Long-running commands wait on
 //! [`shutdown_signal`] and print one JSON line per event with [`print_json_line`].
 
+pub mod acl;
 pub mod child;
 pub mod config;
 pub mod elect;
@@ -40,6 +41,9 @@ pub mod exit {
     pub const LOCK_TIMEOUT: u8 = 7;
     /// `lock` / `elect`: lost while the command ran (the command got SIGTERM).
     pub const LOCK_LOST: u8 = 8;
+    /// Not authorized (`NoAuth`: the node's ACL refuses this identity) or the credentials were
+    /// rejected (`AuthFailed`), or an ACL was invalid.
+    pub const AUTH: u8 = 9;
 }
 
 /// Options every subcommand understands.
@@ -62,6 +66,62 @@ pub struct GlobalOpts {
     /// seconds). Default: the session timeout
     #[arg(long, global = true, value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
+
+    /// Credentials sent in every handshake, e.g. `digest:app:secret` (repeatable); also from
+    /// ZKR_AUTH (one SCHEME:CREDENTIALS). Never printed
+    #[arg(
+        long = "auth",
+        global = true,
+        env = "ZKR_AUTH",
+        hide_env_values = true,
+        value_parser = parse_auth,
+        value_name = "SCHEME:CREDENTIALS"
+    )]
+    pub auth: Vec<AuthArg>,
+}
+
+/// One `--auth SCHEME:CREDENTIALS`; `Debug` hides the credentials. Parsing never fails in the
+/// argument parser (whose error would echo the value, secret included): a malformed value is
+/// reported by [`check_auth`] without it.
+#[derive(Clone)]
+pub struct AuthArg {
+    /// The scheme (`digest`, ...).
+    pub scheme: String,
+    /// The credentials (`user:password` for `digest`).
+    pub credentials: String,
+    /// What is wrong with the value, if anything.
+    pub invalid: Option<&'static str>,
+}
+
+impl fmt::Debug for AuthArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:<redacted>", self.scheme)
+    }
+}
+
+/// Parses `SCHEME:CREDENTIALS` (the credentials may contain `:`); see [`AuthArg`].
+pub fn parse_auth(s: &str) -> Result<AuthArg, std::convert::Infallible> {
+    let (scheme, credentials) = s.split_once(':').unwrap_or((s, ""));
+    let invalid = if scheme.is_empty() || credentials.is_empty() {
+        Some("--auth expects SCHEME:CREDENTIALS, e.g. --auth digest:app:secret")
+    } else if scheme == "digest" && !credentials.contains(':') {
+        Some("--auth digest:... expects USER:PASSWORD, e.g. --auth digest:app:secret")
+    } else {
+        None
+    };
+    Ok(AuthArg {
+        scheme: scheme.to_string(),
+        credentials: credentials.to_string(),
+        invalid,
+    })
+}
+
+/// Rejects malformed `--auth` values (usage error; the value is not repeated).
+pub fn check_auth(opts: &GlobalOpts) -> Result<(), CliError> {
+    match opts.auth.iter().find_map(|a| a.invalid) {
+        Some(why) => Err(CliError::Usage(why.to_string())),
+        None => Ok(()),
+    }
 }
 
 /// Parses `500ms`, `5s`, `1.5s`, `2m` or a bare number of seconds.
@@ -133,6 +193,7 @@ fn zk_exit_code(e: &zkr::Error) -> u8 {
         | E::Unreachable { .. }
         | E::Closed
         | E::NotReadOnly => exit::CONNECTION,
+        E::NoAuth { .. } | E::AuthFailed | E::InvalidAcl { .. } => exit::AUTH,
         E::InvalidPath { .. } | E::InvalidConnectString { .. } | E::InvalidArgument(_) => {
             exit::USAGE
         }
@@ -192,6 +253,9 @@ pub async fn connect(opts: &GlobalOpts) -> Result<Ctx, CliError> {
         zkr::Client::builder(zk).session_timeout(Duration::from_millis(opts.session_timeout_ms));
     if let Some(t) = opts.timeout {
         builder = builder.connect_timeout(t).operation_timeout(t);
+    }
+    for a in &opts.auth {
+        builder = builder.auth(&a.scheme, a.credentials.as_bytes());
     }
     let client = builder.connect().await?;
     Ok(Ctx { client })
