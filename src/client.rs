@@ -38,9 +38,18 @@ pub struct ClientBuilder {
     max_in_flight: usize,
     read_only: bool,
     server_tick: Option<Duration>,
+    tls: Option<crate::proto::tls::TlsConfig>,
 }
 
 impl ClientBuilder {
+    /// Connects with TLS (to the ensemble's `secureClientPort`): the server's certificate must
+    /// chain to the CA of `tls` and, by default, name the host of the connect string. With a
+    /// client certificate in `tls` it is mutual TLS. See [`TlsConfig`](crate::TlsConfig).
+    pub fn tls(mut self, tls: crate::proto::tls::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// The ensemble's `tickTime`, when known. zkr ends a session's lease (and tells lock holders
     /// and leaders they may have lost) a margin before the server can expire it; the margin
     /// covers how late a follower's reports reach the leader, half a tick at most. Without this
@@ -134,6 +143,10 @@ impl ClientBuilder {
         }
         let connect_timeout = self.connect_timeout.unwrap_or(self.session_timeout);
         let auth = crate::types::AuthStore::new(self.auth);
+        let tls = match &self.tls {
+            Some(t) => Some(crate::proto::tls::TlsHandle(t.connector()?)),
+            None => None,
+        };
         let cfg = SessionConfig {
             wire: WireConfig {
                 servers: shuffled(cs.servers.clone()),
@@ -142,6 +155,7 @@ impl ClientBuilder {
                 auth: auth.clone(),
                 read_only: self.read_only,
                 max_in_flight: self.max_in_flight,
+                tls,
             },
             connect_timeout,
             server_tick: self.server_tick,
@@ -257,6 +271,7 @@ impl Client {
             max_in_flight: 1024,
             read_only: false,
             server_tick: None,
+            tls: None,
         }
     }
 
@@ -1029,7 +1044,8 @@ impl Client {
         let e = self.inner.shared.live_epoch().await?;
         let session = e.wire()?.session();
         proxy.cut();
-        let r = crate::wire::expire_session(&servers, &session, Duration::from_secs(10)).await;
+        let tls = self.inner.shared.cfg.wire.tls.as_ref();
+        let r = crate::wire::expire_session(&servers, &session, tls, Duration::from_secs(10)).await;
         proxy.heal();
         r
     }

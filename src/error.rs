@@ -38,8 +38,19 @@ pub enum Error {
     InvalidArgument(String),
 
     /// No ZooKeeper server answered within the connect timeout.
-    #[error("could not reach any ZooKeeper server of {servers:?} within {after:?}; is the ensemble up and the address right?")]
-    Unreachable { servers: String, after: Duration },
+    #[error("could not reach any ZooKeeper server of {servers:?} within {after:?} (last attempt: {last_error}); is the ensemble up and the address right?")]
+    Unreachable {
+        servers: String,
+        after: Duration,
+        /// Why the last attempt failed.
+        last_error: String,
+    },
+
+    /// The TLS connection could not be set up: the server's certificate is not signed by the
+    /// configured CA, has expired or names another host; the server refused the client's
+    /// certificate; or the port does not speak TLS. Retrying does not help; fix the setup.
+    #[error("TLS connection to {servers} failed: {reason}")]
+    Tls { servers: String, reason: String },
 
     /// The connection dropped while the request was in flight: it may or may not have run.
     #[error("connection to ZooKeeper lost during the request; its outcome is unknown (the session is still alive)")]

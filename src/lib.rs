@@ -47,6 +47,7 @@ pub mod testing;
 
 pub use client::{Client, ClientBuilder, SessionStates};
 pub use error::{Error, ErrorCode, Result};
+pub use proto::tls::TlsConfig;
 pub use retry::RetryPolicy;
 pub use session::{LostReason, SessionState};
 pub use types::{

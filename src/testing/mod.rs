@@ -136,9 +136,11 @@ compile_error!(
 
 mod proxy;
 mod server;
+mod tls;
 
 pub use proxy::FaultProxy;
 pub use server::{shared, shared_ensemble3, ZkEnsemble};
+pub use tls::{ClientAuth, TestPki};
 
 /// Why the harness could not do what a test asked.
 ///
