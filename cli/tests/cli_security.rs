@@ -24,7 +24,10 @@ fn command() -> Command {
     let mut c = Command::new(BIN);
     c.env_remove("ZK_SERVERS")
         .env_remove("RUST_LOG")
-        .env_remove("ZKR_AUTH");
+        .env_remove("ZKR_AUTH")
+        .env_remove("ZKR_TLS_CA")
+        .env_remove("ZKR_TLS_CERT")
+        .env_remove("ZKR_TLS_KEY");
     c
 }
 
@@ -182,4 +185,61 @@ fn bad_auth_and_acl_arguments_are_usage_errors_without_secrets() {
         .output()
         .unwrap();
     assert!(!stdout(&o).contains("s3cret"), "{}", stdout(&o));
+}
+
+/// `--tls-ca/--tls-cert/--tls-key` against a server with a mutual-TLS `secureClientPort`.
+#[test]
+fn tls_options_connect_with_mutual_tls() {
+    use zkr::testing::{ClientAuth, TestPki, ZkEnsemble};
+    let pki = TestPki::generate().unwrap();
+    let ens = ZkEnsemble::start_tls(
+        1,
+        &pki.server_config("server.pem", ClientAuth::Need),
+        &[],
+        &[],
+    )
+    .unwrap();
+    let secure = ens.secure_connect_string().unwrap();
+    let (cert, key) = pki.client_cert();
+    let (ca, cert, key) = (
+        pki.ca_pem().display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    );
+    let run = |args: &[&str]| {
+        command()
+            .args(["--zk", &secure, "--timeout", "3s"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let tls = ["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key];
+    let n = "/tls-node";
+    ok(run(&[&tls[..], &["create", n, "secret-data"]].concat()));
+    assert_eq!(ok(run(&[&tls[..], &["get", n]].concat())), "secret-data");
+
+    // A wrong CA: exit 6, one line saying so.
+    let other = pki.other_ca_pem().display().to_string();
+    let o = run(&[
+        "--tls-ca",
+        &other,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "get",
+        n,
+    ]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not signed by a CA"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim_end().lines().count(), 1, "{}", stderr(&o));
+    // Plaintext to the TLS port.
+    let o = run(&["get", n]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(stderr(&o).contains("TLS"), "{}", stderr(&o));
+    // Incomplete options are usage errors.
+    let o = run(&["--tls-cert", &cert, "get", n]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = run(&["--tls-ca", &ca, "--tls-cert", &cert, "get", n]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }

@@ -78,6 +78,19 @@ pub struct GlobalOpts {
         value_name = "SCHEME:CREDENTIALS"
     )]
     pub auth: Vec<AuthArg>,
+
+    /// Connect with TLS (to the servers' secureClientPort), trusting the CA certificates of
+    /// this PEM file; the server certificates must name the hosts of --zk
+    #[arg(long, global = true, env = "ZKR_TLS_CA", value_name = "PEM_FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS; needs --tls-key and --tls-ca
+    #[arg(long, global = true, env = "ZKR_TLS_CERT", value_name = "PEM_FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --tls-cert
+    #[arg(long, global = true, env = "ZKR_TLS_KEY", value_name = "PEM_FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// One `--auth SCHEME:CREDENTIALS`; `Debug` hides the credentials. Parsing never fails in the
@@ -116,11 +129,30 @@ pub fn parse_auth(s: &str) -> Result<AuthArg, std::convert::Infallible> {
     })
 }
 
-/// Rejects malformed `--auth` values (usage error; the value is not repeated).
+/// Rejects malformed `--auth` values (usage error; the value is not repeated) and incomplete
+/// TLS options.
 pub fn check_auth(opts: &GlobalOpts) -> Result<(), CliError> {
-    match opts.auth.iter().find_map(|a| a.invalid) {
-        Some(why) => Err(CliError::Usage(why.to_string())),
-        None => Ok(()),
+    if let Some(why) = opts.auth.iter().find_map(|a| a.invalid) {
+        return Err(CliError::Usage(why.to_string()));
+    }
+    tls_config(opts).map(|_| ())
+}
+
+/// The TLS settings the options ask for (`None`: plaintext).
+pub fn tls_config(opts: &GlobalOpts) -> Result<Option<zkr::TlsConfig>, CliError> {
+    let usage = |m: &str| Err(CliError::Usage(m.to_string()));
+    match (&opts.tls_ca, &opts.tls_cert, &opts.tls_key) {
+        (None, None, None) => Ok(None),
+        (None, _, _) => usage("--tls-cert and --tls-key need --tls-ca (the CA of the servers)"),
+        (Some(_), Some(_), None) => usage("--tls-cert needs --tls-key (its private key)"),
+        (Some(_), None, Some(_)) => usage("--tls-key needs --tls-cert"),
+        (Some(ca), cert, key) => {
+            let mut tls = zkr::TlsConfig::new().ca_pem_file(ca);
+            if let (Some(cert), Some(key)) = (cert, key) {
+                tls = tls.client_cert_pem_files(cert, key);
+            }
+            Ok(Some(tls))
+        }
     }
 }
 
@@ -191,6 +223,7 @@ fn zk_exit_code(e: &zkr::Error) -> u8 {
         | E::SessionLost { .. }
         | E::Timeout { .. }
         | E::Unreachable { .. }
+        | E::Tls { .. }
         | E::Closed
         | E::NotReadOnly => exit::CONNECTION,
         E::NoAuth { .. } | E::AuthFailed | E::InvalidAcl { .. } => exit::AUTH,
@@ -256,6 +289,9 @@ pub async fn connect(opts: &GlobalOpts) -> Result<Ctx, CliError> {
     }
     for a in &opts.auth {
         builder = builder.auth(&a.scheme, a.credentials.as_bytes());
+    }
+    if let Some(tls) = tls_config(opts)? {
+        builder = builder.tls(tls);
     }
     let client = builder.connect().await?;
     Ok(Ctx { client })
