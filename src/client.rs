@@ -39,9 +39,23 @@ pub struct ClientBuilder {
     read_only: bool,
     server_tick: Option<Duration>,
     tls: Option<crate::proto::tls::TlsConfig>,
+    sasl: Option<crate::proto::sasl::SaslDigest>,
 }
 
 impl ClientBuilder {
+    /// Logs in with SASL DIGEST-MD5 as `user` (ZooKeeper's `digest` SASL login: a JAAS
+    /// `Server` section with `DigestLoginModule` and `SASLAuthenticationProvider` on the
+    /// server), in every handshake: on every reconnect and in every new session. The session's
+    /// identity is then `sasl:USER` (ACL entry `Acl::new(perms, "sasl", user)`). A wrong password
+    /// is [`Error::AuthFailed`]. Kerberos (GSSAPI) is not supported.
+    pub fn sasl_digest(mut self, user: &str, password: &str) -> Self {
+        self.sasl = Some(crate::proto::sasl::SaslDigest {
+            user: user.to_string(),
+            password: password.to_string(),
+        });
+        self
+    }
+
     /// Connects with TLS (to the ensemble's `secureClientPort`): the server's certificate must
     /// chain to the CA of `tls` and, by default, name the host of the connect string. With a
     /// client certificate in `tls` it is mutual TLS. See [`TlsConfig`](crate::TlsConfig).
@@ -156,6 +170,7 @@ impl ClientBuilder {
                 read_only: self.read_only,
                 max_in_flight: self.max_in_flight,
                 tls,
+                sasl: self.sasl,
             },
             connect_timeout,
             server_tick: self.server_tick,
@@ -272,6 +287,7 @@ impl Client {
             read_only: false,
             server_tick: None,
             tls: None,
+            sasl: None,
         }
     }
 

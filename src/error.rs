@@ -52,6 +52,12 @@ pub enum Error {
     #[error("TLS connection to {servers} failed: {reason}")]
     Tls { servers: String, reason: String },
 
+    /// The SASL login could not be carried out (the server has no SASL set up, offers nothing
+    /// zkr supports, or failed to prove it knows the password). A rejected password is
+    /// [`Error::AuthFailed`].
+    #[error("SASL login failed: {0}")]
+    Sasl(String),
+
     /// The connection dropped while the request was in flight: it may or may not have run.
     #[error("connection to ZooKeeper lost during the request; its outcome is unknown (the session is still alive)")]
     ConnectionLoss,
@@ -326,11 +332,14 @@ impl Error {
     }
 
     /// The server refused this session for who it is ([`Error::NoAuth`],
-    /// [`Error::AuthFailed`], [`Error::InvalidAcl`]): retrying cannot help; change the
-    /// credentials or the ACL.
+    /// [`Error::AuthFailed`], [`Error::InvalidAcl`], [`Error::Sasl`]): retrying cannot help;
+    /// change the credentials or the ACL.
     pub fn is_auth_error(&self) -> bool {
         match self {
-            Error::NoAuth { .. } | Error::AuthFailed | Error::InvalidAcl { .. } => true,
+            Error::NoAuth { .. }
+            | Error::AuthFailed
+            | Error::InvalidAcl { .. }
+            | Error::Sasl(_) => true,
             Error::MultiFailed { source, .. } => source.is_auth_error(),
             _ => false,
         }

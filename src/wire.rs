@@ -37,6 +37,8 @@ pub(crate) struct WireConfig {
     pub max_in_flight: usize,
     /// Encrypt every connection.
     pub tls: Option<crate::proto::tls::TlsHandle>,
+    /// Log in with SASL DIGEST-MD5 in every handshake.
+    pub sasl: Option<crate::proto::sasl::SaslDigest>,
 }
 
 impl WireConfig {
@@ -229,6 +231,7 @@ impl Wire {
             max_in_flight: cfg.max_in_flight,
             chroot: cfg.chroot.clone(),
             tls: cfg.tls.clone(),
+            sasl: cfg.sasl.clone(),
         };
         match connection::open(conn, connect_timeout).await {
             Ok((shared, req, ctl)) => {
@@ -246,6 +249,7 @@ impl Wire {
             }
             Err(HandshakeError::AuthFailed) => Err(Error::AuthFailed),
             Err(HandshakeError::Protocol(e)) => Err(e.into()),
+            Err(HandshakeError::Sasl(e)) => Err(Error::Sasl(e.to_string())),
             Err(HandshakeError::Tls(f)) => Err(Error::Tls {
                 servers: cfg.servers_string(),
                 reason: f.to_string(),
@@ -909,6 +913,7 @@ pub(crate) async fn expire_session(
             crate::proto::connect::Security {
                 auth: &[],
                 tls: tls.map(|t| &*t.0),
+                sasl: None,
             },
             crate::proto::codec::MAX_FRAME,
             deadline - now,

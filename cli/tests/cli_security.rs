@@ -243,3 +243,33 @@ fn tls_options_connect_with_mutual_tls() {
     let o = run(&["--tls-ca", &ca, "--tls-cert", &cert, "get", n]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+/// `--auth sasl:USER:PASSWORD` logs in with SASL DIGEST-MD5.
+#[test]
+fn sasl_auth_option_logs_in() {
+    use zkr::testing::ZkEnsemble;
+    let ens = ZkEnsemble::start_sasl(1, &[("app", "s3cret")], &[]).unwrap();
+    let zk = ens.connect_string();
+    let run = |args: &[&str]| {
+        command()
+            .args(["--zk", &zk, "--timeout", "3s"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    ok(run(&[
+        "--auth",
+        "sasl:app:s3cret",
+        "create",
+        "--acl",
+        "sasl:app:cdrwa",
+        "/s",
+        "v",
+    ]));
+    assert_eq!(ok(run(&["--auth", "sasl:app:s3cret", "get", "/s"])), "v");
+    not_authorized(run(&["get", "/s"]), "NoAuth");
+    not_authorized(
+        run(&["--auth", "sasl:app:wrong", "get", "/s"]),
+        "authentication failed",
+    );
+}

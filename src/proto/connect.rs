@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use super::codec::FrameReader;
 use super::jute::{DecodeError, JuteWrite};
 use super::records::{self, code, connect_response, op, ConnectRequest, ConnectResponse};
+use super::sasl::{DigestMd5, SaslDigest, SaslError};
 use super::tls::{Stream, TlsConnect, TlsFailure};
 
 /// Why a handshake failed.
@@ -31,20 +32,25 @@ pub(crate) enum HandshakeError {
     Protocol(DecodeError),
     /// TLS failed (certificate, alert, or a port that does not speak TLS).
     Tls(TlsFailure),
+    /// The SASL exchange could not be completed (not a rejected password: that is
+    /// `AuthFailed`).
+    Sasl(SaslError),
 }
 
 impl HandshakeError {
-    /// A failure that trying again (or another member) will not cure: the certificate setup.
-    pub fn is_final_tls(&self) -> bool {
-        matches!(
-            self,
-            HandshakeError::Tls(
-                TlsFailure::UnknownCa
-                    | TlsFailure::Expired
-                    | TlsFailure::WrongName(_)
-                    | TlsFailure::ClientCertRejected(_)
+    /// A failure that trying again (or another member) will not cure: the certificate setup,
+    /// or a SASL exchange that cannot work.
+    pub fn is_final(&self) -> bool {
+        matches!(self, HandshakeError::Sasl(_))
+            || matches!(
+                self,
+                HandshakeError::Tls(
+                    TlsFailure::UnknownCa
+                        | TlsFailure::Expired
+                        | TlsFailure::WrongName(_)
+                        | TlsFailure::ClientCertRejected(_)
+                )
             )
-        )
     }
 }
 
@@ -57,6 +63,7 @@ impl std::fmt::Display for HandshakeError {
             HandshakeError::Io(e) => write!(f, "{e}"),
             HandshakeError::Protocol(e) => write!(f, "malformed handshake reply: {e}"),
             HandshakeError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
+            HandshakeError::Sasl(e) => write!(f, "SASL DIGEST-MD5 failed: {e}"),
         }
     }
 }
@@ -79,6 +86,8 @@ pub(crate) struct Security<'a> {
     pub auth: &'a [(String, Vec<u8>)],
     /// Encrypt the connection.
     pub tls: Option<&'a dyn TlsConnect>,
+    /// Log in with SASL DIGEST-MD5.
+    pub sasl: Option<&'a SaslDigest>,
 }
 
 #[cfg(test)]
@@ -87,6 +96,7 @@ impl Security<'_> {
     pub const NONE: Security<'static> = Security {
         auth: &[],
         tls: None,
+        sasl: None,
     };
 }
 
@@ -172,12 +182,55 @@ async fn handshake_inner(
             }
         }
     }
+    if let Some(creds) = sec.sasl {
+        let mut digest = DigestMd5::new(creds);
+        let challenge = sasl_round(&mut stream, &mut frames, host, &[]).await?;
+        if challenge.is_empty() {
+            return Err(HandshakeError::Sasl(SaslError(
+                "the server started no SASL exchange: is SASL set up on it (a JAAS Server section with DigestLoginModule, and SASLAuthenticationProvider)?".into(),
+            )));
+        }
+        let response = digest.respond(&challenge).map_err(HandshakeError::Sasl)?;
+        let last = sasl_round(&mut stream, &mut frames, host, &response).await?;
+        digest.verify_final(&last).map_err(HandshakeError::Sasl)?;
+    }
     Ok(Established {
         stream,
         frames,
         response,
         sent,
     })
+}
+
+/// One SASL round trip: our token out, the server's token back. A rejection is `AuthFailed`.
+async fn sasl_round(
+    stream: &mut Stream,
+    frames: &mut FrameReader,
+    host: &str,
+    token: &[u8],
+) -> Result<Vec<u8>, HandshakeError> {
+    const SASL_XID: i32 = 1;
+    let mut f = records::request(op::SASL, |b| b.put_buf(token));
+    records::set_xid(&mut f, SASL_XID);
+    if let Err(e) = stream.write_all(&f).await {
+        return Err(io_error(stream, host, e));
+    }
+    if let Err(e) = stream.flush().await {
+        return Err(io_error(stream, host, e));
+    }
+    let frame = read_frame(stream, frames, host).await?;
+    let h = records::reply_header(&frame).map_err(HandshakeError::Protocol)?;
+    if h.err == code::AUTH_FAILED {
+        return Err(HandshakeError::AuthFailed);
+    }
+    if h.xid != SASL_XID || h.err != code::OK {
+        return Err(HandshakeError::Protocol(DecodeError::Unexpected(format!(
+            "SASL reply with xid {} and error {}",
+            h.xid, h.err
+        ))));
+    }
+    let mut r = super::jute::Reader::new(&frame[records::REPLY_HEADER..]);
+    r.buf().map_err(HandshakeError::Protocol)
 }
 
 /// An `AuthPacket` frame (xid placeholder).

@@ -148,6 +148,7 @@ pub(crate) struct ConnConfig {
     pub max_in_flight: usize,
     pub chroot: Option<String>,
     pub tls: Option<TlsHandle>,
+    pub sasl: Option<super::sasl::SaslDigest>,
 }
 
 /// The session as established.
@@ -251,12 +252,13 @@ pub(crate) async fn open(
         let sec = Security {
             auth: &auth,
             tls: cfg.tls.as_ref().map(|t| &*t.0),
+            sasl: cfg.sasl.as_ref(),
         };
         match handshake(host, *port, &req, sec, MAX_FRAME, t).await {
             Ok(est) => break est,
             Err(HandshakeError::AuthFailed) => return Err(HandshakeError::AuthFailed),
             // The certificates will not be any better on the next try or member.
-            Err(e) if e.is_final_tls() => return Err(e),
+            Err(e) if e.is_final() => return Err(e),
             Err(e) => {
                 tracing::debug!(server = %format!("{host}:{port}"), error = %e, "zkr: connect attempt failed");
                 last_err = e;
@@ -922,6 +924,7 @@ impl Task {
             let sec = Security {
                 auth: &auth,
                 tls: self.cfg.tls.as_ref().map(|t| &*t.0),
+                sasl: self.cfg.sasl.as_ref(),
             };
             let hs = handshake(&host, port, &req, sec, MAX_FRAME, per_host);
             let r = tokio::select! {
@@ -1053,6 +1056,7 @@ mod tests {
             max_in_flight: 16,
             chroot: Some("/chroot".into()),
             tls: None,
+            sasl: None,
         };
         let session = SessionInfo {
             id: 1,

@@ -91,6 +91,8 @@ pub struct ZkEnsemble {
     /// The quorum-link proxies of an ensemble from [`ZkEnsemble::start_partitionable`].
     /// Declared after `members`: `Drop` kills the members first, then the proxies are joined.
     net: Option<QuorumNet>,
+    /// Files the members read (a JAAS configuration), removed after the members are gone.
+    aux: Option<TempDir>,
 }
 
 /// The quorum network of a partitionable ensemble: in member `i`'s `zoo.cfg` every other
@@ -223,6 +225,38 @@ impl ZkEnsemble {
         ZkEnsemble::start_impl(members, options, &lines, false, true)
     }
 
+    /// Starts `members` servers that accept SASL DIGEST-MD5 logins (`digest` SASL: a JAAS
+    /// `Server` section with `DigestLoginModule` listing `users` as `(name, password)`, and
+    /// `SASLAuthenticationProvider`), plus `config_lines`. A client logs in with
+    /// `ClientBuilder::sasl_digest(name, password)`; its identity is `sasl:name`.
+    pub fn start_sasl(
+        members: usize,
+        users: &[(&str, &str)],
+        config_lines: &[&str],
+    ) -> Result<ZkEnsemble, HarnessError> {
+        let dir = tempfile::Builder::new()
+            .prefix("zkr-jaas-")
+            .tempdir()
+            .map_err(|e| HarnessError::io("creating a temporary directory", e))?;
+        let jaas = dir.path().join("jaas.conf");
+        let mut text = String::from(
+            "Server {\n    org.apache.zookeeper.server.auth.DigestLoginModule required",
+        );
+        for (user, password) in users {
+            text.push_str(&format!("\n    user_{user}=\"{password}\""));
+        }
+        text.push_str(";\n};\n");
+        fs::write(&jaas, text)
+            .map_err(|e| HarnessError::io(format!("writing {}", jaas.display()), e))?;
+        let opt = format!("-Djava.security.auth.login.config={}", jaas.display());
+        let mut lines =
+            vec!["authProvider.1=org.apache.zookeeper.server.auth.SASLAuthenticationProvider"];
+        lines.extend_from_slice(config_lines);
+        let mut ens = ZkEnsemble::start_impl(members, &[opt.as_str()], &lines, false, false)?;
+        ens.aux = Some(dir);
+        Ok(ens)
+    }
+
     /// Connect string of the members' TLS ports (`"127.0.0.1:s1,..."`), for an ensemble from
     /// [`start_tls`](ZkEnsemble::start_tls); `None` otherwise.
     pub fn secure_connect_string(&self) -> Option<String> {
@@ -320,6 +354,7 @@ impl ZkEnsemble {
             launch: launch.clone(),
             members,
             net,
+            aux: None,
         };
         let started = ensemble
             .members

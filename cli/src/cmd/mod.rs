@@ -67,8 +67,9 @@ pub struct GlobalOpts {
     #[arg(long, global = true, value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
 
-    /// Credentials sent in every handshake, e.g. `digest:app:secret` (repeatable); also from
-    /// ZKR_AUTH (one SCHEME:CREDENTIALS). Never printed
+    /// Credentials sent in every handshake, e.g. `digest:app:secret` (repeatable;
+    /// `sasl:USER:PASSWORD` logs in with SASL DIGEST-MD5); also from ZKR_AUTH (one
+    /// SCHEME:CREDENTIALS). Never printed
     #[arg(
         long = "auth",
         global = true,
@@ -119,6 +120,8 @@ pub fn parse_auth(s: &str) -> Result<AuthArg, std::convert::Infallible> {
         Some("--auth expects SCHEME:CREDENTIALS, e.g. --auth digest:app:secret")
     } else if scheme == "digest" && !credentials.contains(':') {
         Some("--auth digest:... expects USER:PASSWORD, e.g. --auth digest:app:secret")
+    } else if scheme == "sasl" && !credentials.contains(':') {
+        Some("--auth sasl:... expects USER:PASSWORD (SASL DIGEST-MD5), e.g. --auth sasl:app:secret")
     } else {
         None
     };
@@ -226,7 +229,7 @@ fn zk_exit_code(e: &zkr::Error) -> u8 {
         | E::Tls { .. }
         | E::Closed
         | E::NotReadOnly => exit::CONNECTION,
-        E::NoAuth { .. } | E::AuthFailed | E::InvalidAcl { .. } => exit::AUTH,
+        E::NoAuth { .. } | E::AuthFailed | E::InvalidAcl { .. } | E::Sasl(_) => exit::AUTH,
         E::InvalidPath { .. } | E::InvalidConnectString { .. } | E::InvalidArgument(_) => {
             exit::USAGE
         }
@@ -288,7 +291,11 @@ pub async fn connect(opts: &GlobalOpts) -> Result<Ctx, CliError> {
         builder = builder.connect_timeout(t).operation_timeout(t);
     }
     for a in &opts.auth {
-        builder = builder.auth(&a.scheme, a.credentials.as_bytes());
+        builder = match (a.scheme.as_str(), a.credentials.split_once(':')) {
+            // SASL DIGEST-MD5 login rather than an AuthPacket.
+            ("sasl", Some((user, password))) => builder.sasl_digest(user, password),
+            _ => builder.auth(&a.scheme, a.credentials.as_bytes()),
+        };
     }
     if let Some(tls) = tls_config(opts)? {
         builder = builder.tls(tls);
