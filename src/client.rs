@@ -6,6 +6,11 @@
 //! * A semaphore bounds requests in flight (backpressure instead of an unbounded queue).
 //! * Operations run on the current session's epoch; [`Client::pinned`] binds a handle to one
 //!   epoch so that a recipe's follow-up requests never run in a later session by accident.
+//! * Security (see `docs/security.md`): credentials ([`ClientBuilder::digest_auth`],
+//!   [`Client::add_auth`], [`ClientBuilder::sasl_digest`]) are sent in every handshake, so they
+//!   hold across reconnects and new sessions; TLS with [`ClientBuilder::tls`]. A new node's ACL
+//!   comes from [`Client::create_with_acl`], else the handle's [`Client::with_acl`], else the
+//!   [`ClientBuilder::acl_provider`], else the [`ClientBuilder::default_acl`].
 
 use std::future::Future;
 use std::sync::Arc;

@@ -113,3 +113,89 @@ async fn sasl_against_a_server_without_sasl_says_so() {
     assert!(e.to_string().contains("SASL"), "{e}");
     assert!(!e.to_string().contains("s3cret"), "{e}");
 }
+
+/// A `Write` into a shared buffer, for capturing the log output.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Passwords, digest credentials and SASL passwords never show up in `Debug` output, in any
+/// log line (at TRACE, through a reconnect and a rejected login), or in error messages.
+#[test]
+fn no_secret_reaches_debug_logs_or_errors() {
+    const SECRETS: [&str; 3] = ["pw-digest-SECRET1", "pw-addauth-SECRET2", "s3cret-pw"];
+    let ens = sasl_server();
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut shown = Vec::new();
+    rt.block_on(async {
+        let proxy = FaultProxy::for_ensemble(ens).unwrap();
+        let builder = Client::builder(&proxy.connect_string())
+            .session_timeout(Duration::from_millis(3000))
+            .digest_auth("u", "pw-digest-SECRET1")
+            .sasl_digest("app", "s3cret-pw")
+            .tls(zkr::TlsConfig::new().client_cert_pem(
+                b"cert".to_vec(),
+                b"-----BEGIN PRIVATE KEY-----\npw-digest-SECRET1\n".to_vec(),
+            ));
+        shown.push(format!("{builder:?}"));
+        let builder = Client::builder(&proxy.connect_string())
+            .session_timeout(Duration::from_millis(3000))
+            .digest_auth("u", "pw-digest-SECRET1")
+            .sasl_digest("app", "s3cret-pw");
+        let c = builder.connect().await.unwrap();
+        c.add_auth("digest", b"v:pw-addauth-SECRET2").await.unwrap();
+        let root = root("secrets");
+        c.create_with_acl(
+            &root,
+            b"",
+            CreateMode::Persistent,
+            &[Acl::digest_user("u", "pw-digest-SECRET1", perms::ALL)],
+        )
+        .await
+        .unwrap();
+        let (acl, _) = c.get_acl(&root).await.unwrap();
+        shown.push(format!("{acl:?} {c:?}"));
+        proxy.drop_connections();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        c.get_data(&root).await.unwrap();
+        let anon = client(&ens.connect_string(), 3000).await;
+        shown.push(anon.get_data(&root).await.unwrap_err().to_string());
+        let e = sasl_client(&ens.connect_string(), "app", "pw-addauth-SECRET2")
+            .await
+            .unwrap_err();
+        shown.push(format!("{e} {e:?}"));
+        c.delete(&root, None).await.unwrap();
+        c.close().await;
+    });
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("zkr"), "the capture works: {logs}");
+    // The digest hash of a password is as good as the password for brute force.
+    let hash = Acl::digest("u", "pw-digest-SECRET1");
+    let hash = hash.split_once(':').unwrap().1;
+    for s in SECRETS.iter().copied().chain([hash]) {
+        assert!(!logs.contains(s), "{s} in the logs:\n{logs}");
+        for text in &shown {
+            assert!(!text.contains(s), "{s} in {text}");
+        }
+    }
+}

@@ -355,6 +355,16 @@ async fn every_recipe_works_in_a_creator_only_namespace() {
     let m = zkr_recipes::Mutex::new(&c, "/locks/m").unwrap();
     let g = m.acquire_timeout(t).await.unwrap();
     g.release().await.unwrap();
+    // A recipe handed a `with_acl` handle gives its own nodes (and their parents) that ACL.
+    let custom = vec![
+        Acl::digest_user("svc", "pw", perms::ALL),
+        Acl::new(perms::READ, "world", "anyone"),
+    ];
+    let m = zkr_recipes::Mutex::new(&c.with_acl(custom.clone()), "/custom/m").unwrap();
+    let g = m.acquire_timeout(t).await.unwrap();
+    assert_eq!(c.get_acl(g.node_path()).await.unwrap().0, custom);
+    assert_eq!(c.get_acl("/custom/m").await.unwrap().0, custom);
+    g.release().await.unwrap();
     let rw = zkr_recipes::RwLock::new(&c, "/locks/rw").unwrap();
     rw.write_timeout(t).await.unwrap().release().await.unwrap();
     rw.read_timeout(t).await.unwrap().release().await.unwrap();
