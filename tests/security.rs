@@ -331,6 +331,58 @@ async fn latch_without_permission_fails_with_no_auth() {
     owner.delete_recursive(&root).await.unwrap();
 }
 
+/// A waiting latch whose election node stops letting it read (the ACL was changed) closes
+/// instead of retrying the listing forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latch_closes_when_the_acl_turns_against_it() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let root = root("sec-latch-acl");
+    let owner = authed(&ens.connect_string(), "owner", "pw").await;
+    let election = format!("{root}/election");
+    owner
+        .create(&root, b"", CreateMode::Persistent)
+        .await
+        .unwrap();
+    owner
+        .create(&election, b"", CreateMode::Persistent)
+        .await
+        .unwrap();
+    let leader = zkr_recipes::LeaderLatch::start(&owner, &election, "owner")
+        .await
+        .unwrap();
+    leader
+        .wait_leader(Some(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let anon = client(&ens.connect_string(), 3000).await;
+    let waiting = zkr_recipes::LeaderLatch::start(&anon, &election, "anon")
+        .await
+        .unwrap();
+    assert!(!waiting.is_leader());
+    // Only the owner may read or change the election from now on; the waiting latch learns it
+    // when the leader goes and it lists the election again.
+    owner
+        .set_acl(
+            &election,
+            &[Acl::digest_user("owner", "pw", perms::ALL)],
+            None,
+        )
+        .await
+        .unwrap();
+    leader.close().await.unwrap();
+    let mut rx = waiting.state_receiver();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|s| *s == zkr_recipes::LatchState::Closed),
+    )
+    .await
+    .expect("the latch closes")
+    .unwrap();
+    drop(waiting);
+    owner.delete_recursive(&root).await.unwrap();
+}
+
 /// Every recipe works inside a chroot namespace whose nodes only their authenticated creator
 /// may touch (default ACL creator-all); a client without the credentials sees nothing there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

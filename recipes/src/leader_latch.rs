@@ -575,6 +575,10 @@ impl Task {
                         self.shared.publish(LatchState::NotLeader);
                         return Next::Rejoin(Some(guard.disarm()));
                     }
+                    Err(e) if e.is_auth_error() => {
+                        tracing::error!(error = %e, "the election's ACL refuses us; the latch closes");
+                        return Next::Stop;
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "checking our node failed; retrying");
                         retry_in = Some(Duration::from_millis(50));
@@ -633,6 +637,10 @@ impl Task {
                         return Next::Rejoin(None);
                     }
                     Err(zkr::Error::Closed) => return Next::Stop,
+                    Err(e) if e.is_auth_error() => {
+                        tracing::error!(error = %e, "the election's ACL refuses us; the latch closes");
+                        return Next::Stop;
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "listing the election failed; retrying");
                         need_list = true;
@@ -719,6 +727,10 @@ impl Task {
                         need_list = true;
                         pred = None;
                     }
+                }
+                Wake::Own(Some(Err(e))) | Wake::Pred(Some(Err(e))) if e.is_auth_error() => {
+                    tracing::error!(error = %e, "the election's ACL refuses us; the latch closes");
+                    return Next::Stop;
                 }
                 Wake::Own(Some(Err(e))) | Wake::Pred(Some(Err(e))) => {
                     tracing::debug!(error = %e, "watch error");
