@@ -35,7 +35,7 @@ use super::codec::{FrameReader, MAX_FRAME};
 use super::connect::{handshake, Established, HandshakeError, Security};
 use super::jute::{DecodeError, JuteWrite};
 use super::records::{self, code, event, op, watcher_type, xid, ConnectRequest};
-use super::tls::{Stream, TlsHandle};
+use super::tls::{StreamRead, StreamWrite, TlsHandle};
 
 /// The connection's state, as the session layer sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -469,8 +469,8 @@ impl Task {
             response,
             ..
         } = est;
-        let tls = stream.is_tls();
-        let (mut rd, mut wr) = tokio::io::split(stream);
+        let (mut rd, mut wr) = stream.into_split();
+        let tls = wr.needs_flush();
         // TLS may keep encrypted bytes of a completed write buffered: flush once drained.
         let mut unflushed = false;
         let t = self.timeout();
@@ -544,9 +544,7 @@ impl Task {
                         }
                         last_send = Instant::now();
                         // Most writes complete at once: spare a turn of the loop.
-                        if let Some(Ok(n)) =
-                            futures::FutureExt::now_or_never(wr.write(&self.wbuf[self.wpos..]))
-                        {
+                        if let Some(n) = wr.try_write_now(&self.wbuf[self.wpos..]) {
                             self.wpos += n;
                             unflushed = tls;
                             if self.wpos == self.wbuf.len() {
@@ -579,8 +577,8 @@ impl Task {
     /// Sends `closeSession` and waits (bounded) for its reply or the server closing.
     async fn close_session(
         &mut self,
-        rd: &mut tokio::io::ReadHalf<Stream>,
-        wr: &mut tokio::io::WriteHalf<Stream>,
+        rd: &mut StreamRead,
+        wr: &mut StreamWrite,
         frames: &mut FrameReader,
     ) {
         let (tx, rx) = oneshot::channel();

@@ -478,3 +478,94 @@ impl fmt::Debug for TlsHandle {
         f.write_str("TlsConnector")
     }
 }
+
+impl Stream {
+    /// Splits into a read and a write half owned by one task: a plain stream into the socket's
+    /// own halves (no lock between them, writes can be tried without waiting), a TLS stream
+    /// through `tokio::io::split`.
+    pub fn into_split(self) -> (StreamRead, StreamWrite) {
+        match self {
+            Stream::Plain(s) => {
+                let (r, w) = s.into_split();
+                (StreamRead::Plain(r), StreamWrite::Plain(w))
+            }
+            Stream::Tls(s) => {
+                let (r, w) = tokio::io::split(s);
+                (StreamRead::Tls(r), StreamWrite::Tls(w))
+            }
+        }
+    }
+}
+
+type TlsBox = Box<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// The read half of a [`Stream`].
+pub(crate) enum StreamRead {
+    Plain(tokio::net::tcp::OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<TlsBox>),
+}
+
+/// The write half of a [`Stream`].
+pub(crate) enum StreamWrite {
+    Plain(tokio::net::tcp::OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<TlsBox>),
+}
+
+impl StreamWrite {
+    /// Writes what can be written without waiting (`None`: nothing, or an error the next
+    /// real write reports).
+    pub fn try_write_now(&mut self, buf: &[u8]) -> Option<usize> {
+        match self {
+            StreamWrite::Plain(w) => w.try_write(buf).ok(),
+            StreamWrite::Tls(w) => {
+                futures::FutureExt::now_or_never(tokio::io::AsyncWriteExt::write(w, buf))
+                    .and_then(Result::ok)
+            }
+        }
+    }
+
+    /// Whether writes may leave bytes buffered until a flush (TLS).
+    pub fn needs_flush(&self) -> bool {
+        matches!(self, StreamWrite::Tls(_))
+    }
+}
+
+impl AsyncRead for StreamRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            StreamRead::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            StreamRead::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for StreamWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            StreamWrite::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            StreamWrite::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            StreamWrite::Plain(s) => Pin::new(s).poll_flush(cx),
+            StreamWrite::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            StreamWrite::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            StreamWrite::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
