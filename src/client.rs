@@ -6,6 +6,11 @@
 //! * A semaphore bounds requests in flight (backpressure instead of an unbounded queue).
 //! * Operations run on the current session's epoch; [`Client::pinned`] binds a handle to one
 //!   epoch so that a recipe's follow-up requests never run in a later session by accident.
+//! * Security (see `docs/security.md`): credentials ([`ClientBuilder::digest_auth`],
+//!   [`Client::add_auth`], [`ClientBuilder::sasl_digest`]) are sent in every handshake, so they
+//!   hold across reconnects and new sessions; TLS with [`ClientBuilder::tls`]. A new node's ACL
+//!   comes from [`Client::create_with_acl`], else the handle's [`Client::with_acl`], else the
+//!   [`ClientBuilder::acl_provider`], else the [`ClientBuilder::default_acl`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,7 +25,7 @@ use crate::path::{self, ConnectString};
 use crate::retry::RetryPolicy;
 use crate::session::{self, Epoch, SessionConfig, SessionState, Shared};
 use crate::types::{
-    Acl, ClientInfo, CreateMode, Op, OpResult, ReadOp, ReadResult, SessionId, Stat,
+    Acl, AclProvider, ClientInfo, CreateMode, Op, OpResult, ReadOp, ReadResult, SessionId, Stat,
 };
 use crate::watch::{ChildrenWatch, DataWatch, PersistentWatch, Registry, WatchKind};
 use crate::wire::{Wire, WireConfig};
@@ -34,12 +39,36 @@ pub struct ClientBuilder {
     op_timeout: Option<Duration>,
     auth: crate::types::Credentials,
     default_acl: Vec<Acl>,
+    acl_provider: Option<ProviderHandle>,
     max_in_flight: usize,
     read_only: bool,
     server_tick: Option<Duration>,
+    tls: Option<crate::proto::tls::TlsConfig>,
+    sasl: Option<crate::proto::sasl::SaslDigest>,
 }
 
 impl ClientBuilder {
+    /// Logs in with SASL DIGEST-MD5 as `user` (ZooKeeper's `digest` SASL login: a JAAS
+    /// `Server` section with `DigestLoginModule` and `SASLAuthenticationProvider` on the
+    /// server), in every handshake: on every reconnect and in every new session. The session's
+    /// identity is then `sasl:USER` (ACL entry `Acl::new(perms, "sasl", user)`). A wrong password
+    /// is [`Error::AuthFailed`]. Kerberos (GSSAPI) is not supported.
+    pub fn sasl_digest(mut self, user: &str, password: &str) -> Self {
+        self.sasl = Some(crate::proto::sasl::SaslDigest {
+            user: user.to_string(),
+            password: password.to_string(),
+        });
+        self
+    }
+
+    /// Connects with TLS (to the ensemble's `secureClientPort`): the server's certificate must
+    /// chain to the CA of `tls` and, by default, name the host of the connect string. With a
+    /// client certificate in `tls` it is mutual TLS. See [`TlsConfig`](crate::TlsConfig).
+    pub fn tls(mut self, tls: crate::proto::tls::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// The ensemble's `tickTime`, when known. zkr ends a session's lease (and tells lock holders
     /// and leaders they may have lost) a margin before the server can expire it; the margin
     /// covers how late a follower's reports reach the leader, half a tick at most. Without this
@@ -78,7 +107,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Digest authentication (`user:password`); re-applied on every reconnect and new session.
+    /// Digest authentication (`user:password`): sent in every handshake, so it holds on every
+    /// reconnect and every new session. The session's identity is then
+    /// `digest:`[`Acl::digest(user, password)`](Acl::digest).
     pub fn digest_auth(mut self, user: &str, password: &str) -> Self {
         self.auth
             .0
@@ -86,15 +117,25 @@ impl ClientBuilder {
         self
     }
 
-    /// Any auth scheme.
+    /// Credentials of any auth scheme (`AuthPacket`), sent in every handshake like
+    /// [`digest_auth`](Self::digest_auth). `Debug` of the builder never shows `data`.
     pub fn auth(mut self, scheme: &str, data: &[u8]) -> Self {
         self.auth.0.push((scheme.into(), data.to_vec()));
         self
     }
 
-    /// ACL given to nodes this client creates. Default: open to everyone.
+    /// ACL given to nodes this client creates (recipes' nodes included) unless an
+    /// [`acl_provider`](Self::acl_provider), a [`Client::with_acl`] handle or
+    /// [`Client::create_with_acl`] says otherwise. Default: [`Acl::open`].
     pub fn default_acl(mut self, acl: Vec<Acl>) -> Self {
         self.default_acl = acl;
+        self
+    }
+
+    /// Chooses the ACL of every new node by path (Curator's `ACLProvider`); an empty list from
+    /// the provider falls back to the [`default_acl`](Self::default_acl).
+    pub fn acl_provider(mut self, provider: impl AclProvider) -> Self {
+        self.acl_provider = Some(ProviderHandle(Arc::new(provider)));
         self
     }
 
@@ -120,14 +161,21 @@ impl ClientBuilder {
             ));
         }
         let connect_timeout = self.connect_timeout.unwrap_or(self.session_timeout);
+        let auth = crate::types::AuthStore::new(self.auth);
+        let tls = match &self.tls {
+            Some(t) => Some(crate::proto::tls::TlsHandle(t.connector()?)),
+            None => None,
+        };
         let cfg = SessionConfig {
             wire: WireConfig {
                 servers: shuffled(cs.servers.clone()),
                 chroot: cs.chroot.clone(),
                 session_timeout: self.session_timeout,
-                auth: self.auth,
+                auth: auth.clone(),
                 read_only: self.read_only,
                 max_in_flight: self.max_in_flight,
+                tls,
+                sasl: self.sasl,
             },
             connect_timeout,
             server_tick: self.server_tick,
@@ -138,12 +186,15 @@ impl ClientBuilder {
             registry: Registry::new(),
             permits: Semaphore::new(self.max_in_flight),
             default_acl: self.default_acl,
+            acl_provider: self.acl_provider.map(|p| p.0),
+            auth,
             shared,
         });
         Ok(Client {
             inner,
             pin: None,
             op_timeout: self.op_timeout,
+            acl: None,
         })
     }
 }
@@ -158,11 +209,24 @@ fn shuffled(mut servers: Vec<(String, u16)>) -> Vec<(String, u16)> {
     servers
 }
 
+/// An [`AclProvider`] in the builder (which is `Debug`).
+#[derive(Clone)]
+struct ProviderHandle(Arc<dyn AclProvider>);
+
+impl std::fmt::Debug for ProviderHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AclProvider")
+    }
+}
+
 pub(crate) struct Inner {
     pub shared: Arc<Shared>,
     pub registry: Registry,
     permits: Semaphore,
     pub default_acl: Vec<Acl>,
+    acl_provider: Option<Arc<dyn AclProvider>>,
+    /// Credentials sent in every handshake (builder's, plus every `add_auth` that succeeded).
+    auth: crate::types::AuthStore,
 }
 
 impl Drop for Inner {
@@ -178,6 +242,8 @@ pub struct Client {
     pub(crate) inner: Arc<Inner>,
     pin: Option<Arc<Epoch>>,
     op_timeout: Option<Duration>,
+    /// The ACL of nodes this handle creates, when set by [`Client::with_acl`].
+    acl: Option<Arc<Vec<Acl>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -221,9 +287,12 @@ impl Client {
             op_timeout: None,
             auth: Default::default(),
             default_acl: Acl::open(),
+            acl_provider: None,
             max_in_flight: 1024,
             read_only: false,
             server_tick: None,
+            tls: None,
+            sasl: None,
         }
     }
 
@@ -293,6 +362,7 @@ impl Client {
             inner: self.inner.clone(),
             pin: Some(epoch),
             op_timeout: self.op_timeout,
+            acl: self.acl.clone(),
         })
     }
 
@@ -332,7 +402,35 @@ impl Client {
             inner: self.inner.clone(),
             pin: self.pin.clone(),
             op_timeout: Some(d),
+            acl: self.acl.clone(),
         }
+    }
+
+    /// A handle whose creates (its recipes' nodes included) get `acl`, whatever the client's
+    /// default ACL or provider says: hand it to a recipe to give that recipe's nodes their own
+    /// ACL. Panics never; an empty `acl` is rejected by each create with
+    /// [`Error::InvalidArgument`].
+    pub fn with_acl(&self, acl: Vec<Acl>) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            pin: self.pin.clone(),
+            op_timeout: self.op_timeout,
+            acl: Some(Arc::new(acl)),
+        }
+    }
+
+    /// The ACL a node created at `path` through this handle gets.
+    pub fn acl_for(&self, path: &str) -> Vec<Acl> {
+        if let Some(acl) = &self.acl {
+            return acl.as_ref().clone();
+        }
+        if let Some(p) = &self.inner.acl_provider {
+            let acl = p.acl_for_path(path);
+            if !acl.is_empty() {
+                return acl;
+            }
+        }
+        self.inner.default_acl.clone()
     }
 
     /// The deadline operations of this handle use.
@@ -352,10 +450,10 @@ impl Client {
                     return Ok(s);
                 }
                 if s == SessionState::Closed {
-                    return Err(Error::Closed);
+                    return Err(self.inner.shared.closed_error());
                 }
                 if rx.changed().await.is_err() {
-                    return Err(Error::Closed);
+                    return Err(self.inner.shared.closed_error());
                 }
             }
         };
@@ -399,7 +497,7 @@ impl Client {
         );
         let fut = async {
             if self.inner.shared.is_closed() {
-                return Err(Error::Closed);
+                return Err(self.inner.shared.closed_error());
             }
             let epoch = match &self.pin {
                 Some(e) => e.clone(),
@@ -447,6 +545,37 @@ impl Client {
         data: &[u8],
         mode: CreateMode,
     ) -> Result<(String, Stat)> {
+        let acl = self.acl_for(path);
+        self.create_full(path, data, mode, &acl).await
+    }
+
+    /// Creates a node with its own ACL; returns its actual path. Fails with
+    /// [`Error::InvalidAcl`] when the server rejects the ACL (e.g. `auth` entries on a session
+    /// without credentials).
+    pub async fn create_with_acl(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: CreateMode,
+        acl: &[Acl],
+    ) -> Result<String> {
+        self.create_full(path, data, mode, acl)
+            .await
+            .map(|(p, _)| p)
+    }
+
+    async fn create_full(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: CreateMode,
+        acl: &[Acl],
+    ) -> Result<(String, Stat)> {
+        if acl.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "the ACL for {path} must not be empty"
+            )));
+        }
         path::validate_path(path, mode.is_sequential())?;
         path::validate_data(data)?;
         if path == "/" {
@@ -455,7 +584,6 @@ impl Client {
                 reason: "cannot create the root",
             });
         }
-        let acl = &self.inner.default_acl;
         let r = self
             .exec("create", path, |w| async move {
                 w.create(path, data, mode, acl).await
@@ -615,7 +743,7 @@ impl Client {
         path::validate_path(path, mode.is_sequential())?;
         path::validate_path(list_path, false)?;
         path::validate_data(data)?;
-        let acl = &self.inner.default_acl;
+        let acl = &self.acl_for(path);
         self.exec("create_and_list", path, |w| async move {
             let created = w.create(path, data, mode, acl);
             let listed = w.get_children(list_path);
@@ -653,6 +781,20 @@ impl Client {
                     path::validate_path(path, mode.is_sequential())?;
                     path::validate_data(data)?;
                 }
+                Op::CreateWithAcl {
+                    path,
+                    data,
+                    mode,
+                    acl,
+                } => {
+                    path::validate_path(path, mode.is_sequential())?;
+                    path::validate_data(data)?;
+                    if acl.is_empty() {
+                        return Err(Error::InvalidArgument(format!(
+                            "the ACL for {path} must not be empty"
+                        )));
+                    }
+                }
                 Op::SetData { path, data, .. } => {
                     path::validate_path(path, false)?;
                     path::validate_data(data)?;
@@ -665,9 +807,17 @@ impl Client {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let acl = &self.inner.default_acl;
+        let acls: Vec<Vec<Acl>> = ops
+            .iter()
+            .map(|o| match o {
+                Op::Create { path, .. } => self.acl_for(path),
+                Op::CreateWithAcl { acl, .. } => acl.clone(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let acls = &acls;
         self.exec("multi", ops[0].path(), |w| async move {
-            w.multi(ops, acl).await
+            w.multi(ops, acls).await
         })
         .await
     }
@@ -791,15 +941,20 @@ impl Client {
             })?
     }
 
-    /// Adds authentication to the current session (not remembered for new sessions: use the
-    /// builder's `digest_auth` for that).
+    /// Adds credentials to the session (`addAuth`). Once the server accepted them they are
+    /// kept and sent again in every handshake: on every reconnect and in every new session
+    /// after an expiry, like the builder's [`digest_auth`](ClientBuilder::digest_auth). A
+    /// rejection is [`Error::AuthFailed`]; ZooKeeper then closes the connection, and the
+    /// credentials are not kept.
     pub async fn add_auth(&self, scheme: &str, data: &[u8]) -> Result<()> {
         self.exec(
             "add_auth",
             "",
             |w| async move { w.add_auth(scheme, data).await },
         )
-        .await
+        .await?;
+        self.inner.auth.add(scheme, data);
+        Ok(())
     }
 
     /// Retries an idempotent operation under `policy` on connection loss, timeouts and
@@ -910,7 +1065,8 @@ impl Client {
         let e = self.inner.shared.live_epoch().await?;
         let session = e.wire()?.session();
         proxy.cut();
-        let r = crate::wire::expire_session(&servers, &session, Duration::from_secs(10)).await;
+        let tls = self.inner.shared.cfg.wire.tls.as_ref();
+        let r = crate::wire::expire_session(&servers, &session, tls, Duration::from_secs(10)).await;
         proxy.heal();
         r
     }

@@ -38,8 +38,25 @@ pub enum Error {
     InvalidArgument(String),
 
     /// No ZooKeeper server answered within the connect timeout.
-    #[error("could not reach any ZooKeeper server of {servers:?} within {after:?}; is the ensemble up and the address right?")]
-    Unreachable { servers: String, after: Duration },
+    #[error("could not reach any ZooKeeper server of {servers:?} within {after:?} (last attempt: {last_error}); is the ensemble up and the address right?")]
+    Unreachable {
+        servers: String,
+        after: Duration,
+        /// Why the last attempt failed.
+        last_error: String,
+    },
+
+    /// The TLS connection could not be set up: the server's certificate is not signed by the
+    /// configured CA, has expired or names another host; the server refused the client's
+    /// certificate; or the port does not speak TLS. Retrying does not help; fix the setup.
+    #[error("TLS connection to {servers} failed: {reason}")]
+    Tls { servers: String, reason: String },
+
+    /// The SASL login could not be carried out (the server has no SASL set up, offers nothing
+    /// zkr supports, or failed to prove it knows the password). A rejected password is
+    /// [`Error::AuthFailed`].
+    #[error("SASL login failed: {0}")]
+    Sasl(String),
 
     /// The connection dropped while the request was in flight: it may or may not have run.
     #[error("connection to ZooKeeper lost during the request; its outcome is unknown (the session is still alive)")]
@@ -69,12 +86,14 @@ pub enum Error {
     #[error("node {path} has children and cannot be deleted")]
     NotEmpty { path: String },
 
-    /// The ACL of the node denies this session.
-    #[error("not authorized for {path}: add the right digest auth to the client builder")]
+    /// The ACL of the node denies this session. Final: retrying with the same credentials
+    /// cannot succeed.
+    #[error("not authorized for {path} (NoAuth): the node's ACL does not grant this session that permission; authenticate as an identity it names (ClientBuilder::digest_auth, Client::add_auth, or the CLI's --auth digest:USER:PASSWORD)")]
     NoAuth { path: String },
 
-    /// The server rejected the credentials.
-    #[error("authentication failed: the server rejected the client's credentials")]
+    /// The server rejected the credentials (on connect, on a reconnect, or an `add_auth`).
+    /// Final: the client stops reconnecting and ends (state `Lost`, then `Closed`).
+    #[error("authentication failed: the server rejected the client's credentials (unknown auth scheme, wrong SASL password, or the server's auth provider refused them)")]
     AuthFailed,
 
     /// Ephemeral nodes cannot have children.
@@ -84,7 +103,7 @@ pub enum Error {
     NoChildrenForEphemerals { path: String },
 
     /// The ACL given is invalid.
-    #[error("invalid ACL for {path}")]
+    #[error("invalid ACL for {path}: ZooKeeper rejected it (an `auth` entry such as Acl::creator_all needs credentials on the session; a digest id must be USER:base64(sha1))")]
     InvalidAcl { path: String },
 
     /// A write was sent to a read-only server.
@@ -310,6 +329,20 @@ impl Error {
                     ..
                 }
         )
+    }
+
+    /// The server refused this session for who it is ([`Error::NoAuth`],
+    /// [`Error::AuthFailed`], [`Error::InvalidAcl`], [`Error::Sasl`]): retrying cannot help;
+    /// change the credentials or the ACL.
+    pub fn is_auth_error(&self) -> bool {
+        match self {
+            Error::NoAuth { .. }
+            | Error::AuthFailed
+            | Error::InvalidAcl { .. }
+            | Error::Sasl(_) => true,
+            Error::MultiFailed { source, .. } => source.is_auth_error(),
+            _ => false,
+        }
     }
 
     /// The error is about a node not existing.

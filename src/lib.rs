@@ -47,10 +47,12 @@ pub mod testing;
 
 pub use client::{Client, ClientBuilder, SessionStates};
 pub use error::{Error, ErrorCode, Result};
+pub use proto::tls::TlsConfig;
 pub use retry::RetryPolicy;
 pub use session::{LostReason, SessionState};
 pub use types::{
-    perms, Acl, ClientInfo, CreateMode, Op, OpResult, ReadOp, ReadResult, SessionId, Stat,
+    perms, Acl, AclProvider, ClientInfo, CreateMode, Op, OpResult, ReadOp, ReadResult, SessionId,
+    Stat,
 };
 pub use watch::{
     Change, ChildrenEvent, ChildrenWatch, DataEvent, DataWatch, PersistentWatch, WatchedEvent,

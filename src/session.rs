@@ -21,7 +21,12 @@
 //!   process that was paused knows on its first call that it may have lost everything.
 //! * A member that answers but does not confirm for T/2 is left: the session moves to the next
 //!   member while the lease lasts. Un-suspending re-checks the lease.
-//! * After `Lost` a new session is opened with backoff (auth re-applied); its epoch is one more.
+//! * After `Lost` a new session is opened with backoff (credentials sent again in its
+//!   handshake); its epoch is one more.
+//! * **Rejected credentials end the client.** When the server rejects the credentials (on a
+//!   reconnect, or when a new session is opened) the state goes `Lost` (reason
+//!   [`LostReason::AuthFailed`]) and then `Closed`, and every operation fails with
+//!   [`Error::AuthFailed`]: retrying the same credentials cannot succeed.
 //!
 //! # Epoch fencing
 //! Every ZooKeeper session this client has is an *epoch* (1, 2, 3, …) with its own wire client.
@@ -252,6 +257,10 @@ impl Epoch {
             r = fut => r,
             _ = self.ended() => return Err(self.lost_error()),
         };
+        // Rejected credentials end the epoch too; the rejection is the better answer.
+        if matches!(r, Err(Error::AuthFailed)) {
+            return r;
+        }
         if self.is_ended() {
             return Err(self.lost_error());
         }
@@ -276,9 +285,28 @@ pub(crate) struct Shared {
     epoch_tx: watch::Sender<Option<Arc<Epoch>>>,
     closed: AtomicBool,
     close_notify: Notify,
+    /// Why the client ended on its own (rejected credentials), when it did.
+    failure: Mutex<Option<Error>>,
 }
 
 impl Shared {
+    /// The error for operations on a closed client: why it ended, or [`Error::Closed`].
+    pub fn closed_error(&self) -> Error {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or(Error::Closed)
+    }
+
+    /// Ends the client because of `e` (terminal, like `close`).
+    fn fail(&self, e: Error) {
+        tracing::error!(error = %e, "zkr: giving up; the client is closed");
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+        self.close();
+        self.publish(SessionState::Closed);
+    }
+
     pub fn state(&self) -> SessionState {
         *self.state_tx.borrow()
     }
@@ -323,7 +351,7 @@ impl Shared {
         let mut rx = self.epoch_tx.subscribe();
         loop {
             if self.is_closed() {
-                return Err(Error::Closed);
+                return Err(self.closed_error());
             }
             if let Some(e) = rx.borrow_and_update().clone() {
                 if !e.is_ended() {
@@ -331,7 +359,7 @@ impl Shared {
                 }
             }
             if rx.changed().await.is_err() {
-                return Err(Error::Closed);
+                return Err(self.closed_error());
             }
         }
     }
@@ -368,6 +396,7 @@ pub(crate) async fn start(cfg: SessionConfig) -> Result<Arc<Shared>> {
         epoch_tx,
         closed: AtomicBool::new(false),
         close_notify: Notify::new(),
+        failure: Mutex::new(None),
     });
     let (wire, mut states) = first;
     let epoch = Arc::new(Epoch::new(1, wire, shared.cfg.server_tick));
@@ -420,6 +449,10 @@ async fn supervise(weak: std::sync::Weak<Shared>, mut epoch: Arc<Epoch>, mut sta
                     epoch: n,
                     reason,
                 });
+                if reason == LostReason::AuthFailed {
+                    shared.fail(Error::AuthFailed);
+                    return;
+                }
                 shared.publish(SessionState::Connecting);
             }
         }
@@ -442,6 +475,10 @@ async fn supervise(weak: std::sync::Weak<Shared>, mut epoch: Arc<Epoch>, mut sta
                     return;
                 }
                 Some(Ok(w)) => break w,
+                Some(Err(Error::AuthFailed)) => {
+                    shared.fail(Error::AuthFailed);
+                    return;
+                }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "zkr: opening a new session failed; retrying")
                 }

@@ -95,10 +95,45 @@ pub mod perms {
     pub const ADMIN: i32 = 16;
     /// Everything.
     pub const ALL: i32 = 31;
+
+    const LETTERS: [(char, i32); 5] = [
+        ('c', CREATE),
+        ('d', DELETE),
+        ('r', READ),
+        ('w', WRITE),
+        ('a', ADMIN),
+    ];
+
+    /// The letters of `perms` in ZooKeeper's order (`cdrwa`, as `zkCli.sh getAcl` prints them).
+    pub fn to_letters(perms: i32) -> String {
+        LETTERS
+            .iter()
+            .filter(|(_, bit)| perms & bit != 0)
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
+    /// Parses letters out of `cdrwa` (any order, case-insensitive); `None` on anything else.
+    pub fn from_letters(s: &str) -> Option<i32> {
+        let mut perms = 0;
+        for ch in s.chars() {
+            let bit = LETTERS
+                .iter()
+                .find(|(c, _)| *c == ch.to_ascii_lowercase())?
+                .1;
+            perms |= bit;
+        }
+        Some(perms)
+    }
 }
 
 /// One ACL entry: permissions for an identity (`scheme:id`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+///
+/// `Display` and [`FromStr`](std::str::FromStr) use the readable form `scheme:id:perms`, e.g.
+/// `world:anyone:r`, `digest:app:HASH:cdrwa`, `ip:10.0.0.0/8:rw`, `auth::cdrwa`. `Debug`
+/// hides the password hash of `digest` identities (a SHA-1 of `user:password` can be
+/// brute-forced), showing only the user.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Acl {
     /// Bitwise or of [`perms`].
     pub perms: i32,
@@ -108,32 +143,138 @@ pub struct Acl {
     pub id: String,
 }
 
+impl fmt::Debug for Acl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = if self.scheme == "digest" {
+            match self.id.split_once(':') {
+                Some((user, _)) => format!("{user}:<hash redacted>"),
+                None => "<redacted>".to_string(),
+            }
+        } else {
+            self.id.clone()
+        };
+        f.debug_struct("Acl")
+            .field("perms", &format_args!("{}", perms::to_letters(self.perms)))
+            .field("scheme", &self.scheme)
+            .field("id", &id)
+            .finish()
+    }
+}
+
+impl fmt::Display for Acl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}",
+            self.scheme,
+            self.id,
+            perms::to_letters(self.perms)
+        )
+    }
+}
+
+impl std::str::FromStr for Acl {
+    type Err = crate::Error;
+
+    /// Parses `scheme:id:perms`; the id may itself contain `:` (a digest id does).
+    fn from_str(s: &str) -> Result<Acl, Self::Err> {
+        let bad = |why: &str| {
+            crate::Error::InvalidArgument(format!(
+                "ACL {s:?}: {why} (expected scheme:id:perms, e.g. world:anyone:r or \
+                 digest:app:HASH:cdrwa; perms are letters of cdrwa)"
+            ))
+        };
+        let (scheme, rest) = s.split_once(':').ok_or_else(|| bad("no scheme"))?;
+        let (id, letters) = rest.rsplit_once(':').ok_or_else(|| bad("no permissions"))?;
+        if scheme.is_empty() {
+            return Err(bad("empty scheme"));
+        }
+        let perms = perms::from_letters(letters).ok_or_else(|| bad("unknown permission"))?;
+        if perms == 0 {
+            return Err(bad("no permission given"));
+        }
+        Ok(Acl::new(perms, scheme, id))
+    }
+}
+
 impl Acl {
-    /// Everyone may do everything (ZooKeeper's OPEN_ACL_UNSAFE).
+    /// An entry granting `perms` to `scheme:id`.
+    pub fn new(perms: i32, scheme: &str, id: &str) -> Acl {
+        Acl {
+            perms,
+            scheme: scheme.to_string(),
+            id: id.to_string(),
+        }
+    }
+
+    /// The `digest` identity of `user` with `password`, exactly as ZooKeeper's
+    /// `DigestAuthenticationProvider` computes it: `user:base64(sha1("user:password"))`. A
+    /// session that authenticated with `digest` and `user:password` has this identity.
+    pub fn digest(user: &str, password: &str) -> String {
+        use base64::Engine as _;
+        use sha1::Digest as _;
+        let hash = sha1::Sha1::digest(format!("{user}:{password}").as_bytes());
+        format!(
+            "{user}:{}",
+            base64::engine::general_purpose::STANDARD.encode(hash)
+        )
+    }
+
+    /// An entry granting `perms` to the digest identity of `user` with `password` (see
+    /// [`Acl::digest`]).
+    pub fn digest_user(user: &str, password: &str, perms: i32) -> Acl {
+        Acl::new(perms, "digest", &Acl::digest(user, password))
+    }
+
+    /// Everyone may do everything (ZooKeeper's `OPEN_ACL_UNSAFE`).
     pub fn open() -> Vec<Acl> {
-        vec![Acl {
-            perms: perms::ALL,
-            scheme: "world".into(),
-            id: "anyone".into(),
-        }]
+        vec![Acl::new(perms::ALL, "world", "anyone")]
     }
 
-    /// Only the authenticated creator may do anything (CREATOR_ALL_ACL); needs auth on the client.
+    /// Only the identities the creating session authenticated as may do anything
+    /// (`CREATOR_ALL_ACL`); the client needs credentials (a create without any fails with
+    /// [`Error::InvalidAcl`](crate::Error::InvalidAcl)).
     pub fn creator_all() -> Vec<Acl> {
-        vec![Acl {
-            perms: perms::ALL,
-            scheme: "auth".into(),
-            id: String::new(),
-        }]
+        vec![Acl::new(perms::ALL, "auth", "")]
     }
 
-    /// Everyone may read (READ_ACL_UNSAFE).
+    /// Everyone may read, nobody may change anything (`READ_ACL_UNSAFE`).
     pub fn read_only() -> Vec<Acl> {
-        vec![Acl {
-            perms: perms::READ,
-            scheme: "world".into(),
-            id: "anyone".into(),
-        }]
+        vec![Acl::new(perms::READ, "world", "anyone")]
+    }
+
+    /// Parses a list of entries separated by commas or whitespace (`world:anyone:r,auth::cdrwa`).
+    pub fn parse_list(s: &str) -> Result<Vec<Acl>, crate::Error> {
+        let acl: Vec<Acl> = s
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|p| !p.is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        if acl.is_empty() {
+            return Err(crate::Error::InvalidArgument(
+                "an ACL must have at least one entry".into(),
+            ));
+        }
+        Ok(acl)
+    }
+}
+
+/// Chooses the ACL of every node a client creates, by path (like Curator's `ACLProvider`):
+/// set one with [`ClientBuilder::acl_provider`](crate::ClientBuilder::acl_provider). The nodes
+/// that recipes create (lock nodes, election nodes, their parent containers) go through it
+/// too. A handle made with [`Client::with_acl`](crate::Client::with_acl) and an explicit
+/// [`Client::create_with_acl`](crate::Client::create_with_acl) take precedence.
+pub trait AclProvider: Send + Sync + 'static {
+    /// The ACL for a new node at `path` (the client's path, below any chroot).
+    fn acl_for_path(&self, path: &str) -> Vec<Acl>;
+}
+
+impl<F> AclProvider for F
+where
+    F: Fn(&str) -> Vec<Acl> + Send + Sync + 'static,
+{
+    fn acl_for_path(&self, path: &str) -> Vec<Acl> {
+        self(path)
     }
 }
 
@@ -141,11 +282,18 @@ impl Acl {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[allow(missing_docs)] // fields are named for what they hold
 pub enum Op {
-    /// Create a node (default ACL of the client).
+    /// Create a node (with the ACL the client's handle gives new nodes at that path).
     Create {
         path: String,
         data: Vec<u8>,
         mode: CreateMode,
+    },
+    /// Create a node with this ACL.
+    CreateWithAcl {
+        path: String,
+        data: Vec<u8>,
+        mode: CreateMode,
+        acl: Vec<Acl>,
     },
     /// Set data, optionally only at an expected version.
     SetData {
@@ -164,6 +312,7 @@ impl Op {
     pub fn path(&self) -> &str {
         match self {
             Op::Create { path, .. }
+            | Op::CreateWithAcl { path, .. }
             | Op::SetData { path, .. }
             | Op::Delete { path, .. }
             | Op::Check { path, .. } => path,
@@ -239,6 +388,30 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// The credentials of a client, shared by its connection tasks: every handshake (reconnect or
+/// new session) sends what is in it then, so `Client::add_auth` outlives its session.
+#[derive(Clone, Default, Debug)]
+pub(crate) struct AuthStore(std::sync::Arc<std::sync::Mutex<Credentials>>);
+
+impl AuthStore {
+    pub fn new(c: Credentials) -> AuthStore {
+        AuthStore(std::sync::Arc::new(std::sync::Mutex::new(c)))
+    }
+
+    /// The credentials now.
+    pub fn snapshot(&self) -> Credentials {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Adds one (once: the same scheme and secret are kept a single time).
+    pub fn add(&self, scheme: &str, data: &[u8]) {
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !c.0.iter().any(|(s, d)| s == scheme && d == data) {
+            c.0.push((scheme.to_string(), data.to_vec()));
+        }
+    }
+}
+
 impl std::ops::Deref for Credentials {
     type Target = [(String, Vec<u8>)];
     fn deref(&self) -> &Self::Target {
@@ -256,5 +429,49 @@ mod tests {
         let shown = format!("{c:?} {c:#?}");
         assert!(shown.contains("digest"), "{shown}");
         assert!(!shown.contains("s3cret"), "{shown}");
+        let store = AuthStore::new(c);
+        let shown = format!("{store:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn digest_matches_zookeeper() {
+        // From ZooKeeper: DigestAuthenticationProvider.generateDigest("super:test").
+        assert_eq!(
+            Acl::digest("super", "test"),
+            "super:D/InIHSb7yEEbrWz8b9l71RjZJU="
+        );
+    }
+
+    #[test]
+    fn acl_text_form_round_trips_and_debug_hides_hashes() {
+        let a: Acl = "digest:app:abc/def=:cdrwa".parse().unwrap();
+        assert_eq!(a, Acl::new(perms::ALL, "digest", "app:abc/def="));
+        assert_eq!(a.to_string(), "digest:app:abc/def=:cdrwa");
+        let shown = format!("{a:?}");
+        assert!(!shown.contains("abc/def"), "{shown}");
+        assert!(shown.contains("app"), "{shown}");
+        assert_eq!(
+            "world:anyone:r".parse::<Acl>().unwrap(),
+            Acl::read_only()[0]
+        );
+        assert_eq!("auth::cdrwa".parse::<Acl>().unwrap(), Acl::creator_all()[0]);
+        assert_eq!(
+            Acl::parse_list("world:anyone:r, ip:10.0.0.0/8:RW").unwrap(),
+            vec![
+                Acl::new(perms::READ, "world", "anyone"),
+                Acl::new(perms::READ | perms::WRITE, "ip", "10.0.0.0/8"),
+            ]
+        );
+        for bad in [
+            "",
+            "world",
+            "world:anyone",
+            "world:anyone:x",
+            ":a:r",
+            "world:anyone:",
+        ] {
+            assert!(bad.parse::<Acl>().is_err(), "{bad:?} parsed");
+        }
     }
 }

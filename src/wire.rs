@@ -30,11 +30,15 @@ pub(crate) struct WireConfig {
     pub servers: Vec<(String, u16)>,
     pub chroot: Option<String>,
     pub session_timeout: Duration,
-    pub auth: crate::types::Credentials,
+    pub auth: crate::types::AuthStore,
     /// Accept read-only sessions from a server that lost its quorum.
     pub read_only: bool,
     /// Requests unanswered on the socket at most.
     pub max_in_flight: usize,
+    /// Encrypt every connection.
+    pub tls: Option<crate::proto::tls::TlsHandle>,
+    /// Log in with SASL DIGEST-MD5 in every handshake.
+    pub sasl: Option<crate::proto::sasl::SaslDigest>,
 }
 
 impl WireConfig {
@@ -226,6 +230,8 @@ impl Wire {
             auth: cfg.auth.clone(),
             max_in_flight: cfg.max_in_flight,
             chroot: cfg.chroot.clone(),
+            tls: cfg.tls.clone(),
+            sasl: cfg.sasl.clone(),
         };
         match connection::open(conn, connect_timeout).await {
             Ok((shared, req, ctl)) => {
@@ -243,9 +249,15 @@ impl Wire {
             }
             Err(HandshakeError::AuthFailed) => Err(Error::AuthFailed),
             Err(HandshakeError::Protocol(e)) => Err(e.into()),
-            Err(_) => Err(Error::Unreachable {
+            Err(HandshakeError::Sasl(e)) => Err(Error::Sasl(e.to_string())),
+            Err(HandshakeError::Tls(f)) => Err(Error::Tls {
+                servers: cfg.servers_string(),
+                reason: f.to_string(),
+            }),
+            Err(e) => Err(Error::Unreachable {
                 servers: cfg.servers_string(),
                 after: connect_timeout,
+                last_error: e.to_string(),
             }),
         }
     }
@@ -717,12 +729,18 @@ impl Wire {
     pub fn multi<'a>(
         &'a self,
         ops: &'a [Op],
-        acl: &[Acl],
+        acls: &[Vec<Acl>],
     ) -> impl Future<Output = Result<Vec<OpResult>>> + Send + 'a {
         let frame = records::request(op::MULTI, |b| {
-            for o in ops {
+            for (i, o) in ops.iter().enumerate() {
+                let acl = acls.get(i).map_or(&[][..], |a| a.as_slice());
                 match o {
-                    Op::Create { path, data, mode } => {
+                    Op::Create {
+                        path, data, mode, ..
+                    }
+                    | Op::CreateWithAcl {
+                        path, data, mode, ..
+                    } => {
                         let (opcode, _, _) = records::create_kind(*mode);
                         records::put_multi_header(b, opcode, false);
                         records::put_create(b, &self.full(path), data, acl, *mode);
@@ -872,6 +890,7 @@ fn first_failure(results: &[MultiResult]) -> Option<(usize, i32)> {
 pub(crate) async fn expire_session(
     servers: &[(String, u16)],
     session: &WireSession,
+    tls: Option<&crate::proto::tls::TlsHandle>,
     timeout: Duration,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
@@ -891,7 +910,11 @@ pub(crate) async fn expire_session(
             host,
             *port,
             &req,
-            &[],
+            crate::proto::connect::Security {
+                auth: &[],
+                tls: tls.map(|t| &*t.0),
+                sasl: None,
+            },
             crate::proto::codec::MAX_FRAME,
             deadline - now,
         )
@@ -903,6 +926,10 @@ pub(crate) async fn expire_session(
                 records::set_xid(&mut close, 1);
                 est.stream
                     .write_all(&close)
+                    .await
+                    .map_err(|_| Error::ConnectionLoss)?;
+                est.stream
+                    .flush()
                     .await
                     .map_err(|_| Error::ConnectionLoss)?;
                 // Wait for the reply or the server closing the connection.

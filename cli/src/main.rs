@@ -2,14 +2,14 @@
 //!
 //! Exit codes: 0 ok; 1 generic error; 2 usage (bad arguments, invalid path or connect
 //! string); 3 node does not exist; 4 node exists; 5 bad version; 6 connection, timeout or
-//! session trouble. Errors are one `zkr: <message>` line on stderr. Logs go to stderr,
+//! session trouble; 9 not authorized (NoAuth, rejected credentials, invalid ACL). Errors are one `zkr: <message>` line on stderr. Logs go to stderr,
 //! filtered by `RUST_LOG` (default `warn`).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use zkr_cli::cmd::{
-    self, config, elect, id, lock, node, queue, register, watch, CliError, GlobalOpts,
+    self, acl, config, elect, id, lock, node, queue, register, watch, CliError, GlobalOpts,
 };
 
 /// Command-line client for ZooKeeper (zkr SDK).
@@ -17,7 +17,8 @@ use zkr_cli::cmd::{
 #[command(name = "zkr", version)]
 #[command(
     after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 no such node, 4 node exists, \
-                        5 bad version, 6 connection/timeout/session trouble."
+                        5 bad version, 6 connection/timeout/session trouble, 9 not authorized \
+                        (NoAuth, AuthFailed, invalid ACL)."
 )]
 struct Cli {
     #[command(flatten)]
@@ -61,6 +62,8 @@ enum Command {
     Services(register::ServicesArgs),
     /// Work queue with progress: put a task, work tasks, or show every task's status
     Queue(queue::QueueArgs),
+    /// A node's ACL: get, set (SCHEME:ID:PERMS entries), or the digest of USER:PASSWORD
+    Acl(acl::AclArgs),
 }
 
 /// Input a command needs that is read before connecting (so that e.g. stdin is consumed and
@@ -84,6 +87,7 @@ impl Command {
             Command::Leader(a) => cmd::check_path(&a.path, false).map(|_| Input::None),
             Command::Id(a) => cmd::check_path(a.op.path(), false).map(|_| Input::None),
             Command::Services(a) => cmd::check_path(&a.base, false).map(|_| Input::None),
+            Command::Acl(a) => cmd::check_path(a.op.path(), false).map(|_| Input::None),
             Command::Register(a) => {
                 cmd::check_path(&a.base, false)?;
                 let data = cmd::data_arg(a.data.as_deref())?;
@@ -161,11 +165,20 @@ impl Command {
             }
             Command::Services(a) => register::services(ctx, a).await,
             Command::Queue(a) => queue::run(ctx, a, data).await,
+            Command::Acl(a) => acl::run(ctx, a).await,
         }
     }
 }
 
 async fn run(cli: Cli) -> Result<u8, CliError> {
+    if let Command::Acl(acl::AclArgs {
+        op: acl::AclOp::Digest { credentials },
+    }) = &cli.command
+    {
+        cmd::print_raw(format!("{}\n", acl::digest(credentials)?).as_bytes())?;
+        return Ok(0);
+    }
+    cmd::check_auth(&cli.global)?;
     cmd::check_connect_string(&cli.global)?;
     let input = cli.command.prepare()?;
     let ctx = cmd::connect(&cli.global).await?;

@@ -506,6 +506,11 @@ impl Task {
             match r {
                 Ok(j) => return Some(j),
                 Err(Error::Zk(zkr::Error::Closed)) => return None,
+                // Not allowed to join (ACL) or credentials rejected: retrying cannot help.
+                Err(Error::Zk(e)) if e.is_auth_error() => {
+                    tracing::error!(error = %e, "cannot join the election; the latch closes");
+                    return None;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not join the election; retrying");
                     tokio::select! {
@@ -570,6 +575,10 @@ impl Task {
                         self.shared.publish(LatchState::NotLeader);
                         return Next::Rejoin(Some(guard.disarm()));
                     }
+                    Err(e) if e.is_auth_error() => {
+                        tracing::error!(error = %e, "the election's ACL refuses us; the latch closes");
+                        return Next::Stop;
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "checking our node failed; retrying");
                         retry_in = Some(Duration::from_millis(50));
@@ -628,6 +637,10 @@ impl Task {
                         return Next::Rejoin(None);
                     }
                     Err(zkr::Error::Closed) => return Next::Stop,
+                    Err(e) if e.is_auth_error() => {
+                        tracing::error!(error = %e, "the election's ACL refuses us; the latch closes");
+                        return Next::Stop;
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "listing the election failed; retrying");
                         need_list = true;
@@ -714,6 +727,10 @@ impl Task {
                         need_list = true;
                         pred = None;
                     }
+                }
+                Wake::Own(Some(Err(e))) | Wake::Pred(Some(Err(e))) if e.is_auth_error() => {
+                    tracing::error!(error = %e, "the election's ACL refuses us; the latch closes");
+                    return Next::Stop;
                 }
                 Wake::Own(Some(Err(e))) | Wake::Pred(Some(Err(e))) => {
                     tracing::debug!(error = %e, "watch error");

@@ -278,6 +278,7 @@ impl LeaderSelector {
                     Err(e)
                         if e.is_zk(|z| {
                             matches!(z, zkr::Error::Closed | zkr::Error::InvalidPath { .. })
+                                || z.is_auth_error()
                         }) =>
                     {
                         return Err(e)

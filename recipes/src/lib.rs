@@ -4,6 +4,12 @@
 //! does on `Suspended`, `Reconnected` and `Lost`. Recipes never talk to the wire client: they use
 //! `zkr`'s retry, watch and session-state APIs. Nodes are named like Apache Curator's so that
 //! Rust and Java services can share a lock or an election on the same path.
+//!
+//! **ACLs.** A recipe creates its nodes (and their container parents) through the client it was
+//! given, so they get that handle's ACL: the client's `default_acl` or `acl_provider`, or, for one
+//! recipe only, the ACL of a handle from [`zkr::Client::with_acl`]:
+//! `Mutex::new(&client.with_acl(acl), "/locks/db")`. A recipe that the ACLs refuse
+//! (`NoAuth`, `AuthFailed`, `InvalidAcl`) fails with that error instead of retrying.
 
 pub mod atomic_counter;
 pub mod config;

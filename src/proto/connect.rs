@@ -1,5 +1,5 @@
-//! The session handshake: TCP connect, `ConnectRequest` → `ConnectResponse`, then the auth
-//! packets, each bounded by one deadline.
+//! The session handshake: TCP connect, the TLS handshake when TLS is configured,
+//! `ConnectRequest` → `ConnectResponse`, then the auth packets, all bounded by one deadline.
 //!
 //! A server answers a request for a session it no longer knows with a zero timeout: that is
 //! [`HandshakeError::Expired`], final for the session. A server that refuses the client (it is
@@ -14,6 +14,8 @@ use tokio::net::TcpStream;
 use super::codec::FrameReader;
 use super::jute::{DecodeError, JuteWrite};
 use super::records::{self, code, connect_response, op, ConnectRequest, ConnectResponse};
+use super::sasl::{DigestMd5, SaslDigest, SaslError};
+use super::tls::{Stream, TlsConnect, TlsFailure};
 
 /// Why a handshake failed.
 #[derive(Debug)]
@@ -28,6 +30,28 @@ pub(crate) enum HandshakeError {
     Io(std::io::Error),
     /// The server's reply could not be decoded.
     Protocol(DecodeError),
+    /// TLS failed (certificate, alert, or a port that does not speak TLS).
+    Tls(TlsFailure),
+    /// The SASL exchange could not be completed (not a rejected password: that is
+    /// `AuthFailed`).
+    Sasl(SaslError),
+}
+
+impl HandshakeError {
+    /// A failure that trying again (or another member) will not cure: the certificate setup,
+    /// or a SASL exchange that cannot work.
+    pub fn is_final(&self) -> bool {
+        matches!(self, HandshakeError::Sasl(_))
+            || matches!(
+                self,
+                HandshakeError::Tls(
+                    TlsFailure::UnknownCa
+                        | TlsFailure::Expired
+                        | TlsFailure::WrongName(_)
+                        | TlsFailure::ClientCertRejected(_)
+                )
+            )
+    }
 }
 
 impl std::fmt::Display for HandshakeError {
@@ -38,13 +62,15 @@ impl std::fmt::Display for HandshakeError {
             HandshakeError::Timeout => write!(f, "handshake timed out"),
             HandshakeError::Io(e) => write!(f, "{e}"),
             HandshakeError::Protocol(e) => write!(f, "malformed handshake reply: {e}"),
+            HandshakeError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
+            HandshakeError::Sasl(e) => write!(f, "SASL DIGEST-MD5 failed: {e}"),
         }
     }
 }
 
 /// An established session on one connection.
 pub(crate) struct Established {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Bytes already read past the handshake (normally none).
     pub frames: FrameReader,
     pub response: ConnectResponse,
@@ -53,38 +79,77 @@ pub(crate) struct Established {
 }
 
 /// Connects to `host:port` and runs the handshake, all within `timeout`.
+/// What a handshake sends besides the `ConnectRequest`.
+#[derive(Clone, Copy)]
+pub(crate) struct Security<'a> {
+    /// `AuthPacket` credentials.
+    pub auth: &'a [(String, Vec<u8>)],
+    /// Encrypt the connection.
+    pub tls: Option<&'a dyn TlsConnect>,
+    /// Log in with SASL DIGEST-MD5.
+    pub sasl: Option<&'a SaslDigest>,
+}
+
+#[cfg(test)]
+impl Security<'_> {
+    /// No TLS, no credentials.
+    pub const NONE: Security<'static> = Security {
+        auth: &[],
+        tls: None,
+        sasl: None,
+    };
+}
+
 pub(crate) async fn handshake(
     host: &str,
     port: u16,
     req: &ConnectRequest,
-    auth: &[(String, Vec<u8>)],
+    sec: Security<'_>,
     max_frame: usize,
     timeout: Duration,
 ) -> Result<Established, HandshakeError> {
-    tokio::time::timeout(timeout, handshake_inner(host, port, req, auth, max_frame))
+    tokio::time::timeout(timeout, handshake_inner(host, port, req, sec, max_frame))
         .await
         .unwrap_or(Err(HandshakeError::Timeout))
+}
+
+/// An I/O error of the session handshake: a TLS failure when the stream is TLS and the error
+/// says so. On a plain stream, a server that hangs up at once is likely a TLS port.
+fn io_error(stream: &Stream, host: &str, e: std::io::Error) -> HandshakeError {
+    if stream.is_tls() {
+        if let Some(f) = super::tls::classify(&e, host, false) {
+            return HandshakeError::Tls(f);
+        }
+    }
+    HandshakeError::Io(e)
 }
 
 async fn handshake_inner(
     host: &str,
     port: u16,
     req: &ConnectRequest,
-    auth: &[(String, Vec<u8>)],
+    sec: Security<'_>,
     max_frame: usize,
 ) -> Result<Established, HandshakeError> {
-    let mut stream = TcpStream::connect((host, port))
+    let auth = sec.auth;
+    let tcp = TcpStream::connect((host, port))
         .await
         .map_err(HandshakeError::Io)?;
-    stream.set_nodelay(true).map_err(HandshakeError::Io)?;
+    tcp.set_nodelay(true).map_err(HandshakeError::Io)?;
+    let mut stream = match sec.tls {
+        Some(tls) => tls.connect(host, tcp).await.map_err(HandshakeError::Tls)?,
+        None => Stream::Plain(tcp),
+    };
     let sent = Instant::now();
-    stream
-        .write_all(&req.frame())
-        .await
-        .map_err(HandshakeError::Io)?;
+    if let Err(e) = stream.write_all(&req.frame()).await {
+        return Err(io_error(&stream, host, e));
+    }
+    if let Err(e) = stream.flush().await {
+        return Err(io_error(&stream, host, e));
+    }
     let mut frames = FrameReader::new(max_frame);
     let response = {
-        let frame = read_frame(&mut stream, &mut frames).await?;
+        let frame = read_frame(&mut stream, &mut frames, host).await?;
         connect_response(&frame).map_err(HandshakeError::Protocol)?
     };
     if response.timeout_ms <= 0 {
@@ -97,9 +162,14 @@ async fn handshake_inner(
             records::set_xid(&mut f, records::xid::AUTH);
             out.extend_from_slice(&f);
         }
-        stream.write_all(&out).await.map_err(HandshakeError::Io)?;
+        if let Err(e) = stream.write_all(&out).await {
+            return Err(io_error(&stream, host, e));
+        }
+        if let Err(e) = stream.flush().await {
+            return Err(io_error(&stream, host, e));
+        }
         for _ in auth {
-            let frame = read_frame(&mut stream, &mut frames).await?;
+            let frame = read_frame(&mut stream, &mut frames, host).await?;
             let h = records::reply_header(&frame).map_err(HandshakeError::Protocol)?;
             if h.xid != records::xid::AUTH {
                 return Err(HandshakeError::Protocol(DecodeError::Unexpected(format!(
@@ -112,12 +182,55 @@ async fn handshake_inner(
             }
         }
     }
+    if let Some(creds) = sec.sasl {
+        let mut digest = DigestMd5::new(creds);
+        let challenge = sasl_round(&mut stream, &mut frames, host, &[]).await?;
+        if challenge.is_empty() {
+            return Err(HandshakeError::Sasl(SaslError(
+                "the server started no SASL exchange: is SASL set up on it (a JAAS Server section with DigestLoginModule, and SASLAuthenticationProvider)?".into(),
+            )));
+        }
+        let response = digest.respond(&challenge).map_err(HandshakeError::Sasl)?;
+        let last = sasl_round(&mut stream, &mut frames, host, &response).await?;
+        digest.verify_final(&last).map_err(HandshakeError::Sasl)?;
+    }
     Ok(Established {
         stream,
         frames,
         response,
         sent,
     })
+}
+
+/// One SASL round trip: our token out, the server's token back. A rejection is `AuthFailed`.
+async fn sasl_round(
+    stream: &mut Stream,
+    frames: &mut FrameReader,
+    host: &str,
+    token: &[u8],
+) -> Result<Vec<u8>, HandshakeError> {
+    const SASL_XID: i32 = 1;
+    let mut f = records::request(op::SASL, |b| b.put_buf(token));
+    records::set_xid(&mut f, SASL_XID);
+    if let Err(e) = stream.write_all(&f).await {
+        return Err(io_error(stream, host, e));
+    }
+    if let Err(e) = stream.flush().await {
+        return Err(io_error(stream, host, e));
+    }
+    let frame = read_frame(stream, frames, host).await?;
+    let h = records::reply_header(&frame).map_err(HandshakeError::Protocol)?;
+    if h.err == code::AUTH_FAILED {
+        return Err(HandshakeError::AuthFailed);
+    }
+    if h.xid != SASL_XID || h.err != code::OK {
+        return Err(HandshakeError::Protocol(DecodeError::Unexpected(format!(
+            "SASL reply with xid {} and error {}",
+            h.xid, h.err
+        ))));
+    }
+    let mut r = super::jute::Reader::new(&frame[records::REPLY_HEADER..]);
+    r.buf().map_err(HandshakeError::Protocol)
 }
 
 /// An `AuthPacket` frame (xid placeholder).
@@ -129,22 +242,27 @@ pub(crate) fn auth_packet(scheme: &str, data: &[u8]) -> Vec<u8> {
     })
 }
 
-async fn read_frame(
-    stream: &mut TcpStream,
+pub(crate) async fn read_frame(
+    stream: &mut Stream,
     frames: &mut FrameReader,
+    host: &str,
 ) -> Result<Vec<u8>, HandshakeError> {
     loop {
         if let Some(f) = frames.next_frame().map_err(HandshakeError::Protocol)? {
             return Ok(f.to_vec());
         }
-        let n = stream
-            .read_buf(frames.space(4096))
-            .await
-            .map_err(HandshakeError::Io)?;
+        let n = match stream.read_buf(frames.space(4096)).await {
+            Ok(n) => n,
+            Err(e) => return Err(io_error(stream, host, e)),
+        };
         if n == 0 {
             return Err(HandshakeError::Io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                "the server closed the connection during the handshake",
+                if stream.is_tls() {
+                    "the server closed the TLS connection during the handshake (does it require a client certificate?)"
+                } else {
+                    "the server closed the connection during the handshake (a TLS secureClientPort? then configure TLS: ClientBuilder::tls, or --tls-ca in the CLI)"
+                },
             )));
         }
     }
@@ -161,9 +279,13 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
+            let (s, _) = listener.accept().await.unwrap();
             let mut frames = FrameReader::new(1024);
-            let request = read_frame(&mut s, &mut frames).await.unwrap();
+            let mut stream = Stream::Plain(s);
+            let request = read_frame(&mut stream, &mut frames, "test").await.unwrap();
+            let Stream::Plain(mut s) = stream else {
+                unreachable!()
+            };
             let mut reply = Vec::new();
             let at = crate::proto::codec::start_frame(&mut reply);
             reply.put_i32(0);
@@ -190,7 +312,7 @@ mod tests {
 
     async fn handshake_with(port: u16) -> Result<Established, HandshakeError> {
         let t = Duration::from_secs(5);
-        handshake("127.0.0.1", port, &request(), &[], 1 << 20, t).await
+        handshake("127.0.0.1", port, &request(), Security::NONE, 1 << 20, t).await
     }
 
     #[tokio::test]
@@ -199,7 +321,10 @@ mod tests {
         // first one's reply, and pipelining would gain nothing.
         let (port, member) = fake_member(4000).await;
         let est = handshake_with(port).await.unwrap();
-        assert!(est.stream.nodelay().unwrap(), "TCP_NODELAY must be on");
+        assert!(
+            est.stream.tcp().nodelay().unwrap(),
+            "TCP_NODELAY must be on"
+        );
         assert_eq!(est.response.session_id, 0x1234);
         assert_eq!(est.response.passwd, vec![7; 16]);
         assert_eq!(est.response.timeout_ms, 4000);

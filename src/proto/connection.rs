@@ -32,9 +32,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::codec::{FrameReader, MAX_FRAME};
-use super::connect::{handshake, Established, HandshakeError};
+use super::connect::{handshake, Established, HandshakeError, Security};
 use super::jute::{DecodeError, JuteWrite};
 use super::records::{self, code, event, op, watcher_type, xid, ConnectRequest};
+use super::tls::{StreamRead, StreamWrite, TlsHandle};
 
 /// The connection's state, as the session layer sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,9 +144,11 @@ pub(crate) struct ConnConfig {
     pub servers: Vec<(String, u16)>,
     pub session_timeout: Duration,
     pub read_only: bool,
-    pub auth: crate::types::Credentials,
+    pub auth: crate::types::AuthStore,
     pub max_in_flight: usize,
     pub chroot: Option<String>,
+    pub tls: Option<TlsHandle>,
+    pub sasl: Option<super::sasl::SaslDigest>,
 }
 
 /// The session as established.
@@ -245,9 +248,17 @@ pub(crate) async fn open(
         }
         let (host, port) = &cfg.servers[i % n];
         let t = per_host.min(deadline - now);
-        match handshake(host, *port, &req, &cfg.auth, MAX_FRAME, t).await {
+        let auth = cfg.auth.snapshot();
+        let sec = Security {
+            auth: &auth,
+            tls: cfg.tls.as_ref().map(|t| &*t.0),
+            sasl: cfg.sasl.as_ref(),
+        };
+        match handshake(host, *port, &req, sec, MAX_FRAME, t).await {
             Ok(est) => break est,
             Err(HandshakeError::AuthFailed) => return Err(HandshakeError::AuthFailed),
+            // The certificates will not be any better on the next try or member.
+            Err(e) if e.is_final() => return Err(e),
             Err(e) => {
                 tracing::debug!(server = %format!("{host}:{port}"), error = %e, "zkr: connect attempt failed");
                 last_err = e;
@@ -459,6 +470,9 @@ impl Task {
             ..
         } = est;
         let (mut rd, mut wr) = stream.into_split();
+        let tls = wr.needs_flush();
+        // TLS may keep encrypted bytes of a completed write buffered: flush once drained.
+        let mut unflushed = false;
         let t = self.timeout();
         let read_timeout = t * 2 / 3;
         let ping_every = t / 3;
@@ -481,6 +495,16 @@ impl Task {
             }
             let can_send = self.pending.len() < self.cfg.max_in_flight;
             let writing = self.wpos < self.wbuf.len();
+            let out = &self.wbuf[self.wpos..];
+            let wr_ref = &mut wr;
+            // Write what is buffered; once all is written, flush (TLS may hold some back).
+            let io = async move {
+                if out.is_empty() {
+                    wr_ref.flush().await.map(|()| None)
+                } else {
+                    wr_ref.write(out).await.map(Some)
+                }
+            };
             tokio::select! {
                 biased;
                 r = rd.read_buf(frames.space(64 * 1024)) => match r {
@@ -488,14 +512,16 @@ impl Task {
                     Ok(_) => last_recv = Instant::now(),
                     Err(e) => return Exit::Broken(e.to_string()),
                 },
-                r = wr.write(&self.wbuf[self.wpos..]), if writing => match r {
-                    Ok(n) => {
+                r = io, if writing || unflushed => match r {
+                    Ok(Some(n)) => {
                         self.wpos += n;
+                        unflushed = tls;
                         if self.wpos == self.wbuf.len() {
                             self.wbuf.clear();
                             self.wpos = 0;
                         }
                     }
+                    Ok(None) => unflushed = false,
                     Err(e) => return Exit::Broken(e.to_string()),
                 },
                 c = self.control.recv() => match c {
@@ -518,8 +544,9 @@ impl Task {
                         }
                         last_send = Instant::now();
                         // Most writes complete at once: spare a turn of the loop.
-                        if let Ok(n) = wr.try_write(&self.wbuf[self.wpos..]) {
+                        if let Some(n) = wr.try_write_now(&self.wbuf[self.wpos..]) {
                             self.wpos += n;
+                            unflushed = tls;
                             if self.wpos == self.wbuf.len() {
                                 self.wbuf.clear();
                                 self.wpos = 0;
@@ -550,8 +577,8 @@ impl Task {
     /// Sends `closeSession` and waits (bounded) for its reply or the server closing.
     async fn close_session(
         &mut self,
-        rd: &mut tokio::net::tcp::OwnedReadHalf,
-        wr: &mut tokio::net::tcp::OwnedWriteHalf,
+        rd: &mut StreamRead,
+        wr: &mut StreamWrite,
         frames: &mut FrameReader,
     ) {
         let (tx, rx) = oneshot::channel();
@@ -561,7 +588,7 @@ impl Task {
             watch: None,
         });
         let wait = async {
-            if wr.write_all(&self.wbuf[self.wpos..]).await.is_err() {
+            if wr.write_all(&self.wbuf[self.wpos..]).await.is_err() || wr.flush().await.is_err() {
                 return;
             }
             self.wbuf.clear();
@@ -891,7 +918,13 @@ impl Task {
                 passwd: info.passwd.clone(),
                 read_only: self.cfg.read_only,
             };
-            let hs = handshake(&host, port, &req, &self.cfg.auth, MAX_FRAME, per_host);
+            let auth = self.cfg.auth.snapshot();
+            let sec = Security {
+                auth: &auth,
+                tls: self.cfg.tls.as_ref().map(|t| &*t.0),
+                sasl: self.cfg.sasl.as_ref(),
+            };
+            let hs = handshake(&host, port, &req, sec, MAX_FRAME, per_host);
             let r = tokio::select! {
                 r = hs => Some(r),
                 c = self.control.recv() => match c {
@@ -1020,6 +1053,8 @@ mod tests {
             auth: Default::default(),
             max_in_flight: 16,
             chroot: Some("/chroot".into()),
+            tls: None,
+            sasl: None,
         };
         let session = SessionInfo {
             id: 1,

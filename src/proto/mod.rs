@@ -6,6 +6,8 @@
 //!   length prefix's word;
 //! * [`codec`]: 4-byte length-prefixed frames, with a maximum frame size;
 //! * [`records`]: opcodes, request and reply records, error codes;
+//! * [`tls`]: TLS on rustls behind a small connector trait, and the plain-or-TLS stream;
+//! * [`sasl`]: SASL DIGEST-MD5 (RFC 2831), run inside the handshake;
 //! * [`connect`]: the session handshake and authentication;
 //! * [`connection`]: the task that owns the socket (xids, pipelining, pings, watches,
 //!   reconnecting the same session across members, close).
@@ -17,5 +19,7 @@ pub(crate) mod connect;
 pub(crate) mod connection;
 pub(crate) mod jute;
 pub(crate) mod records;
+pub(crate) mod sasl;
+pub(crate) mod tls;
 
 pub(crate) use connect::HandshakeError;

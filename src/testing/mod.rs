@@ -136,9 +136,11 @@ compile_error!(
 
 mod proxy;
 mod server;
+mod tls;
 
 pub use proxy::FaultProxy;
 pub use server::{shared, shared_ensemble3, ZkEnsemble};
+pub use tls::{ClientAuth, TestPki};
 
 /// Expires the session `id` from outside its process, like Curator's KillSession: a second
 /// connection with the session's credentials (from

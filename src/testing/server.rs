@@ -91,6 +91,8 @@ pub struct ZkEnsemble {
     /// The quorum-link proxies of an ensemble from [`ZkEnsemble::start_partitionable`].
     /// Declared after `members`: `Drop` kills the members first, then the proxies are joined.
     net: Option<QuorumNet>,
+    /// Files the members read (a JAAS configuration), removed after the members are gone.
+    aux: Option<TempDir>,
 }
 
 /// The quorum network of a partitionable ensemble: in member `i`'s `zoo.cfg` every other
@@ -120,6 +122,8 @@ struct Launch {
     extra_opts: Vec<String>,
     /// Lines added to every member's zoo.cfg.
     extra_config: Vec<String>,
+    /// Every member also serves TLS on a `secureClientPort` of its own.
+    secure: bool,
 }
 
 /// One member: its files, its ports and (while it runs) its process.
@@ -130,6 +134,8 @@ struct Member {
     config: PathBuf,
     log: PathBuf,
     client_port: u16,
+    /// The TLS client port (`secureClientPort`), in ensembles started with TLS.
+    secure_port: Option<u16>,
     /// The peer (quorum) and election addresses this member binds (`None` when standalone).
     quorum: Option<(SocketAddr, SocketAddr)>,
     process: Mutex<Option<Child>>,
@@ -144,6 +150,7 @@ struct Ports {
     client: u16,
     peer: u16,
     election: u16,
+    secure: Option<u16>,
 }
 
 impl ZkEnsemble {
@@ -196,7 +203,68 @@ impl ZkEnsemble {
         options: &[&str],
         config_lines: &[&str],
     ) -> Result<ZkEnsemble, HarnessError> {
-        ZkEnsemble::start_impl(members, options, config_lines, false)
+        ZkEnsemble::start_impl(members, options, config_lines, false, false)
+    }
+
+    /// Starts `members` servers that also serve TLS: each member gets a `secureClientPort`
+    /// (Netty connection factory) next to its plaintext client port, with the key store,
+    /// trust store and client-certificate policy of `tls` (see
+    /// [`TestPki::server_config`](crate::testing::TestPki::server_config)). The plaintext port
+    /// keeps serving (the harness's four-letter words use it); clients reach the TLS ports
+    /// through [`secure_connect_string`](ZkEnsemble::secure_connect_string).
+    pub fn start_tls(
+        members: usize,
+        tls: &[String],
+        options: &[&str],
+        config_lines: &[&str],
+    ) -> Result<ZkEnsemble, HarnessError> {
+        let mut lines: Vec<&str> =
+            vec!["serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory"];
+        lines.extend(tls.iter().map(String::as_str));
+        lines.extend_from_slice(config_lines);
+        ZkEnsemble::start_impl(members, options, &lines, false, true)
+    }
+
+    /// Starts `members` servers that accept SASL DIGEST-MD5 logins (`digest` SASL: a JAAS
+    /// `Server` section with `DigestLoginModule` listing `users` as `(name, password)`, and
+    /// `SASLAuthenticationProvider`), plus `config_lines`. A client logs in with
+    /// `ClientBuilder::sasl_digest(name, password)`; its identity is `sasl:name`.
+    pub fn start_sasl(
+        members: usize,
+        users: &[(&str, &str)],
+        config_lines: &[&str],
+    ) -> Result<ZkEnsemble, HarnessError> {
+        let dir = tempfile::Builder::new()
+            .prefix("zkr-jaas-")
+            .tempdir()
+            .map_err(|e| HarnessError::io("creating a temporary directory", e))?;
+        let jaas = dir.path().join("jaas.conf");
+        let mut text = String::from(
+            "Server {\n    org.apache.zookeeper.server.auth.DigestLoginModule required",
+        );
+        for (user, password) in users {
+            text.push_str(&format!("\n    user_{user}=\"{password}\""));
+        }
+        text.push_str(";\n};\n");
+        fs::write(&jaas, text)
+            .map_err(|e| HarnessError::io(format!("writing {}", jaas.display()), e))?;
+        let opt = format!("-Djava.security.auth.login.config={}", jaas.display());
+        let mut lines =
+            vec!["authProvider.1=org.apache.zookeeper.server.auth.SASLAuthenticationProvider"];
+        lines.extend_from_slice(config_lines);
+        let mut ens = ZkEnsemble::start_impl(members, &[opt.as_str()], &lines, false, false)?;
+        ens.aux = Some(dir);
+        Ok(ens)
+    }
+
+    /// Connect string of the members' TLS ports (`"127.0.0.1:s1,..."`), for an ensemble from
+    /// [`start_tls`](ZkEnsemble::start_tls); `None` otherwise.
+    pub fn secure_connect_string(&self) -> Option<String> {
+        self.members
+            .iter()
+            .map(|m| m.secure_port.map(|p| format!("127.0.0.1:{p}")))
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.join(","))
     }
 
     /// Starts a quorum of `members` (2 to 15; normally 3 or 5) whose member-to-member links can
@@ -223,7 +291,7 @@ impl ZkEnsemble {
                  (asked for {members}); a standalone server has no quorum links"
             )));
         }
-        ZkEnsemble::start_impl(members, options, config_lines, true)
+        ZkEnsemble::start_impl(members, options, config_lines, true, false)
     }
 
     fn start_impl(
@@ -231,6 +299,7 @@ impl ZkEnsemble {
         options: &[&str],
         config_lines: &[&str],
         partitionable: bool,
+        secure: bool,
     ) -> Result<ZkEnsemble, HarnessError> {
         if members == 0 {
             return Err(HarnessError::Other(
@@ -244,6 +313,7 @@ impl ZkEnsemble {
         launch
             .extra_config
             .extend(config_lines.iter().map(|o| o.to_string()));
+        launch.secure = secure;
         let mut attempt = 1;
         loop {
             match ZkEnsemble::try_start(&launch, members, partitionable) {
@@ -264,7 +334,7 @@ impl ZkEnsemble {
         count: usize,
         partitionable: bool,
     ) -> Result<ZkEnsemble, (HarnessError, bool)> {
-        let (ports, reserved) = reserve_ports(count).map_err(|e| (e, false))?;
+        let (ports, reserved) = reserve_ports(count, launch.secure).map_err(|e| (e, false))?;
         // The proxies bind their (ephemeral) ports while the members' ports are still held, so
         // that none of them can get a member's port.
         let net = if partitionable {
@@ -284,6 +354,7 @@ impl ZkEnsemble {
             launch: launch.clone(),
             members,
             net,
+            aux: None,
         };
         let started = ensemble
             .members
@@ -882,6 +953,11 @@ impl Member {
             fs::write(&myid, format!("{}\n", index + 1))
                 .map_err(|e| HarnessError::io(format!("writing {}", myid.display()), e))?;
         }
+        if let Some(secure) = all[index].secure {
+            text.push_str(&format!(
+                "secureClientPort={secure}\nsecureClientPortAddress=127.0.0.1\n"
+            ));
+        }
         for line in extra {
             text.push_str(line);
             text.push('\n');
@@ -894,6 +970,7 @@ impl Member {
             config,
             log,
             client_port,
+            secure_port: all[index].secure,
             quorum,
             process: Mutex::new(None),
             exited: Mutex::new(None),
@@ -954,6 +1031,7 @@ impl Launch {
             classpath: locate_classpath()?,
             extra_opts,
             extra_config: Vec::new(),
+            secure: false,
         })
     }
 
@@ -1064,13 +1142,18 @@ fn locate_classpath() -> Result<String, HarnessError> {
 /// once (so they are distinct) and released on return.
 #[cfg(test)]
 fn pick_ports(count: usize) -> Result<Vec<Ports>, HarnessError> {
-    reserve_ports(count).map(|(ports, _released)| ports)
+    reserve_ports(count, false).map(|(ports, _released)| ports)
 }
 
-/// Like `pick_ports`, but the ports stay bound until the returned listeners are dropped.
-fn reserve_ports(count: usize) -> Result<(Vec<Ports>, Vec<TcpListener>), HarnessError> {
-    let mut held = Vec::with_capacity(count * 3);
-    for _ in 0..count * 3 {
+/// Like `pick_ports` (plus a TLS client port per member when `secure`), but the ports stay
+/// bound until the returned listeners are dropped.
+fn reserve_ports(
+    count: usize,
+    secure: bool,
+) -> Result<(Vec<Ports>, Vec<TcpListener>), HarnessError> {
+    let per = if secure { 4 } else { 3 };
+    let mut held = Vec::with_capacity(count * per);
+    for _ in 0..count * per {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .map_err(|e| HarnessError::io("binding 127.0.0.1:0 to pick a free port", e))?;
         let port = listener
@@ -1080,11 +1163,12 @@ fn reserve_ports(count: usize) -> Result<(Vec<Ports>, Vec<TcpListener>), Harness
         held.push((listener, port));
     }
     let ports = held
-        .chunks(3)
+        .chunks(per)
         .map(|chunk| Ports {
             client: chunk[0].1,
             peer: chunk[1].1,
             election: chunk[2].1,
+            secure: chunk.get(3).map(|c| c.1),
         })
         .collect();
     Ok((

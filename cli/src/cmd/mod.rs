@@ -6,6 +6,7 @@
 //! `Command` in `main.rs` and one arm to its dispatch. Long-running commands wait on
 //! [`shutdown_signal`] and print one JSON line per event with [`print_json_line`].
 
+pub mod acl;
 pub mod child;
 pub mod config;
 pub mod elect;
@@ -40,6 +41,9 @@ pub mod exit {
     pub const LOCK_TIMEOUT: u8 = 7;
     /// `lock` / `elect`: lost while the command ran (the command got SIGTERM).
     pub const LOCK_LOST: u8 = 8;
+    /// Not authorized (`NoAuth`: the node's ACL refuses this identity) or the credentials were
+    /// rejected (`AuthFailed`), or an ACL was invalid.
+    pub const AUTH: u8 = 9;
 }
 
 /// Options every subcommand understands.
@@ -62,6 +66,97 @@ pub struct GlobalOpts {
     /// seconds). Default: the session timeout
     #[arg(long, global = true, value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
+
+    /// Credentials sent in every handshake, e.g. `digest:app:secret` (repeatable;
+    /// `sasl:USER:PASSWORD` logs in with SASL DIGEST-MD5); also from ZKR_AUTH (one
+    /// SCHEME:CREDENTIALS). Never printed
+    #[arg(
+        long = "auth",
+        global = true,
+        env = "ZKR_AUTH",
+        hide_env_values = true,
+        value_parser = parse_auth,
+        value_name = "SCHEME:CREDENTIALS"
+    )]
+    pub auth: Vec<AuthArg>,
+
+    /// Connect with TLS (to the servers' secureClientPort), trusting the CA certificates of
+    /// this PEM file; the server certificates must name the hosts of --zk
+    #[arg(long, global = true, env = "ZKR_TLS_CA", value_name = "PEM_FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS; needs --tls-key and --tls-ca
+    #[arg(long, global = true, env = "ZKR_TLS_CERT", value_name = "PEM_FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --tls-cert
+    #[arg(long, global = true, env = "ZKR_TLS_KEY", value_name = "PEM_FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+/// One `--auth SCHEME:CREDENTIALS`; `Debug` hides the credentials. Parsing never fails in the
+/// argument parser (whose error would echo the value, secret included): a malformed value is
+/// reported by [`check_auth`] without it.
+#[derive(Clone)]
+pub struct AuthArg {
+    /// The scheme (`digest`, ...).
+    pub scheme: String,
+    /// The credentials (`user:password` for `digest`).
+    pub credentials: String,
+    /// What is wrong with the value, if anything.
+    pub invalid: Option<&'static str>,
+}
+
+impl fmt::Debug for AuthArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:<redacted>", self.scheme)
+    }
+}
+
+/// Parses `SCHEME:CREDENTIALS` (the credentials may contain `:`); see [`AuthArg`].
+pub fn parse_auth(s: &str) -> Result<AuthArg, std::convert::Infallible> {
+    let (scheme, credentials) = s.split_once(':').unwrap_or((s, ""));
+    let invalid = if scheme.is_empty() || credentials.is_empty() {
+        Some("--auth expects SCHEME:CREDENTIALS, e.g. --auth digest:app:secret")
+    } else if scheme == "digest" && !credentials.contains(':') {
+        Some("--auth digest:... expects USER:PASSWORD, e.g. --auth digest:app:secret")
+    } else if scheme == "sasl" && !credentials.contains(':') {
+        Some("--auth sasl:... expects USER:PASSWORD (SASL DIGEST-MD5), e.g. --auth sasl:app:secret")
+    } else {
+        None
+    };
+    Ok(AuthArg {
+        scheme: scheme.to_string(),
+        credentials: credentials.to_string(),
+        invalid,
+    })
+}
+
+/// Rejects malformed `--auth` values (usage error; the value is not repeated) and incomplete
+/// TLS options.
+pub fn check_auth(opts: &GlobalOpts) -> Result<(), CliError> {
+    if let Some(why) = opts.auth.iter().find_map(|a| a.invalid) {
+        return Err(CliError::Usage(why.to_string()));
+    }
+    tls_config(opts).map(|_| ())
+}
+
+/// The TLS settings the options ask for (`None`: plaintext).
+pub fn tls_config(opts: &GlobalOpts) -> Result<Option<zkr::TlsConfig>, CliError> {
+    let usage = |m: &str| Err(CliError::Usage(m.to_string()));
+    match (&opts.tls_ca, &opts.tls_cert, &opts.tls_key) {
+        (None, None, None) => Ok(None),
+        (None, _, _) => usage("--tls-cert and --tls-key need --tls-ca (the CA of the servers)"),
+        (Some(_), Some(_), None) => usage("--tls-cert needs --tls-key (its private key)"),
+        (Some(_), None, Some(_)) => usage("--tls-key needs --tls-cert"),
+        (Some(ca), cert, key) => {
+            let mut tls = zkr::TlsConfig::new().ca_pem_file(ca);
+            if let (Some(cert), Some(key)) = (cert, key) {
+                tls = tls.client_cert_pem_files(cert, key);
+            }
+            Ok(Some(tls))
+        }
+    }
 }
 
 /// Parses `500ms`, `5s`, `1.5s`, `2m` or a bare number of seconds.
@@ -131,8 +226,10 @@ fn zk_exit_code(e: &zkr::Error) -> u8 {
         | E::SessionLost { .. }
         | E::Timeout { .. }
         | E::Unreachable { .. }
+        | E::Tls { .. }
         | E::Closed
         | E::NotReadOnly => exit::CONNECTION,
+        E::NoAuth { .. } | E::AuthFailed | E::InvalidAcl { .. } | E::Sasl(_) => exit::AUTH,
         E::InvalidPath { .. } | E::InvalidConnectString { .. } | E::InvalidArgument(_) => {
             exit::USAGE
         }
@@ -192,6 +289,16 @@ pub async fn connect(opts: &GlobalOpts) -> Result<Ctx, CliError> {
         zkr::Client::builder(zk).session_timeout(Duration::from_millis(opts.session_timeout_ms));
     if let Some(t) = opts.timeout {
         builder = builder.connect_timeout(t).operation_timeout(t);
+    }
+    for a in &opts.auth {
+        builder = match (a.scheme.as_str(), a.credentials.split_once(':')) {
+            // SASL DIGEST-MD5 login rather than an AuthPacket.
+            ("sasl", Some((user, password))) => builder.sasl_digest(user, password),
+            _ => builder.auth(&a.scheme, a.credentials.as_bytes()),
+        };
+    }
+    if let Some(tls) = tls_config(opts)? {
+        builder = builder.tls(tls);
     }
     let client = builder.connect().await?;
     Ok(Ctx { client })

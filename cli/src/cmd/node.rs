@@ -53,6 +53,11 @@ pub struct CreateArgs {
     /// Create missing ancestors (as persistent nodes), like `mkdir -p`
     #[arg(long, short = 'p')]
     pub parents: bool,
+    /// ACL of the new node (ancestors made by --parents get it too): entries
+    /// SCHEME:ID:PERMS, e.g. `world:anyone:r`, `digest:app:HASH:cdrwa`, `auth::cdrwa`;
+    /// repeatable or comma-separated. Default: open to everyone
+    #[arg(long, value_name = "ACL", value_parser = super::acl::parse_acl_arg)]
+    pub acl: Vec<Vec<zkr::Acl>>,
 }
 
 /// `zkr delete PATH`
@@ -142,7 +147,14 @@ fn parent_of(path: &str) -> &str {
 /// Creates PATH and prints the created path.
 pub async fn create(ctx: &Ctx, args: &CreateArgs, data: &[u8]) -> Result<(), CliError> {
     let mode = create_mode(args);
-    let client = &ctx.client;
+    let acl: Vec<zkr::Acl> = args.acl.iter().flatten().cloned().collect();
+    let handle;
+    let client = if acl.is_empty() {
+        &ctx.client
+    } else {
+        handle = ctx.client.with_acl(acl);
+        &handle
+    };
     let created = match client.create(&args.path, data, mode).await {
         Err(Error::NoNode { .. }) if args.parents => {
             let parent = parent_of(&args.path);
