@@ -1086,7 +1086,7 @@ impl Client {
 /// [`Client::session_credentials_for_testing`]) by opening a second connection with the same
 /// credentials to one of the servers in `direct` and closing it. The session's owner should be
 /// cut off meanwhile (through a [`crate::testing::FaultProxy`]), or its instant reconnect and
-/// this call take the session from each other.
+/// this call take the session from each other. Plaintext connections only.
 #[cfg(feature = "testing")]
 pub(crate) async fn expire_session_with(direct: &str, id: SessionId, passwd: &[u8]) -> Result<()> {
     let servers = ConnectString::parse(direct)?.servers;
@@ -1094,5 +1094,5 @@ pub(crate) async fn expire_session_with(direct: &str, id: SessionId, passwd: &[u
         id: id.0,
         passwd: passwd.to_vec(),
     };
-    crate::wire::expire_session(&servers, &session, Duration::from_secs(10)).await
+    crate::wire::expire_session(&servers, &session, None, Duration::from_secs(10)).await
 }
