@@ -217,6 +217,80 @@ async fn latch_elects_hands_over_fast_and_reports_participants() {
     admin.delete_recursive(&root_of(&path)).await.unwrap();
 }
 
+/// A candidate whose watched predecessor goes leads at once only if its last listing, minus
+/// that node, puts it first; when the predecessor was not the leader it must look again (and
+/// watch the next one ahead) instead of believing it leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn middle_candidate_leaving_promotes_nobody() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let path = format!("{}/election", root("latch-middle"));
+    let admin = client(&ens.connect_string(), 10_000).await;
+    let sampler = Sampler::start();
+    let mut clients = Vec::new();
+    let mut latches = Vec::new();
+    for i in 0..4 {
+        let c = client(&ens.connect_string(), 10_000).await;
+        let l = LeaderLatch::start(&c, &path, &format!("cand-{i}"))
+            .await
+            .unwrap();
+        sampler.watch(&l);
+        clients.push(c);
+        latches.push(l);
+    }
+    latches[0]
+        .wait_leader(Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    // cand-2 watches cand-1, cand-3 watches cand-2. Both middle ones leave: cand-3 sees its
+    // predecessor go, but cand-0 still leads.
+    latches[1].close().await.unwrap();
+    latches[2].close().await.unwrap();
+    // The leader writes a marker; by the time it is visible to cand-3's client, cand-3 has
+    // processed the deletions before it (one session, in order).
+    admin
+        .create(
+            &format!("{}/marker", root_of(&path)),
+            b"",
+            zkr::CreateMode::Persistent,
+        )
+        .await
+        .unwrap();
+    clients[3].sync(&root_of(&path)).await.unwrap();
+    clients[3]
+        .get_data(&format!("{}/marker", root_of(&path)))
+        .await
+        .unwrap();
+    assert!(latches[0].is_leader());
+    assert!(!latches[3].is_leader());
+    let parts = leader_latch::participants(&admin, &path).await.unwrap();
+    let ids: Vec<&str> = parts.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, vec!["cand-0", "cand-3"]);
+    // The leader leaves: cand-3, now watching it, takes over.
+    let mut ch = latches[3].changes();
+    latches[0].close().await.unwrap();
+    loop {
+        match ch.next_timeout(Duration::from_secs(5)).await.unwrap() {
+            Some(LatchState::Leader(_)) => break,
+            Some(_) => continue,
+            None => panic!("cand-3's changes ended"),
+        }
+    }
+    assert!(latches[3].is_leader());
+    let rep = sampler.finish().await;
+    assert!(rep.violations.is_empty(), "{:?}", rep.violations);
+    // Nobody but cand-0 led before cand-3 (the sampler may end before it sees cand-3).
+    assert!(
+        rep.leaders
+            .iter()
+            .all(|(id, _)| id == "cand-0" || id == "cand-3"),
+        "{:?}",
+        rep.leaders
+    );
+    latches[3].close().await.unwrap();
+    admin.delete_recursive(&root_of(&path)).await.unwrap();
+}
+
 fn root_of(path: &str) -> String {
     path.rsplit_once('/').map(|(a, _)| a.to_string()).unwrap()
 }

@@ -552,6 +552,10 @@ impl Task {
             }
         };
         let mut listing = Some(children);
+        // The last listing, and the name of the node we watch: when that node goes, the
+        // listing without it may already prove we lead (see `Wake::Pred`).
+        let mut known: Vec<String> = Vec::new();
+        let mut pred_name: Option<String> = None;
         let mut need_list = false;
         let mut suspended = !connected_in(&self.client.state(), epoch);
         let mut pred: Option<DataWatch> = None;
@@ -594,6 +598,7 @@ impl Task {
                     Ok(kids) => {
                         need_list = false;
                         let order = sequence::contenders(&kids, &[MARKER], seq);
+                        known = kids;
                         match order.iter().position(|c| c.name == name) {
                             None => {
                                 tracing::info!(node = %node, "our node is gone; rejoining");
@@ -603,6 +608,7 @@ impl Task {
                             }
                             Some(0) => {
                                 pred = None;
+                                pred_name = None;
                                 if connected_in(&self.client.state(), epoch) {
                                     self.shared.publish(LatchState::Leader(fence.clone()));
                                 } else {
@@ -612,6 +618,7 @@ impl Task {
                             }
                             Some(i) => {
                                 self.shared.publish(LatchState::NotLeader);
+                                pred_name = Some(order[i - 1].name.clone());
                                 let p = zkr::path::join(&self.shared.path, &order[i - 1].name);
                                 if pred.as_ref().map(|w| w.path()) != Some(p.as_str()) {
                                     pred = match self.client.watch_data(&p) {
@@ -724,8 +731,25 @@ impl Task {
                 }
                 Wake::Pred(Some(Ok(ev))) => {
                     if ev.node.is_none() {
-                        need_list = true;
                         pred = None;
+                        // Sequence numbers only grow, so nodes created since the listing line up
+                        // behind us, and other deletions only move us forward: if the listing
+                        // without the node we watched puts us first, we lead, without listing
+                        // again (one read less on every failover).
+                        let gone = pred_name.take();
+                        let rest: Vec<String> = known
+                            .iter()
+                            .filter(|k| Some(k.as_str()) != gone.as_deref())
+                            .cloned()
+                            .collect();
+                        let first = sequence::contenders(&rest, &[MARKER], seq)
+                            .first()
+                            .is_some_and(|c| c.name == name);
+                        if first {
+                            listing = Some(rest);
+                        } else {
+                            need_list = true;
+                        }
                     }
                 }
                 Wake::Own(Some(Err(e))) | Wake::Pred(Some(Err(e))) if e.is_auth_error() => {

@@ -47,6 +47,8 @@ const PAUSE_ROUNDS: usize = 5;
 const CANDIDATES: usize = 3;
 const PAUSE_SESSION: Duration = Duration::from_millis(2000);
 const WAIT: Duration = Duration::from_secs(15);
+/// Create+delete pairs of the quorum-write probe.
+const QUORUM_PROBES: usize = 50;
 
 /// Params of `w4`.
 pub fn w4_params(b: &Bench) -> Map<String, Value> {
@@ -140,8 +142,44 @@ pub async fn run_w4(b: &Bench) -> Result<Report, BenchError> {
     r
 }
 
+/// One durable write on this server or ensemble, measured in the run itself: the p50 of
+/// serial creates and deletes of a persistent node (each is one quorum write), made through
+/// each member in turn (a write through a follower takes a hop more than one through the
+/// leader, and the candidates are spread over all members). The floor of a failover by
+/// resignation: the resigning leader's delete must commit before anyone can learn.
+async fn quorum_write_p50(b: &Bench, root: &str) -> Result<Option<f64>, BenchError> {
+    let servers = zkr::path::ConnectString::parse(&b.connect)?.servers;
+    let mut writes = Latencies::with_capacity(2 * QUORUM_PROBES);
+    let per_member = QUORUM_PROBES.div_ceil(servers.len().max(1));
+    for (i, (host, port)) in servers.iter().enumerate() {
+        let client = Client::builder(&format!("{host}:{port}"))
+            .session_timeout(b.session)
+            .connect()
+            .await?;
+        let node = format!("{root}/quorum-write-probe-{i}");
+        for k in 0..per_member + 3 {
+            let t = Instant::now();
+            client
+                .create(&node, b"", zkr::CreateMode::Persistent)
+                .await?;
+            let created = t.elapsed();
+            let t = Instant::now();
+            client.delete(&node, None).await?;
+            // The first few warm the path up.
+            if k >= 3 {
+                writes.push(created);
+                writes.push(t.elapsed());
+            }
+        }
+        client.close().await;
+    }
+    Ok(writes.percentile_ms(50.0))
+}
+
 async fn w4_measure(b: &Bench, path: &str) -> Result<Report, BenchError> {
     let rounds = b.scaled(ROUNDS);
+    let root = path.rsplit_once('/').map(|(r, _)| r).unwrap_or(path);
+    let quorum_write = quorum_write_p50(b, root).await?;
     let mut cands = Vec::new();
     for i in 0..CANDIDATES {
         cands.push(candidate(&b.connect, b.session, path, &format!("c{i}")).await?);
@@ -208,6 +246,11 @@ async fn w4_measure(b: &Bench, path: &str) -> Result<Report, BenchError> {
     );
     r.ops_per_s = None;
     Ok(r.field("from_close_start_p50_ms", p50)
+        .field("quorum_write_p50_ms", quorum_write)
+        .field(
+            "over_quorum_write_ms",
+            p50.zip(quorum_write).map(|(f, q)| round(f - q, 3)),
+        )
         .field("from_close_start_max_ms", max)
         .field("from_close_return_p50_ms", ret_p50)
         .field("close_call_p50_ms", close_p50)
