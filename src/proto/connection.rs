@@ -741,14 +741,18 @@ impl Task {
 
     fn unwatch(&mut self, path: String, class: WatchClass, id: u64) {
         let key = (path, class);
-        if let Some(v) = self.watches.get_mut(&key) {
-            v.retain(|(i, tx)| *i != id && !tx.is_closed());
-        }
+        // No entry: the watch already fired (or was never set), so the server holds nothing
+        // to remove; a removeWatches would only earn a NoWatcher reply, ahead of the next
+        // request (a resigning leader's delete, say).
+        let Some(v) = self.watches.get_mut(&key) else {
+            return;
+        };
+        v.retain(|(i, tx)| *i != id && !tx.is_closed());
         self.maybe_remove(key);
     }
 
-    /// Asks the server to drop the watch of `key` once no local watcher and no request in
-    /// flight needs it.
+    /// Asks the server to drop the watch of `key` (which it holds) once no local watcher and
+    /// no request in flight needs it.
     fn maybe_remove(&mut self, key: (String, WatchClass)) {
         if self.watches.get(&key).is_some_and(|v| !v.is_empty()) {
             return;
@@ -1123,6 +1127,62 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A reply frame: header only (the task passes bodies on without reading them).
+    fn reply(xid: i32, err: i32) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.put_i32(xid);
+        f.put_i64(7);
+        f.put_i32(err);
+        f
+    }
+
+    /// Enqueues a getData that sets a data watch on `path` (watcher `id`); returns the watch's
+    /// receiver (keep it, or the watch counts as dropped).
+    fn get_data_watch(t: &mut Task, path: &str, id: u64) -> oneshot::Receiver<WireEvent> {
+        let (tx, _rx) = oneshot::channel();
+        let (wtx, wrx) = oneshot::channel();
+        t.enqueue(Packet {
+            frame: records::request(op::GET_DATA, |b| records::put_path_watch(b, path, true)),
+            reply: Some(tx),
+            watch: Some(WatchReg::OneShot {
+                path: path.into(),
+                class: WatchClass::Data,
+                id,
+                tx: wtx,
+                on_no_node: false,
+            }),
+        });
+        wrx
+    }
+
+    #[test]
+    fn remove_watches_only_for_watches_the_server_holds() {
+        let mut t = task();
+        // A watch set and then dropped: the server holds it, so it is removed.
+        let _w = get_data_watch(&mut t, "/chroot/a", 1);
+        assert!(t.on_frame(&reply(1, code::OK)).is_none());
+        let before = t.wbuf.len();
+        t.unwatch("/chroot/a".into(), WatchClass::Data, 1);
+        assert!(t.wbuf.len() > before, "no removeWatches sent");
+        assert_eq!(records::opcode_of(&t.wbuf[before..]), op::REMOVE_WATCHES);
+        assert!(t.on_frame(&reply(2, code::OK)).is_none());
+        // A watch that fired before it was dropped: the server holds nothing, nothing is sent.
+        let _w = get_data_watch(&mut t, "/chroot/b", 2);
+        assert!(t.on_frame(&reply(3, code::OK)).is_none());
+        let mut ev = reply(-1, code::OK);
+        ev.put_i32(event::DELETED);
+        ev.put_i32(3);
+        ev.put_str("/chroot/b");
+        assert!(t.on_frame(&ev).is_none());
+        let before = t.wbuf.len();
+        t.unwatch("/chroot/b".into(), WatchClass::Data, 2);
+        assert_eq!(
+            t.wbuf.len(),
+            before,
+            "a removeWatches for a watch that already fired"
+        );
     }
 
     #[test]
