@@ -672,11 +672,13 @@ impl Task {
             match wake {
                 Wake::Stop => {
                     self.shared.publish(LatchState::Closed);
-                    drop(pred);
-                    drop(own);
+                    // Delete first: the next candidate waits for exactly this write. Dropping
+                    // the watches afterwards costs nothing (the delete fired ours on the server).
                     if let Err(e) = guard.remove().await {
                         tracing::warn!(error = %e, "could not delete our latch node; it goes with the session");
                     }
+                    drop(pred);
+                    drop(own);
                     return Next::Stop;
                 }
                 Wake::State(None) | Wake::Own(None) | Wake::Pred(None) => {
