@@ -533,6 +533,11 @@ async fn monitor(shared: &Shared, epoch: &Arc<Epoch>, states: &mut WireStates) -
                     suspend(&mut suspended);
                 }
                 WireState::Connected | WireState::ReadOnly => {
+                    // A drop and resume too quick to show `Disconnected` here still happened:
+                    // recipes hear `Suspended` then `Reconnected`, as after a slower one.
+                    if states.resumed() {
+                        suspend(&mut suspended);
+                    }
                     wire_connected = true;
                     read_only = ws == WireState::ReadOnly;
                     // The handshake resumed the session (the member revalidated it with the

@@ -61,18 +61,34 @@ pub(crate) struct WireSession {
 }
 
 /// Watches the connection's state.
-pub(crate) struct WireStates(watch::Receiver<WireState>);
+pub(crate) struct WireStates {
+    rx: watch::Receiver<WireState>,
+    shared: Arc<ConnShared>,
+    /// Resumes seen so far (see [`WireStates::resumed`]).
+    resumes: u64,
+}
 
 impl WireStates {
-    pub fn current(&mut self) -> WireState {
-        *self.0.borrow_and_update()
+    pub(crate) fn new(shared: Arc<ConnShared>) -> WireStates {
+        let rx = shared.state.subscribe();
+        let resumes = shared.resumes.load(std::sync::atomic::Ordering::Acquire);
+        WireStates {
+            rx,
+            shared,
+            resumes,
+        }
     }
+
+    pub fn current(&mut self) -> WireState {
+        *self.rx.borrow_and_update()
+    }
+
     /// The next state; `Closed` once the connection task is gone.
     pub async fn changed(&mut self) -> WireState {
-        match self.0.changed().await {
-            Ok(()) => *self.0.borrow_and_update(),
+        match self.rx.changed().await {
+            Ok(()) => *self.rx.borrow_and_update(),
             Err(_) => {
-                let s = *self.0.borrow();
+                let s = *self.rx.borrow();
                 if s.is_terminal() {
                     s
                 } else {
@@ -80,6 +96,18 @@ impl WireStates {
                 }
             }
         }
+    }
+
+    /// Whether the connection was resumed (so it had dropped) since the last call: true even
+    /// when the drop and the resume came too fast for `changed` to show `Disconnected`.
+    pub fn resumed(&mut self) -> bool {
+        let now = self
+            .shared
+            .resumes
+            .load(std::sync::atomic::Ordering::Acquire);
+        let resumed = now != self.resumes;
+        self.resumes = now;
+        resumed
     }
 }
 
@@ -235,7 +263,7 @@ impl Wire {
         };
         match connection::open(conn, connect_timeout).await {
             Ok((shared, req, ctl)) => {
-                let states = WireStates(shared.state.subscribe());
+                let states = WireStates::new(shared.clone());
                 let wire = Wire {
                     inner: Arc::new(WireInner {
                         req,

@@ -163,6 +163,11 @@ pub(crate) struct SessionInfo {
 /// What the task and its handles share.
 pub(crate) struct ConnShared {
     pub state: watch::Sender<WireState>,
+    /// Connections this session resumed on (one more after every successful reconnect,
+    /// counted before the state turns `Connected` again). The state channel keeps only the
+    /// latest state, so a quick drop and resume can show as `Connected` → `Connected`; this
+    /// counter tells the session layer that a disconnection happened in between.
+    pub resumes: AtomicU64,
     pub session: Mutex<SessionInfo>,
     pub last_zxid: AtomicI64,
     pub next_watch_id: AtomicU64,
@@ -178,6 +183,7 @@ impl ConnShared {
     fn new(state: WireState, session: SessionInfo) -> ConnShared {
         ConnShared {
             state: watch::channel(state).0,
+            resumes: AtomicU64::new(0),
             session: Mutex::new(session),
             last_zxid: AtomicI64::new(0),
             next_watch_id: AtomicU64::new(1),
@@ -977,6 +983,7 @@ impl Task {
                         let _ = d.send(Ok(()));
                     }
                     self.fire_all(WireEvent::Resync);
+                    self.shared.resumes.fetch_add(1, Ordering::AcqRel);
                     let _ = self.shared.state.send_replace(if ro {
                         WireState::ReadOnly
                     } else {
@@ -1183,6 +1190,21 @@ mod tests {
             before,
             "a removeWatches for a watch that already fired"
         );
+    }
+
+    #[tokio::test]
+    async fn a_resume_too_quick_to_see_still_shows() {
+        let t = task();
+        let mut states = crate::wire::WireStates::new(t.shared.clone());
+        assert!(!states.resumed());
+        // Dropped and resumed before the session layer looked: it sees Connected only...
+        let _ = t.shared.state.send_replace(WireState::Disconnected);
+        t.shared.resumes.fetch_add(1, Ordering::AcqRel);
+        let _ = t.shared.state.send_replace(WireState::Connected);
+        assert_eq!(states.changed().await, WireState::Connected);
+        // ...and learns from the counter that the connection had dropped in between.
+        assert!(states.resumed());
+        assert!(!states.resumed());
     }
 
     #[test]
