@@ -30,6 +30,11 @@ use crate::types::{
 use crate::watch::{ChildrenWatch, DataWatch, PersistentWatch, Registry, WatchKind};
 use crate::wire::{Wire, WireConfig};
 
+/// The longest session timeout the handshake can carry (an i32 of milliseconds).
+const MAX_SESSION_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+/// Connect deadlines are capped here.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Builds a [`Client`].
 #[derive(Clone, Debug)]
 pub struct ClientBuilder {
@@ -155,12 +160,24 @@ impl ClientBuilder {
                 self.session_timeout
             )));
         }
+        // The handshake carries it as an i32 of milliseconds; servers cap it at 20 ticks anyway.
+        if self.session_timeout > MAX_SESSION_TIMEOUT {
+            return Err(Error::InvalidArgument(format!(
+                "session timeout {:?} is too long (at most {:?})",
+                self.session_timeout, MAX_SESSION_TIMEOUT
+            )));
+        }
         if self.default_acl.is_empty() {
             return Err(Error::InvalidArgument(
                 "default ACL must not be empty".into(),
             ));
         }
-        let connect_timeout = self.connect_timeout.unwrap_or(self.session_timeout);
+        // A deadline further out than a day is as good as none (and `Duration::MAX` would
+        // overflow the clock).
+        let connect_timeout = self
+            .connect_timeout
+            .unwrap_or(self.session_timeout)
+            .min(MAX_CONNECT_TIMEOUT);
         let auth = crate::types::AuthStore::new(self.auth);
         let tls = match &self.tls {
             Some(t) => Some(crate::proto::tls::TlsHandle(t.connector()?)),

@@ -203,3 +203,53 @@ async fn secrets_stay_out_of_debug_output() {
     );
     client.close().await;
 }
+
+/// `Duration::MAX` (or anything beyond what the clock holds) is "no deadline" or a typed error,
+/// never a panic: in the client builder and in every recipe wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_durations_never_panic() {
+    let ens = zkr::testing::shared().expect("zookeeper");
+    let e = Client::builder(&ens.connect_string())
+        .session_timeout(Duration::MAX)
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    assert!(e.to_string().contains("too long"), "{e}");
+    let c = Client::builder(&ens.connect_string())
+        .session_timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::MAX)
+        .operation_timeout(Duration::MAX)
+        .connect()
+        .await
+        .unwrap();
+    let root = "/bad-input-extreme-durations";
+    let m = zkr_recipes::Mutex::new(&c, &format!("{root}/mutex")).unwrap();
+    let g = m.acquire_timeout(Duration::MAX).await.unwrap();
+    g.release().await.unwrap();
+    let rw = zkr_recipes::RwLock::new(&c, &format!("{root}/rw")).unwrap();
+    rw.read_timeout(Duration::MAX)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    rw.write_timeout(Duration::MAX)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let sem = zkr_recipes::Semaphore::new(&c, &format!("{root}/sem"), 1).unwrap();
+    let lease = sem.acquire_timeout(Duration::MAX).await.unwrap();
+    drop(lease);
+    let q = zkr_recipes::WorkQueue::open(&c, &format!("{root}/queue"))
+        .await
+        .unwrap();
+    q.put(&serde_json::json!({"n": 1})).await.unwrap();
+    let mut w = q.worker("w").await.unwrap();
+    let task = w.claim(Duration::MAX).await.unwrap();
+    task.complete(serde_json::json!(null)).await.unwrap();
+    c.delete_recursive(root).await.unwrap();
+    c.close().await;
+}

@@ -221,4 +221,37 @@ mod tests {
     fn cli_definition_is_valid() {
         <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
+
+    /// Extreme durations and counts on the command line are usage errors or accepted, never a
+    /// panic.
+    #[test]
+    fn extreme_arguments_never_panic() {
+        use clap::Parser;
+        for timeout in [
+            "100000000000000000000s",
+            "1e400",
+            "99999999999999999999999999999m",
+            "18446744073709551615s",
+            "0.0000000001ms",
+            "-1s",
+            "NaN",
+            "inf",
+            "",
+        ] {
+            let r = std::panic::catch_unwind(|| {
+                super::Cli::try_parse_from(["zkr", "--timeout", timeout, "get", "/x"])
+            });
+            assert!(r.is_ok(), "--timeout {timeout:?} panicked");
+        }
+        let r =
+            super::Cli::try_parse_from(["zkr", "--timeout", "100000000000000000000s", "get", "/x"]);
+        let e = r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("too long"), "{e}");
+        for count in ["18446744073709551615", "99999999999999999999999", "-1"] {
+            let r = std::panic::catch_unwind(|| {
+                super::Cli::try_parse_from(["zkr", "id", "next", "/ids", "--count", count])
+            });
+            assert!(r.is_ok(), "--count {count:?} panicked");
+        }
+    }
 }

@@ -128,7 +128,7 @@ impl IdBlocks {
 
     /// `n` IDs (increasing), reserving as many blocks as needed.
     pub async fn next_n(&self, n: usize) -> Result<Vec<i64>> {
-        let mut out = Vec::with_capacity(n);
+        let mut out = Vec::with_capacity(n.min(4096));
         for _ in 0..n {
             out.push(self.next().await?);
         }

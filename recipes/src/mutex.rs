@@ -110,7 +110,7 @@ impl Mutex {
 
     /// Waits at most `timeout`; on timeout nothing is held and nothing is left behind.
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<MutexGuard> {
-        self.acquire_inner(Some(Instant::now() + timeout), false)
+        self.acquire_inner(crate::wait::deadline_in(timeout), false)
             .await?
             .ok_or(Error::Invalid("blocking acquire returned nothing".into()))
     }

@@ -79,7 +79,7 @@ impl RwLock {
 
     /// Waits at most `timeout` for a read lock.
     pub async fn read_timeout(&self, timeout: Duration) -> Result<MutexGuard> {
-        self.lock(false, Some(Instant::now() + timeout)).await
+        self.lock(false, crate::wait::deadline_in(timeout)).await
     }
 
     /// Waits for the exclusive (write) lock.
@@ -89,7 +89,7 @@ impl RwLock {
 
     /// Waits at most `timeout` for the write lock.
     pub async fn write_timeout(&self, timeout: Duration) -> Result<MutexGuard> {
-        self.lock(true, Some(Instant::now() + timeout)).await
+        self.lock(true, crate::wait::deadline_in(timeout)).await
     }
 
     /// Takes a read (or write) lock only if it is available right now.

@@ -80,7 +80,7 @@ impl Semaphore {
 
     /// Waits at most `timeout` for a lease.
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Lease> {
-        self.acquire_inner(Some(Instant::now() + timeout), false)
+        self.acquire_inner(crate::wait::deadline_in(timeout), false)
             .await?
             .ok_or(Error::Invalid("blocking acquire returned nothing".into()))
     }

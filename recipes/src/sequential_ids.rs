@@ -197,7 +197,7 @@ impl SequentialIds {
     pub async fn next_batch(&self, n: usize) -> Result<Vec<i64>> {
         let span = tracing::debug_span!("sequential_ids.next_batch", dir = %self.dir, n);
         async {
-            let mut out = Vec::with_capacity(n);
+            let mut out = Vec::with_capacity(n.min(4096));
             while out.len() < n {
                 self.ensure_dir().await?;
                 let missing = n - out.len();

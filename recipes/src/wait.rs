@@ -9,6 +9,21 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 
+/// About a century: the furthest deadline worth representing.
+const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `timeout` from now, or `None` (no deadline: wait as long as it takes) when that is further
+/// than the clock can represent, so that `Duration::MAX` means "forever" instead of a panic.
+pub(crate) fn deadline_in(timeout: Duration) -> Option<tokio::time::Instant> {
+    tokio::time::Instant::now().checked_add(timeout)
+}
+
+/// `timeout` from now, capped at about a century.
+pub(crate) fn std_deadline_in(timeout: Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(timeout.min(FAR)).unwrap_or(now)
+}
+
 /// Waits until `pick` returns `Some` for the channel's value (tried on the current value first,
 /// then on every change); `Error::Timeout { what }` after `timeout`, `Error::Closed(closed)` if
 /// the sender goes away.

@@ -488,7 +488,7 @@ impl Worker {
         let span =
             tracing::info_span!("zkr.queue.claim", worker = %self.id, root = %self.queue.root);
         async {
-            let deadline = Instant::now() + timeout;
+            let deadline = crate::wait::std_deadline_in(timeout);
             loop {
                 match self.attempt().await {
                     Ok(Some(t)) => return Ok(t),
@@ -687,7 +687,7 @@ impl ClaimedTask {
             let path = self.queue.node("claims", &self.id);
             let data = serde_json::to_vec(&p).map_err(|e| json_err(&path, e))?;
             let client = self.pin().await.map_err(|e| self.lost_error(e))?;
-            let deadline = Instant::now() + client.timeout();
+            let deadline = crate::wait::std_deadline_in(client.timeout());
             let mut delay = Duration::from_millis(20);
             loop {
                 match client.set_data(&path, &data, None).await {
@@ -774,7 +774,7 @@ impl ClaimedTask {
         // drop handler to release the claim (the task goes back to the queue, unless our multi
         // already ran, in which case the claim is gone and `done/` holds our outcome).
         let r = async {
-            let deadline = Instant::now() + self.client.timeout();
+            let deadline = crate::wait::std_deadline_in(self.client.timeout());
             loop {
                 let r = match self.pin().await {
                     Ok(client) => client.multi(&ops).await,

@@ -66,7 +66,7 @@ pub async fn run(ctx: &Ctx, args: &IdArgs) -> Result<(), CliError> {
             .map_err(recipe_err)?
     } else if *counter {
         let c = AtomicCounter::new(&ctx.client, path).map_err(recipe_err)?;
-        let mut out = Vec::with_capacity(*count);
+        let mut out = Vec::with_capacity((*count).min(4096));
         for _ in 0..*count {
             out.push(c.increment().await.map_err(recipe_err)?.post);
         }
