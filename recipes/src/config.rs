@@ -472,6 +472,7 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> Driver<T> {
 
 /// A live subscription to a [`Config`]: a `Stream` of [`ConfigEvent`]s plus a `watch`
 /// receiver of the latest value. Dropping it stops it.
+#[must_use = "the subscription stops when dropped"]
 pub struct ConfigSubscription<T> {
     latest: watch::Receiver<Option<Versioned<T>>>,
     events: mpsc::Receiver<ConfigEvent<T>>,

@@ -570,6 +570,7 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> TreeDriver<T> {
 
 /// A live subscription to a [`ConfigTree`]: a `Stream` of [`TreeEvent`]s plus a `watch`
 /// receiver of the whole map. Dropping it stops it.
+#[must_use = "the subscription stops when dropped"]
 pub struct TreeSubscription<T> {
     snap: watch::Receiver<TreeSnapshot<T>>,
     events: mpsc::Receiver<TreeEvent<T>>,

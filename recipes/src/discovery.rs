@@ -245,6 +245,7 @@ type Snapshot = Option<Arc<Vec<ServiceInstance>>>;
 
 /// The live instances of one service; see the [module docs](self). A `Stream` of instance
 /// sets (sorted by id). Dropping it stops every watch it holds.
+#[must_use = "discovery stops watching when dropped"]
 pub struct Discovery {
     rx: watch::Receiver<Snapshot>,
     stream: crate::wait::Snapshots<Vec<ServiceInstance>>,

@@ -199,6 +199,7 @@ impl LeaderLatchBuilder {
 /// A candidate in a leader election; see the [module docs](self).
 ///
 /// Dropping it resigns in the background (like [`LeaderLatch::close`] without waiting).
+#[must_use = "the candidate leaves the election when the latch is dropped"]
 pub struct LeaderLatch {
     shared: Arc<Shared>,
     client: Client,
@@ -341,6 +342,7 @@ impl Drop for LeaderLatch {
 }
 
 /// Stream of [`LatchState`] changes; see [`LeaderLatch::changes`].
+#[must_use = "a stream does nothing unless polled"]
 pub struct LeadershipChanges {
     rx: mpsc::UnboundedReceiver<LatchState>,
 }
@@ -907,6 +909,7 @@ async fn observe_task(
 }
 
 /// Stream of the leader of an election; see [`observe`].
+#[must_use = "the watch stops when dropped"]
 pub struct LeaderWatch {
     rx: mpsc::UnboundedReceiver<Result<Option<Participant>>>,
     task: tokio::task::JoinHandle<()>,

@@ -161,6 +161,7 @@ pub struct LeaderSelector {
 
 /// Controls a running [`LeaderSelector`] from elsewhere.
 #[derive(Clone, Debug)]
+#[must_use = "the selector stops when its handle is dropped"]
 pub struct SelectorHandle {
     ctl: Arc<watch::Sender<Control>>,
     state: watch::Receiver<Option<Fence>>,
@@ -185,6 +186,7 @@ impl SelectorHandle {
 
 /// Given to the closure for one term of leadership.
 #[derive(Clone, Debug)]
+#[must_use = "leadership is given up when this is dropped"]
 pub struct Leadership {
     fence: Fence,
     client: Client,

@@ -159,6 +159,7 @@ impl Mutex {
 }
 
 /// A held lock. Releases on drop (in the background) or with [`release`](Self::release).
+#[must_use = "the lock is released when the guard is dropped; bind it (`let guard = ...`) to hold the lock"]
 pub struct MutexGuard {
     client: Client,
     path: String,

@@ -210,6 +210,7 @@ struct Shared {
 
 /// A registered service instance; see the [module docs](self). Dropping it unregisters in the
 /// background.
+#[must_use = "the instance is unregistered when the registration is dropped; bind it to stay registered"]
 pub struct Registration {
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,

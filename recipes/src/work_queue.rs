@@ -595,6 +595,7 @@ fn conn_retry(c: &Client) -> zkr::RetryPolicy {
 
 /// A task claimed by a worker; see the [module docs](self). Dropping it without completing,
 /// failing or releasing gives it back to the queue (in the background).
+#[must_use = "the task goes back to the queue when the claim is dropped unfinished"]
 pub struct ClaimedTask {
     /// Unpinned: holding a pinned handle would keep the session's wire client alive and
     /// delay `Client::close` (operations pin on demand and check the epoch instead).
@@ -849,6 +850,7 @@ type Shared = Option<Arc<QueueSnapshot>>;
 
 /// A live view of every task of a queue: a `Stream` of [`QueueSnapshot`]s (state, owner,
 /// progress of each task), coalesced. Dropping it removes its watches.
+#[must_use = "the coordinator stops watching when dropped"]
 pub struct Coordinator {
     rx: watch::Receiver<Shared>,
     stream: crate::wait::Snapshots<QueueSnapshot>,
