@@ -274,7 +274,7 @@ impl std::fmt::Debug for Client {
 
 /// Ordered session states; the first item is the state at subscription time.
 pub struct SessionStates {
-    rx: tokio::sync::mpsc::UnboundedReceiver<SessionState>,
+    rx: crate::fanout::Receiver<SessionState>,
 }
 
 impl Stream for SessionStates {

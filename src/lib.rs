@@ -34,6 +34,7 @@
 
 mod client;
 mod error;
+pub mod fanout;
 pub mod path;
 mod proto;
 mod retry;

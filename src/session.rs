@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 use crate::error::{Error, Result};
 use crate::types::SessionId;
@@ -274,7 +274,7 @@ impl Epoch {
 /// Publishes states in one total order to every subscriber.
 pub(crate) struct StateHub {
     current: SessionState,
-    subscribers: Vec<mpsc::UnboundedSender<SessionState>>,
+    subscribers: Vec<crate::fanout::Sender<SessionState>>,
 }
 
 /// Everything the client handles share.
@@ -316,10 +316,12 @@ impl Shared {
     }
 
     /// Every transition from now on, starting with the current state.
-    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<SessionState> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub fn subscribe(&self) -> crate::fanout::Receiver<SessionState> {
+        // Bounded: a subscriber that is kept but never read holds at most `CAPACITY` states,
+        // the last of them the current one.
+        let (tx, rx) = crate::fanout::channel(crate::fanout::CAPACITY);
         let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = tx.send(hub.current);
+        let _ = tx.send_latest(hub.current);
         // Forget subscribers that went away (recipes subscribe per acquisition).
         hub.subscribers.retain(|t| !t.is_closed());
         hub.subscribers.push(tx);
@@ -333,7 +335,7 @@ impl Shared {
         }
         tracing::info!(?state, "zkr session state");
         hub.current = state;
-        hub.subscribers.retain(|tx| tx.send(state).is_ok());
+        hub.subscribers.retain(|tx| tx.send_latest(state).is_ok());
         self.state_tx.send_replace(state);
     }
 

@@ -31,10 +31,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::client::Inner;
 use crate::error::{Error, Result};
+use crate::fanout;
 use crate::session::{Epoch, SessionState, Shared};
 use crate::types::Stat;
 use crate::wire::{Wire, WireEvent, WireWatch};
@@ -107,7 +108,7 @@ type Item = Result<(Change, Arc<Snapshot>)>;
 type Key = (String, WatchKind);
 
 struct EntryState {
-    subs: Vec<(u64, mpsc::UnboundedSender<Item>)>,
+    subs: Vec<(u64, fanout::Sender<Item>)>,
     last: Option<Arc<Snapshot>>,
     next_id: u64,
 }
@@ -129,7 +130,8 @@ impl Entry {
         if let Ok((_, snap)) = &item {
             st.last = Some(snap.clone());
         }
-        st.subs.retain(|(_, tx)| tx.send(item.clone()).is_ok());
+        st.subs
+            .retain(|(_, tx)| tx.send_or_merge(item.clone(), merge_items).is_ok());
     }
 }
 
@@ -176,13 +178,13 @@ impl Registry {
                 e
             }
         };
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = fanout::channel(fanout::CAPACITY);
         let id = {
             let mut st = entry.lock();
             let id = st.next_id;
             st.next_id += 1;
             if let Some(last) = &st.last {
-                let _ = tx.send(Ok((Change::Initial, last.clone())));
+                let _ = tx.send_latest(Ok((Change::Initial, last.clone())));
             }
             st.subs.push((id, tx));
             id
@@ -196,7 +198,7 @@ impl Registry {
 pub(crate) struct Subscription {
     entry: Arc<Entry>,
     id: u64,
-    rx: mpsc::UnboundedReceiver<Item>,
+    rx: fanout::Receiver<Item>,
 }
 
 impl Drop for Subscription {
@@ -272,6 +274,35 @@ watch_stream!(
         node: s.stat.map(|st| (s.children.clone(), st))
     }
 );
+
+/// Two queued items as one, for a subscriber that fell `fanout::CAPACITY` items behind: the
+/// newer snapshot, and the change from the state before the older item to the newer one.
+fn merge_items(old: Item, new: Item) -> Item {
+    match (old, new) {
+        (Ok((a, _)), Ok((b, snap))) => {
+            let change = merge_change(a, b, snap.stat.is_some());
+            Ok((change, snap))
+        }
+        // An error, or what follows one: the newer wins.
+        (_, new) => new,
+    }
+}
+
+fn merge_change(a: Change, b: Change, exists_now: bool) -> Change {
+    use Change::*;
+    if a == Initial {
+        return Initial;
+    }
+    let existed_before = a != Created;
+    let replaced =
+        matches!(a, Deleted | Recreated | Created) || matches!(b, Deleted | Recreated | Created);
+    match (existed_before, exists_now) {
+        (true, true) if replaced => Recreated,
+        (true, true) => Changed,
+        (true, false) | (false, false) => Deleted,
+        (false, true) => Created,
+    }
+}
 
 fn diff(kind: WatchKind, last: Option<&Snapshot>, new: &Snapshot) -> Option<Change> {
     let Some(last) = last else {

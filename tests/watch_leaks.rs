@@ -177,3 +177,52 @@ async fn wait_gone_sees_deletions_across_a_cut() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A data watch stream that is kept but not read while thousands of changes arrive queues a
+/// bounded number of events (at most `zkr::fanout::CAPACITY`: older ones in order, newer ones
+/// merged into the last; the bound itself is unit-tested in `src/fanout.rs` with 100,000
+/// items), and its last event is the latest value: nothing stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_watch_stream_stays_bounded_and_ends_on_the_latest_value() {
+    init_tracing();
+    let ens = zkr::testing::shared().expect("zookeeper");
+    let c = client(&ens.connect_string(), 10_000).await;
+    let path = "/watch-leaks-unread-stream";
+    let _ = c.delete(path, None).await;
+    c.create(path, b"0", CreateMode::Persistent).await.unwrap();
+    let mut stream = c.watch_data(path).unwrap();
+    let first = stream.next_event().await.unwrap().unwrap();
+    assert_eq!(first.change, Change::Initial);
+    // 3,000 writes, 50 in flight; the watch re-arms after each notification, so the stream
+    // sees many of them, and nobody reads it meanwhile.
+    let writes = 3_000usize;
+    for chunk in (1..=writes).collect::<Vec<_>>().chunks(50) {
+        let futs = chunk.iter().map(|i| {
+            let c = c.clone();
+            async move { c.set_data(path, i.to_string().as_bytes(), None).await }
+        });
+        for r in futures::future::join_all(futs).await {
+            r.unwrap();
+        }
+    }
+    let last = c.get_data(path).await.unwrap().0;
+    // Drain what is queued (the watch may still be catching up with the last writes).
+    let mut seen = 0usize;
+    let mut latest = Vec::new();
+    while latest != last {
+        let ev = stream
+            .next_timeout(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        latest = ev.data().unwrap_or_default().to_vec();
+        seen += 1;
+    }
+    assert!(
+        seen <= zkr::fanout::CAPACITY + 2,
+        "{seen} events queued for an unread stream"
+    );
+    c.delete(path, None).await.unwrap();
+    c.close().await;
+}
