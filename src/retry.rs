@@ -1,7 +1,7 @@
 //! Retrying idempotent operations.
 //!
-//! [`RetryPolicy`] is exponential backoff with jitter (via the `backoff` crate), bounded by
-//! elapsed time and/or attempts. Only errors for which [`Error::is_retryable`] holds are
+//! [`RetryPolicy`] is exponential backoff with jitter (the delay sequence comes from the
+//! `backon` crate), bounded by elapsed time and/or attempts. Only errors for which [`Error::is_retryable`] holds are
 //! retried (connection loss, timeouts, session loss, a read-only server); everything else is
 //! returned at once.
 //!
@@ -17,7 +17,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use backoff::backoff::Backoff;
+use backon::BackoffBuilder;
 
 use crate::error::{Error, Result};
 
@@ -76,17 +76,23 @@ impl RetryPolicy {
         self
     }
 
-    fn backoff(&self) -> backoff::ExponentialBackoff {
-        backoff::ExponentialBackoff {
-            current_interval: self.initial,
-            initial_interval: self.initial,
-            randomization_factor: self.jitter,
-            multiplier: self.multiplier,
-            max_interval: self.max_delay,
-            max_elapsed_time: self.max_elapsed,
-            start_time: Instant::now(),
-            clock: backoff::SystemClock::default(),
+    /// The delays between attempts, without jitter: `initial`, doubling, capped at `max_delay`.
+    fn delays(&self) -> backon::ExponentialBackoff {
+        backon::ExponentialBuilder::new()
+            .with_min_delay(self.initial)
+            .with_max_delay(self.max_delay.max(self.initial))
+            .with_factor(self.multiplier as f32)
+            .without_max_times()
+            .build()
+    }
+
+    /// `d` randomised within ±`jitter`.
+    fn jittered(&self, d: Duration) -> Duration {
+        if self.jitter <= 0.0 || d.is_zero() {
+            return d;
         }
+        let f = 1.0 + self.jitter * (2.0 * rand::random::<f64>() - 1.0);
+        d.mul_f64(f.max(0.0))
     }
 
     /// Runs `f` until it succeeds, fails with a non-retryable error, or the policy gives up
@@ -105,7 +111,8 @@ impl RetryPolicy {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let mut b = self.backoff();
+        let mut delays = self.delays();
+        let start = Instant::now();
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -117,7 +124,11 @@ impl RetryPolicy {
             if self.max_attempts.is_some_and(|m| attempts >= m) {
                 return Err(err);
             }
-            match b.next_backoff() {
+            let next = delays.next().map(|d| self.jittered(d)).filter(|d| {
+                self.max_elapsed
+                    .is_none_or(|max| start.elapsed().saturating_add(*d) <= max)
+            });
+            match next {
                 Some(d) => {
                     tracing::debug!(attempt = attempts, delay_ms = d.as_millis() as u64, error = %err, "retrying");
                     tokio::time::sleep(d).await;
@@ -156,5 +167,42 @@ mod tests {
             .await;
         assert!(matches!(r, Err(Error::NoNode { .. })));
         assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn delays_double_up_to_the_cap_within_the_jitter() {
+        let p = RetryPolicy::exponential(Duration::from_millis(10), Duration::from_millis(80));
+        let plain: Vec<Duration> = p.delays().take(6).collect();
+        for (d, want) in plain.iter().zip([10u64, 20, 40, 80, 80, 80]) {
+            let want = Duration::from_millis(want);
+            // (the factor is an f32 in backon: 40 ms may come out as 39.99 ms)
+            assert!(d.abs_diff(want) < Duration::from_millis(1), "{plain:?}");
+        }
+        for _ in 0..100 {
+            let d = p.jittered(Duration::from_millis(100));
+            assert!(
+                d >= Duration::from_millis(50) && d <= Duration::from_millis(150),
+                "{d:?}"
+            );
+        }
+        assert_eq!(
+            p.clone().jitter(0.0).jittered(Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
+    }
+
+    #[tokio::test]
+    async fn max_elapsed_bounds_the_retries() {
+        let p = RetryPolicy::exponential(Duration::from_millis(5), Duration::from_millis(5))
+            .jitter(0.0)
+            .max_elapsed(Duration::from_millis(60));
+        let t = Instant::now();
+        let r: Result<()> = p.run(|| async { Err(Error::ConnectionLoss) }).await;
+        assert_eq!(r, Err(Error::ConnectionLoss));
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
     }
 }
