@@ -6,6 +6,8 @@
 //! published) uses [`init_logging`] and [`install_panic_hook`] from here; it is a package of its
 //! own because it links the real-ZooKeeper test harness (`zkr::testing`), which `zkr` does not.
 
+#![warn(missing_docs)]
+
 pub mod cmd;
 
 /// Sets up `tracing` to stderr, filtered by `RUST_LOG` (default `warn`).

@@ -5,6 +5,8 @@
 //! session trouble; 9 not authorized (NoAuth, rejected credentials, invalid ACL). Errors are one `zkr: <message>` line on stderr. Logs go to stderr,
 //! filtered by `RUST_LOG` (default `warn`).
 
+#![warn(missing_docs)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

@@ -11,6 +11,8 @@
 //! `Mutex::new(&client.with_acl(acl), "/locks/db")`. A recipe that the ACLs refuse
 //! (`NoAuth`, `AuthFailed`, `InvalidAcl`) fails with that error instead of retrying.
 
+#![warn(missing_docs)]
+
 pub mod atomic_counter;
 pub mod config;
 pub mod config_tree;

@@ -18,6 +18,8 @@
 //! completed exactly once, discovery that does not converge, and unavailability. Exit codes:
 //! 0 no violation, 1 violation, 2 error.
 
+#![warn(missing_docs)]
+
 mod check;
 mod faults;
 mod procs;
@@ -67,6 +69,7 @@ pub fn now_ms() -> f64 {
     worker::mono_ms() - *START_MONO.get_or_init(worker::mono_ms)
 }
 
+/// Sleeps until `t` (ms since the soak started).
 pub fn sleep_until_ms(t: f64) {
     let now = now_ms();
     if t > now {
@@ -136,10 +139,13 @@ struct RunArgs {
     holder_logs: Option<PathBuf>,
 }
 
+/// Arguments of the `hold` subcommand.
 #[derive(Args, Debug)]
 pub struct HoldArgs {
+    /// The fenced resource (HOST:PORT)
     #[arg(long)]
     pub resource: String,
+    /// This holder's number
     #[arg(long)]
     pub holder: usize,
     /// Start a detached writer (own process group) that keeps writing after we exit
@@ -594,6 +600,7 @@ fn parse_members(s: &str) -> Result<usize, String> {
     }
 }
 
+/// `ms` rounded to 0.1.
 pub fn round(ms: f64) -> f64 {
     (ms * 10.0).round() / 10.0
 }

@@ -9,6 +9,8 @@
 //!
 //! The program itself is `src/main.rs` (binary `zkr-bench`).
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod election;
 pub mod ids;
@@ -310,16 +312,27 @@ pub fn per_s(count: usize, elapsed: Duration) -> Option<f64> {
 /// then the workload's own.
 #[derive(Serialize, Debug, Clone)]
 pub struct Report {
+    /// `zkr-<version>`.
     pub peer: String,
+    /// The workload's name, e.g. `W1-lock-uncontended`.
     pub workload: &'static str,
+    /// The run's parameters.
     pub params: Map<String, Value>,
+    /// Operations in the timed phase.
     pub ops: u64,
+    /// Length of the timed phase.
     pub seconds: f64,
+    /// `ops / seconds`, where throughput is what the workload measures.
     pub ops_per_s: Option<f64>,
+    /// Latency percentiles, ms.
     pub p50_ms: Option<f64>,
+    /// See `p50_ms`.
     pub p99_ms: Option<f64>,
+    /// See `p50_ms`.
     pub max_ms: Option<f64>,
+    /// The workload's own check passed.
     pub ok: bool,
+    /// Workload-specific fields.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }

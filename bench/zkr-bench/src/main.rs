@@ -9,6 +9,8 @@
 //! ZooKeeper through `zkr::testing`: the `zkr` CLI (package `zkr-cli`) is built without that
 //! harness. Logging setup and the panic hook come from `zkr-cli`'s library.
 
+#![warn(missing_docs)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

@@ -8,6 +8,7 @@ use super::{print_raw, CliError, Ctx};
 /// `zkr acl ...`
 #[derive(clap::Args, Debug)]
 pub struct AclArgs {
+    /// What to do.
     #[command(subcommand)]
     pub op: AclOp,
 }

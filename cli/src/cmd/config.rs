@@ -18,6 +18,7 @@ use super::{follow, print_json_line, CliError, Ctx};
 /// `zkr config ...`
 #[derive(clap::Args, Debug)]
 pub struct ConfigArgs {
+    /// What to do.
     #[command(subcommand)]
     pub op: ConfigOp,
 }

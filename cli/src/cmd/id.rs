@@ -18,6 +18,7 @@ use super::{CliError, Ctx};
 /// `zkr id ...`
 #[derive(clap::Args, Debug)]
 pub struct IdArgs {
+    /// What to do.
     #[command(subcommand)]
     pub op: IdOp,
 }

@@ -190,11 +190,18 @@ pub enum CliError {
     Usage(String),
     /// Reading stdin or writing stdout failed.
     Io {
+        /// What was being read or written.
         context: &'static str,
+        /// The I/O error.
         source: std::io::Error,
     },
     /// A zkr error re-worded for the command at hand; keeps the error's exit code.
-    Reworded { source: zkr::Error, message: String },
+    Reworded {
+        /// The original error (it decides the exit code).
+        source: zkr::Error,
+        /// The message shown instead.
+        message: String,
+    },
     /// Anything else.
     Other(String),
 }
@@ -331,16 +338,27 @@ pub fn data_arg(data: Option<&str>) -> Result<Vec<u8>, CliError> {
 /// A znode's stat as JSON (zkr's field names).
 #[derive(Serialize, Clone, Copy, Debug)]
 pub struct StatJson {
+    /// zxid of the create.
     pub czxid: i64,
+    /// zxid of the last data change.
     pub mzxid: i64,
+    /// zxid of the last change of the children.
     pub pzxid: i64,
+    /// Creation time, ms since the Unix epoch.
     pub ctime: i64,
+    /// Last data change, ms since the Unix epoch.
     pub mtime: i64,
+    /// Data version.
     pub version: i32,
+    /// Children version.
     pub cversion: i32,
+    /// ACL version.
     pub aversion: i32,
+    /// Owning session of an ephemeral node, else 0.
     pub ephemeral_owner: i64,
+    /// Bytes of data.
     pub data_length: i32,
+    /// Number of children.
     pub num_children: i32,
 }
 

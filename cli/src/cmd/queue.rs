@@ -23,6 +23,7 @@ use super::{follow, log_session_states, print_json_line, shutdown_signal, CliErr
 /// `zkr queue ...`
 #[derive(clap::Args, Debug)]
 pub struct QueueArgs {
+    /// What to do.
     #[command(subcommand)]
     pub op: QueueOp,
 }
