@@ -20,8 +20,13 @@
 //   w8         ephemeral progress nodes updated with setData; a CuratorCache coordinator
 //              (--in-flight N: up to N inBackground setData per worker, like zkr's pipelining;
 //              default 1: plain synchronous setData)
+//   s-handoff     InterProcessMutex: 1, 10, 100, 1,000 waiters (one thread and one mutex each)
+//   s-configtree  CuratorCache over a node with 10 .. 10,000 children
+//   s-discovery   ephemeral ServiceInstance-like nodes and a CuratorCache, as in w7
+//   (the scale workloads print a "series" array, one object per step, like zkr-bench's;
+//   memory: VmRSS and the used heap after a full GC; s-watches has no Curator peer)
 //
-// Usage: java -cp <curator jars>:<dir> CuratorBench <w1|w2|w3|w4|w5|w6seq|w6counter|w7|w8>
+// Usage: java -cp <curator jars>:<dir> CuratorBench <w1|...|w8|s-handoff|s-configtree|s-discovery>
 //            --zk HOST:PORT [--scale F] [--session-ms N] [--batch N] [--multi N] [--in-flight N]
 // Prints exactly one JSON line on stdout; exit 0 iff the run's own check passed (ok: true).
 
@@ -238,6 +243,15 @@ public class CuratorBench {
                 value(sb, e.getValue());
             }
             sb.append('}');
+        } else if (v instanceof List) {
+            sb.append('[');
+            boolean first = true;
+            for (Object o : (List<Object>) v) {
+                if (!first) sb.append(',');
+                first = false;
+                value(sb, o);
+            }
+            sb.append(']');
         } else if (v instanceof Double || v instanceof Float) {
             double d = ((Number) v).doubleValue();
             if (Double.isNaN(d) || Double.isInfinite(d)) {
@@ -1087,6 +1101,395 @@ public class CuratorBench {
         return r;
     }
 
+    // ---------------------------------------------------------------- scale workloads
+    // s-handoff (InterProcessMutex), s-configtree (CuratorCache), s-discovery (ephemeral
+    // ServiceInstance-like nodes + CuratorCache: curator-x-discovery is not packaged here).
+    // Each prints one line whose "series" holds one object per step, as zkr-bench's do.
+
+    static final int SCALE_CHANGES = 5;
+    static final long SCALE_WAIT_S = 300;
+
+    /** The steps of a curve: each scaled (at least 1), consecutive duplicates dropped. */
+    static List<Integer> steps(int... base) {
+        List<Integer> out = new ArrayList<>();
+        for (int n : base) {
+            int s = scaled(n);
+            if (out.isEmpty() || out.get(out.size() - 1) != s) out.add(s);
+        }
+        return out;
+    }
+
+    /** VmRSS of this process in MiB (one decimal), or null. */
+    static Double rssMb() {
+        try {
+            for (String l : java.nio.file.Files.readAllLines(java.nio.file.Paths.get("/proc/self/status"))) {
+                if (l.startsWith("VmRSS:")) {
+                    long kb = Long.parseLong(l.substring(6).replace("kB", "").trim());
+                    return round(kb / 1024.0, 1);
+                }
+            }
+        } catch (Exception e) {
+            // unknown
+        }
+        return null;
+    }
+
+    /** Used heap after a full GC, in MiB (one decimal). */
+    static double heapAfterGcMb() {
+        System.gc();
+        long used = java.lang.management.ManagementFactory.getMemoryMXBean().getHeapMemoryUsage().getUsed();
+        return round(used / (1024.0 * 1024.0), 1);
+    }
+
+    /** "Total watches" of the wchs four-letter word, summed over the servers; null if one fails. */
+    static Long serverWatches() {
+        long total = 0;
+        for (String host : zk.split("/")[0].split(",")) {
+            host = host.trim();
+            if (host.isEmpty()) continue;
+            int colon = host.lastIndexOf(':');
+            try (java.net.Socket s = new java.net.Socket()) {
+                s.connect(new java.net.InetSocketAddress(host.substring(0, colon),
+                        Integer.parseInt(host.substring(colon + 1))), 5000);
+                s.setSoTimeout(5000);
+                s.getOutputStream().write("wchs".getBytes(StandardCharsets.US_ASCII));
+                s.getOutputStream().flush();
+                String text = new String(s.getInputStream().readAllBytes(), StandardCharsets.US_ASCII);
+                Long w = null;
+                for (String l : text.split("\n")) {
+                    if (l.startsWith("Total watches:")) w = Long.parseLong(l.substring(14).trim());
+                }
+                if (w == null) return null;
+                total += w;
+            } catch (Exception e) {
+                return null;
+            }
+        }
+        return total;
+    }
+
+    static Map<String, Object> obj(Object... kv) {
+        Map<String, Object> m = new LinkedHashMap<>();
+        for (int i = 0; i + 1 < kv.length; i += 2) m.put((String) kv[i], kv[i + 1]);
+        return m;
+    }
+
+    static Report curve(String workload, Map<String, Object> params, long ops, long nanos, Lat lat, boolean ok,
+                        List<Object> series) {
+        Report r = new Report(workload, params, ops, nanos, lat, ok);
+        r.m.put("ops_per_s", null);
+        return r.field("series", series);
+    }
+
+    /** Creates persistent nodes (path -> data), up to 200 in flight. */
+    static void createMany(CuratorFramework c, Map<String, byte[]> nodes) throws Exception {
+        Semaphore slots = new Semaphore(200);
+        CountDownLatch done = new CountDownLatch(nodes.size());
+        AtomicReference<String> error = new AtomicReference<>();
+        for (Map.Entry<String, byte[]> e : nodes.entrySet()) {
+            slots.acquire();
+            c.create().inBackground((cl, ev) -> {
+                if (ev.getResultCode() != 0) error.compareAndSet(null, "create rc " + ev.getResultCode());
+                slots.release();
+                done.countDown();
+            }).forPath(e.getKey(), e.getValue());
+        }
+        if (!done.await(SCALE_WAIT_S, TimeUnit.SECONDS)) throw new IllegalStateException("creates timed out");
+        if (error.get() != null) throw new IllegalStateException(error.get());
+    }
+
+    static Report sHandoff() throws Exception {
+        List<Integer> steps = steps(1, 10, 100, 1000);
+        int max = Collections.max(steps);
+        CuratorFramework admin = client();
+        List<CuratorFramework> pool = clients(Math.min(20, max));
+        String root = setupRoot(admin);
+        List<Object> series = new ArrayList<>();
+        Lat last = new Lat();
+        long ops = 0;
+        boolean ok = true;
+        long start = System.nanoTime();
+        try {
+            for (int n : steps) {
+                String path = root + "/lock-" + n;
+                InterProcessMutex holder = new InterProcessMutex(admin, path);
+                if (!holder.acquire(SCALE_WAIT_S, TimeUnit.SECONDS)) throw new IllegalStateException("holder timed out");
+                Long w0 = serverWatches();
+                List<long[]> log = Collections.synchronizedList(new ArrayList<>());
+                AtomicInteger inside = new AtomicInteger();
+                AtomicInteger violations = new AtomicInteger();
+                AtomicInteger failures = new AtomicInteger();
+                AtomicReference<String> error = new AtomicReference<>();
+                long q0 = System.nanoTime();
+                List<Thread> ts = new ArrayList<>();
+                for (int i = 0; i < n; i++) {
+                    CuratorFramework c = pool.get(i % pool.size());
+                    Thread t = new Thread(() -> {
+                        try {
+                            InterProcessMutex m = new InterProcessMutex(c, path);
+                            if (!m.acquire(SCALE_WAIT_S, TimeUnit.SECONDS)) {
+                                failures.incrementAndGet();
+                                error.compareAndSet(null, "acquire timed out");
+                                return;
+                            }
+                            long got = System.nanoTime();
+                            if (inside.getAndIncrement() != 0) violations.incrementAndGet();
+                            inside.decrementAndGet();
+                            long rel = System.nanoTime();
+                            log.add(new long[] {got, rel});
+                            m.release();
+                        } catch (Throwable e) {
+                            failures.incrementAndGet();
+                            error.compareAndSet(null, e.toString());
+                        }
+                    }, "waiter-" + i);
+                    ts.add(t);
+                    t.start();
+                }
+                long deadline = System.nanoTime() + SCALE_WAIT_S * 1_000_000_000L;
+                while (holder.getParticipantNodes().size() <= n && System.nanoTime() < deadline) Thread.sleep(20);
+                Long w = serverWatches();
+                while (w0 != null && w != null && w < w0 + n && System.nanoTime() < deadline) {
+                    Thread.sleep(20);
+                    w = serverWatches();
+                }
+                long queued = System.nanoTime() - q0;
+                Double rss = rssMb();
+                double heap = heapAfterGcMb();
+                long t0 = System.nanoTime();
+                holder.release();
+                for (Thread t : ts) t.join();
+                long drain = System.nanoTime() - t0;
+                Lat lat = new Lat();
+                long prev = t0;
+                List<long[]> entries;
+                synchronized (log) {
+                    entries = new ArrayList<>(log);
+                }
+                for (long[] e : entries) {
+                    lat.add(Math.max(0, e[0] - prev));
+                    prev = e[1];
+                }
+                int leftover = holder.getParticipantNodes().size();
+                boolean stepOk = failures.get() == 0 && violations.get() == 0 && leftover == 0 && lat.size() == n;
+                ok &= stepOk;
+                ops += lat.size();
+                Map<String, Object> s = obj("waiters", n, "sessions", Math.min(pool.size(), n),
+                        "handoffs", lat.size(), "p50_ms", lat.pct(50), "p99_ms", lat.pct(99), "max_ms", lat.pct(100),
+                        "queue_ms", ms(queued), "drain_ms", ms(drain), "rss_mb", rss, "heap_after_gc_mb", heap,
+                        "server_watches", w, "server_watches_before", w0, "violations", violations.get(),
+                        "failures", failures.get());
+                if (error.get() != null) s.put("error", error.get());
+                series.add(s);
+                last = lat;
+            }
+        } finally {
+            teardownRoot(admin, root);
+            closeAll(pool);
+            admin.close();
+        }
+        Map<String, Object> p = baseParams();
+        p.put("steps", new ArrayList<Object>(steps));
+        p.put("max_sessions", 20);
+        return curve("S1-lock-handoff", p, ops, System.nanoTime() - start, last, ok, series)
+                .field("latency_of", "hand-off: one holder's release starting -> the next holder acquired"
+                        + " (top-level percentiles: the largest step)");
+    }
+
+    static String treeKey(int i) {
+        return String.format("key-%05d", i);
+    }
+
+    static String treeValue(int i, int v) {
+        return "{\"enabled\":" + (i % 2 == 0) + ",\"limit\":" + (100 + i % 50) + ",\"name\":\"" + treeKey(i)
+                + "\",\"v\":" + v + "}";
+    }
+
+    static Report sConfigtree() throws Exception {
+        List<Integer> steps = steps(10, 100, 1000, 10000);
+        CuratorFramework writer = client();
+        String root = setupRoot(writer);
+        List<Object> series = new ArrayList<>();
+        long ops = 0;
+        long start = System.nanoTime();
+        try {
+            for (int n : steps) {
+                String dir = root + "/tree-" + n;
+                writer.create().forPath(dir, new byte[0]);
+                Map<String, byte[]> nodes = new LinkedHashMap<>();
+                for (int i = 0; i < n; i++) nodes.put(dir + "/" + treeKey(i), treeValue(i, 0).getBytes(StandardCharsets.UTF_8));
+                createMany(writer, nodes);
+                CuratorFramework reader = client();
+                Map<String, String> view = new ConcurrentHashMap<>();
+                String prefix = dir + "/";
+                CountDownLatch init = new CountDownLatch(1);
+                double heap0 = heapAfterGcMb();
+                long t = System.nanoTime();
+                CuratorCache cache = CuratorCache.build(reader, dir);
+                try {
+                    cache.listenable().addListener(CuratorCacheListener.builder()
+                            .forCreatesAndChanges((oldNode, node) -> {
+                                if (node.getPath().startsWith(prefix)) {
+                                    view.put(node.getPath(), new String(node.getData(), StandardCharsets.UTF_8));
+                                    signal();
+                                }
+                            })
+                            .forInitialized(init::countDown)
+                            .build());
+                    cache.start();
+                    if (!init.await(SCALE_WAIT_S, TimeUnit.SECONDS)) throw new IllegalStateException("cache not initialized");
+                    long firstLoad = System.nanoTime() - t;
+                    int loaded = view.size();
+                    Double rss = rssMb();
+                    double heap = heapAfterGcMb();
+                    Long watches = serverWatches();
+                    Lat lat = new Lat();
+                    for (int j = 0; j < SCALE_CHANGES; j++) {
+                        int i = (j * 7919 + 3) % n;
+                        String path = prefix + treeKey(i);
+                        String v = treeValue(i, j + 1);
+                        long t1 = System.nanoTime();
+                        writer.setData().forPath(path, v.getBytes(StandardCharsets.UTF_8));
+                        if (!await(() -> v.equals(view.get(path)), CONVERGE_TIMEOUT_MS * 6)) {
+                            throw new IllegalStateException("change not seen");
+                        }
+                        lat.add(System.nanoTime() - t1);
+                    }
+                    ops += n;
+                    series.add(obj("keys", n, "first_load_ms", ms(firstLoad), "keys_loaded", loaded, "rss_mb", rss,
+                            "heap_after_gc_mb", heap, "heap_delta_bytes_per_key",
+                            Math.max(0, Math.round((heap - heap0) * 1024 * 1024 / n)),
+                            "change_p50_ms", lat.pct(50), "change_max_ms", lat.pct(100), "server_watches", watches));
+                } finally {
+                    cache.close();
+                    reader.close();
+                }
+                writer.delete().deletingChildrenIfNeeded().forPath(dir);
+            }
+        } finally {
+            teardownRoot(writer, root);
+            writer.close();
+        }
+        Map<String, Object> p = baseParams();
+        p.put("steps", new ArrayList<Object>(steps));
+        p.put("changes_per_step", SCALE_CHANGES);
+        return curve("S3-config-tree", p, ops, System.nanoTime() - start, new Lat(), true, series)
+                .field("latency_of", "first_load: CuratorCache start -> initialized; change: the writer's setData"
+                        + " starting -> the cache holding the new value");
+    }
+
+    static Report sDiscovery() throws Exception {
+        List<Integer> steps = steps(10, 100, 1000);
+        CuratorFramework watcher = client();
+        String root = setupRoot(watcher);
+        List<Object> series = new ArrayList<>();
+        long ops = 0;
+        boolean ok = true;
+        long start = System.nanoTime();
+        try {
+            for (int n : steps) {
+                int sessions = Math.min(10, n);
+                List<CuratorFramework> cs = clients(sessions);
+                String base = root + "/services-" + n + "/bench-svc";
+                String prefix = base + "/";
+                watcher.create().creatingParentContainersIfNeeded().forPath(base, new byte[0]);
+                Set<String> view = ConcurrentHashMap.newKeySet();
+                AtomicReference<Set<String>> target = new AtomicReference<>(Collections.emptySet());
+                AtomicLong convergedAt = new AtomicLong();
+                Runnable check = () -> {
+                    Set<String> tg = target.get();
+                    if (convergedAt.get() == 0 && view.size() == tg.size() && view.containsAll(tg)) {
+                        convergedAt.compareAndSet(0, System.nanoTime());
+                        signal();
+                    }
+                };
+                CuratorCache cache = CuratorCache.build(watcher, base);
+                List<CuratorFramework> open = new ArrayList<>(cs);
+                try {
+                    CountDownLatch init = new CountDownLatch(1);
+                    cache.listenable().addListener(CuratorCacheListener.builder()
+                            .forCreates(node -> {
+                                if (node.getPath().startsWith(prefix)) {
+                                    view.add(node.getPath().substring(prefix.length()));
+                                    check.run();
+                                }
+                            })
+                            .forDeletes(node -> {
+                                if (node.getPath().startsWith(prefix)) {
+                                    view.remove(node.getPath().substring(prefix.length()));
+                                    check.run();
+                                }
+                            })
+                            .forInitialized(init::countDown)
+                            .build());
+                    cache.start();
+                    if (!init.await(60, TimeUnit.SECONDS)) throw new IllegalStateException("cache not initialized");
+                    Set<String> all = new HashSet<>();
+                    for (int i = 0; i < n; i++) all.add(instId(i));
+                    convergedAt.set(0);
+                    target.set(all);
+                    CountDownLatch registered = new CountDownLatch(n);
+                    AtomicReference<String> error = new AtomicReference<>();
+                    long t0 = System.nanoTime();
+                    for (int i = 0; i < n; i++) {
+                        String id = instId(i);
+                        String json = "{\"name\":\"bench-svc\",\"id\":\"" + id + "\",\"address\":\"10.0.0.1\",\"port\":"
+                                + (8000 + i % 1000) + ",\"sslPort\":null,\"payload\":{\"zone\":\"z" + (i % 3)
+                                + "\",\"weight\":" + (i % 10) + "},\"registrationTimeUTC\":" + System.currentTimeMillis()
+                                + ",\"serviceType\":\"DYNAMIC\",\"uriSpec\":null}";
+                        cs.get(i % sessions).create().withMode(CreateMode.EPHEMERAL)
+                                .inBackground((cl, ev) -> {
+                                    if (ev.getResultCode() != 0) error.compareAndSet(null, "create rc " + ev.getResultCode());
+                                    registered.countDown();
+                                })
+                                .forPath(prefix + id, json.getBytes(StandardCharsets.UTF_8));
+                    }
+                    if (!registered.await(SCALE_WAIT_S, TimeUnit.SECONDS)) throw new IllegalStateException("registrations timed out");
+                    long registeredIn = System.nanoTime() - t0;
+                    if (error.get() != null) throw new IllegalStateException(error.get());
+                    boolean regOk = await(() -> convergedAt.get() != 0, CONVERGE_TIMEOUT_MS * 6);
+                    Long regConv = regOk ? convergedAt.get() - t0 : null;
+                    Double rss = rssMb();
+                    double heap = heapAfterGcMb();
+
+                    convergedAt.set(0);
+                    target.set(Collections.emptySet());
+                    List<Thread> closers = new ArrayList<>();
+                    long t1 = System.nanoTime();
+                    for (CuratorFramework c : cs) {
+                        Thread th = new Thread(c::close);
+                        closers.add(th);
+                        th.start();
+                    }
+                    open.clear();
+                    check.run();
+                    boolean closeOk = await(() -> convergedAt.get() != 0, CONVERGE_TIMEOUT_MS * 6);
+                    Long closeConv = closeOk ? convergedAt.get() - t1 : null;
+                    for (Thread th : closers) th.join();
+                    ok &= regOk && closeOk;
+                    ops += n;
+                    series.add(obj("instances", n, "sessions", sessions, "register_ms", ms(registeredIn),
+                            "register_converge_ms", regConv == null ? null : ms(regConv),
+                            "close_converge_ms", closeConv == null ? null : ms(closeConv),
+                            "rss_mb", rss, "heap_after_gc_mb", heap));
+                } finally {
+                    cache.close();
+                    closeAll(open);
+                }
+            }
+        } finally {
+            teardownRoot(watcher, root);
+            watcher.close();
+        }
+        Map<String, Object> p = baseParams();
+        p.put("steps", new ArrayList<Object>(steps));
+        p.put("max_sessions", 10);
+        p.put("recipe", "ephemeral ServiceInstance-like nodes + CuratorCache (curator-x-discovery is not packaged here)");
+        return curve("S4-discovery", p, ops, System.nanoTime() - start, new Lat(), ok, series)
+                .field("latency_of", "register_converge: the registrations starting -> the watcher sees all N;"
+                        + " close_converge: closing every registering session starting -> the watcher sees 0");
+    }
+
     // ---------------------------------------------------------------- main
 
     static String workloadName(String c) {
@@ -1100,13 +1503,17 @@ public class CuratorBench {
             case "w6counter": return "W6b-ids-counter";
             case "w7": return "W7-registration";
             case "w8": return "W8-progress";
+            case "s-handoff": return "S1-lock-handoff";
+            case "s-configtree": return "S3-config-tree";
+            case "s-discovery": return "S4-discovery";
             default: return null;
         }
     }
 
     static void usage(String why) {
         System.err.println("CuratorBench: " + why);
-        System.err.println("usage: CuratorBench <w1|w2|w3|w4|w5|w6seq|w6counter|w7|w8> --zk HOST:PORT"
+        System.err.println("usage: CuratorBench <w1|w2|w3|w4|w5|w6seq|w6counter|w7|w8|s-handoff|s-configtree|s-discovery>"
+                + " --zk HOST:PORT"
                 + " [--scale F] [--session-ms N] [--batch N] [--multi N] [--in-flight N]");
         System.exit(2);
     }
@@ -1143,6 +1550,9 @@ public class CuratorBench {
                 case "w6counter": r = w6counter(); break;
                 case "w7": r = w7(); break;
                 case "w8": r = w8(); break;
+                case "s-handoff": r = sHandoff(); break;
+                case "s-configtree": r = sConfigtree(); break;
+                case "s-discovery": r = sDiscovery(); break;
                 default: throw new IllegalStateException("unreachable");
             }
         } catch (Throwable t) {

@@ -526,7 +526,10 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> TreeDriver<T> {
                             pending = Some(names.iter().cloned().collect());
                         }
                         if let Some(p) = &mut pending {
-                            p.retain(|k| names.contains(k));
+                            // A set, not `names.contains`: linear, not quadratic, in the keys.
+                            let listed: std::collections::HashSet<&str> =
+                                names.iter().map(|s| s.as_str()).collect();
+                            p.retain(|k| listed.contains(k.as_str()));
                         }
                         self.apply_children(&names);
                         self.loaded_check(&mut pending);

@@ -371,7 +371,8 @@ impl Stream for Discovery {
 async fn run(mut cache: ChildCache, tx: watch::Sender<Snapshot>) {
     // Parsed instances by child name, with the stat they were parsed from.
     let mut parsed: HashMap<String, ((i64, i64), Option<ServiceInstance>)> = HashMap::new();
-    let mut last: Option<Vec<ServiceInstance>> = None;
+    // The set last sent, shared with the receivers (no second deep copy per build).
+    let mut last: Option<Arc<Vec<ServiceInstance>>> = None;
     let mut built_at = u64::MAX;
     loop {
         if !cache.step().await {
@@ -406,9 +407,10 @@ async fn run(mut cache: ChildCache, tx: watch::Sender<Snapshot>) {
             }
         }
         v.sort_by(|a, b| a.id.cmp(&b.id));
-        if last.as_ref() != Some(&v) {
+        if last.as_deref() != Some(&v) {
+            let v = Arc::new(v);
             last = Some(v.clone());
-            if tx.send(Some(Arc::new(v))).is_err() {
+            if tx.send(Some(v)).is_err() {
                 return;
             }
         }

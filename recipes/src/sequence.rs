@@ -60,7 +60,15 @@ pub(crate) fn contenders(
         .or_else(|| v.first().map(|c| c.seq))
         .unwrap_or(0)
         .wrapping_sub(1 << 30);
-    v.sort_by_key(|c| (c.seq.wrapping_sub(base) as u32, c.name.clone()));
+    // A comparator, not `sort_by_key`: a key holding the name would clone it at every
+    // comparison (O(n log n) allocations for a queue of n, on every wake-up of a waiter).
+    v.sort_by(|a, b| {
+        let (ka, kb) = (
+            a.seq.wrapping_sub(base) as u32,
+            b.seq.wrapping_sub(base) as u32,
+        );
+        ka.cmp(&kb).then_with(|| a.name.cmp(&b.name))
+    });
     v
 }
 

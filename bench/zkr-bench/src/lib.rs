@@ -18,6 +18,7 @@ pub mod locks;
 pub mod progress;
 pub mod raw;
 pub mod registration;
+pub mod scale;
 
 use std::fmt;
 use std::future::Future;

@@ -55,6 +55,18 @@ enum Workload {
     W7,
     /// W8-progress: 20 workers update their ephemeral progress nodes 100 times; a coordinator watches
     W8,
+    /// S1-lock-handoff: 1, 10, 100, 1,000 waiters on one Mutex; hand-off latency, RSS, server watches
+    #[command(name = "s-handoff")]
+    SHandoff,
+    /// S2-watch-streams: 10 .. 10,000 data-watch streams on one session; memory per stream, write-to-all latency
+    #[command(name = "s-watches")]
+    SWatches,
+    /// S3-config-tree: a ConfigTree of 10 .. 10,000 keys; first load, RSS, latency of one change
+    #[command(name = "s-configtree")]
+    SConfigtree,
+    /// S4-discovery: 10, 100, 1,000 instances; convergence after mass registration and mass close
+    #[command(name = "s-discovery")]
+    SDiscovery,
 }
 
 impl Workload {
@@ -73,6 +85,10 @@ impl Workload {
             Workload::W6blocks => "w6blocks",
             Workload::W7 => "w7",
             Workload::W8 => "w8",
+            Workload::SHandoff => "s-handoff",
+            Workload::SWatches => "s-watches",
+            Workload::SConfigtree => "s-configtree",
+            Workload::SDiscovery => "s-discovery",
         }
     }
 
@@ -91,6 +107,10 @@ impl Workload {
             Workload::W6blocks => bench::ids::W6C,
             Workload::W7 => bench::registration::W7,
             Workload::W8 => bench::progress::W8,
+            Workload::SHandoff => bench::scale::S_HANDOFF,
+            Workload::SWatches => bench::scale::S_WATCHES,
+            Workload::SConfigtree => bench::scale::S_CONFIGTREE,
+            Workload::SDiscovery => bench::scale::S_DISCOVERY,
         }
     }
 
@@ -107,6 +127,10 @@ impl Workload {
             Workload::W6blocks => bench::ids::blocks_params(b),
             Workload::W7 => bench::registration::params(b),
             Workload::W8 => bench::progress::params(b),
+            Workload::SHandoff => bench::scale::handoff_params(b),
+            Workload::SWatches => bench::scale::watches_params(b),
+            Workload::SConfigtree => bench::scale::configtree_params(b),
+            Workload::SDiscovery => bench::scale::discovery_params(b),
         }
     }
 
@@ -125,6 +149,10 @@ impl Workload {
             Workload::W6blocks => bench::ids::w6blocks(b).await,
             Workload::W7 => bench::registration::w7(b).await,
             Workload::W8 => bench::progress::w8(b).await,
+            Workload::SHandoff => bench::scale::handoff(b).await,
+            Workload::SWatches => bench::scale::watches(b).await,
+            Workload::SConfigtree => bench::scale::configtree(b).await,
+            Workload::SDiscovery => bench::scale::discovery(b).await,
         }
     }
 }
