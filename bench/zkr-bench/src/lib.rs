@@ -16,6 +16,7 @@ pub mod locks;
 pub mod progress;
 pub mod raw;
 pub mod registration;
+pub mod tree_cache;
 
 use std::fmt;
 use std::future::Future;

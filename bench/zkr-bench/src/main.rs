@@ -53,6 +53,8 @@ enum Workload {
     W7,
     /// W8-progress: 20 workers update their ephemeral progress nodes 100 times; a coordinator watches
     W8,
+    /// W9-tree-cache: a tree cache of 10,000 nodes: first load, then 200 changes' latency
+    W9,
 }
 
 impl Workload {
@@ -71,6 +73,7 @@ impl Workload {
             Workload::W6blocks => "w6blocks",
             Workload::W7 => "w7",
             Workload::W8 => "w8",
+            Workload::W9 => "w9",
         }
     }
 
@@ -89,6 +92,7 @@ impl Workload {
             Workload::W6blocks => bench::ids::W6C,
             Workload::W7 => bench::registration::W7,
             Workload::W8 => bench::progress::W8,
+            Workload::W9 => bench::tree_cache::W9,
         }
     }
 
@@ -105,6 +109,7 @@ impl Workload {
             Workload::W6blocks => bench::ids::blocks_params(b),
             Workload::W7 => bench::registration::params(b),
             Workload::W8 => bench::progress::params(b),
+            Workload::W9 => bench::tree_cache::params(b),
         }
     }
 
@@ -123,6 +128,7 @@ impl Workload {
             Workload::W6blocks => bench::ids::w6blocks(b).await,
             Workload::W7 => bench::registration::w7(b).await,
             Workload::W8 => bench::progress::w8(b).await,
+            Workload::W9 => bench::tree_cache::w9(b).await,
         }
     }
 }
