@@ -28,6 +28,7 @@ pub mod rwlock;
 pub mod semaphore;
 mod sequence;
 pub mod sequential_ids;
+pub mod tree_cache;
 mod wait;
 pub mod work_queue;
 
@@ -45,6 +46,10 @@ pub use registration::{Registration, RegistrationStatus, ServiceInstance};
 pub use rwlock::RwLock;
 pub use semaphore::{Lease, Semaphore};
 pub use sequential_ids::SequentialIds;
+pub use tree_cache::{
+    CacheEvent, CacheSnapshot, CacheStatus, CacheSubscription, CacheUpdate, CachedNode, PathCache,
+    TreeCache,
+};
 pub use work_queue::{
     ClaimedTask, Coordinator, QueueSnapshot, TaskState, TaskView, WorkQueue, Worker,
 };
