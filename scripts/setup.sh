@@ -2,6 +2,7 @@
 # - Java and Apache ZooKeeper 3.8 (Debian's `zookeeper` package: jars in /usr/share/java)
 # - Apache Curator 5.4 jars (libcurator-recipes-java) and kazoo 2.8 (python3-kazoo), for the
 #   interoperability tests
+# - Chromium and chromedriver, for the `zkr ui` browser test
 # - a Rust toolchain (cargo) must already be there.
 
 zkr_need_root() {
@@ -16,6 +17,9 @@ zkr_setup() {
     [ -d /usr/lib/python3/dist-packages/kazoo ] || missing+=(python3-kazoo)
     command -v java >/dev/null || missing+=(default-jre-headless)
     command -v javac >/dev/null || missing+=(default-jdk-headless)
+    # The `zkr ui` browser test (cli/tests/cli_ui.rs): headless Chromium through chromedriver.
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "zkr: installing ${missing[*]} (apt-get)" >&2
         zkr_need_root apt-get update -qq

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use zkr_cli::cmd::{
-    self, acl, config, elect, id, lock, node, queue, register, watch, CliError, GlobalOpts,
+    self, acl, config, elect, id, lock, node, queue, register, ui, watch, CliError, GlobalOpts,
 };
 
 /// Command-line client for ZooKeeper (zkr SDK).
@@ -66,6 +66,9 @@ enum Command {
     Queue(queue::QueueArgs),
     /// A node's ACL: get, set (SCHEME:ID:PERMS entries), or the digest of USER:PASSWORD
     Acl(acl::AclArgs),
+    /// Serve a live, read-only web view of locks, elections, config, services, work queues and
+    /// the tree (page embedded; loopback by default) until Ctrl-C
+    Ui(ui::UiArgs),
 }
 
 /// Input a command needs that is read before connecting (so that e.g. stdin is consumed and
@@ -90,6 +93,7 @@ impl Command {
             Command::Id(a) => cmd::check_path(a.op.path(), false).map(|_| Input::None),
             Command::Services(a) => cmd::check_path(&a.base, false).map(|_| Input::None),
             Command::Acl(a) => cmd::check_path(a.op.path(), false).map(|_| Input::None),
+            Command::Ui(a) => cmd::check_path(&a.root, false).map(|_| Input::None),
             Command::Register(a) => {
                 cmd::check_path(&a.base, false)?;
                 let data = cmd::data_arg(a.data.as_deref())?;
@@ -168,6 +172,7 @@ impl Command {
             Command::Services(a) => register::services(ctx, a).await,
             Command::Queue(a) => queue::run(ctx, a, data).await,
             Command::Acl(a) => acl::run(ctx, a).await,
+            Command::Ui(a) => ui::run(ctx, a).await,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod lock;
 pub mod node;
 pub mod queue;
 pub mod register;
+pub mod ui;
 pub mod watch;
 
 use std::fmt;
