@@ -20,13 +20,14 @@
 //   w8         ephemeral progress nodes updated with setData; a CuratorCache coordinator
 //              (--in-flight N: up to N inBackground setData per worker, like zkr's pipelining;
 //              default 1: plain synchronous setData)
+//   w9         CuratorCache (default options) of a 10,000-node tree: first load, change latency
 //   s-handoff     InterProcessMutex: 1, 10, 100, 1,000 waiters (one thread and one mutex each)
 //   s-configtree  CuratorCache over a node with 10 .. 10,000 children
 //   s-discovery   ephemeral ServiceInstance-like nodes and a CuratorCache, as in w7
 //   (the scale workloads print a "series" array, one object per step, like zkr-bench's;
 //   memory: VmRSS and the used heap after a full GC; s-watches has no Curator peer)
 //
-// Usage: java -cp <curator jars>:<dir> CuratorBench <w1|...|w8|s-handoff|s-configtree|s-discovery>
+// Usage: java -cp <curator jars>:<dir> CuratorBench <w1|...|w9|s-handoff|s-configtree|s-discovery>
 //            --zk HOST:PORT [--scale F] [--session-ms N] [--batch N] [--multi N] [--in-flight N]
 // Prints exactly one JSON line on stdout; exit 0 iff the run's own check passed (ok: true).
 
@@ -1490,6 +1491,98 @@ public class CuratorBench {
                         + " close_converge: closing every registering session starting -> the watcher sees 0");
     }
 
+    // ---------------------------------------------------------------- W9: tree cache
+
+    static Report w9() throws Exception {
+        final int dirs = 100;
+        final int nodes = Math.max(dirs * 2, scaled(10_000));
+        final int leaves = nodes / dirs - 1;
+        final int changes = scaled(200);
+        final int total = 1 + dirs * (leaves + 1);
+        CuratorFramework admin = client();
+        CuratorFramework cached = client();
+        String root = setupRoot(admin);
+        CuratorCache cache = null;
+        Lat lat = new Lat();
+        long firstLoad, el;
+        int nodesCached, missed = 0;
+        try {
+            // The tree (not timed): creates pipelined with inBackground (createMany).
+            List<String> leafPaths = new ArrayList<>();
+            List<String> dirPaths = new ArrayList<>();
+            for (int d = 0; d < dirs; d++) dirPaths.add(String.format("%s/d%03d", root, d));
+            Map<String, byte[]> dirNodes = new LinkedHashMap<>();
+            for (String d : dirPaths) dirNodes.put(d, "directory".getBytes(StandardCharsets.UTF_8));
+            createMany(admin, dirNodes);
+            for (String d : dirPaths) {
+                for (int l = 0; l < leaves; l++) leafPaths.add(String.format("%s/leaf%03d", d, l));
+            }
+            Map<String, byte[]> leafNodes = new LinkedHashMap<>();
+            for (int i = 0; i < leafPaths.size(); i++) {
+                leafNodes.put(leafPaths.get(i), String.format("%032d", i % 1000).getBytes(StandardCharsets.UTF_8));
+            }
+            createMany(admin, leafNodes);
+
+            final CountDownLatch loaded = new CountDownLatch(1);
+            final AtomicReference<String> wantPath = new AtomicReference<>("");
+            final AtomicReference<byte[]> wantData = new AtomicReference<>(new byte[0]);
+            final AtomicLong seenAt = new AtomicLong(0);
+            long t0 = System.nanoTime();
+            cache = CuratorCache.build(cached, root);
+            cache.listenable().addListener(CuratorCacheListener.builder()
+                    .forInitialized(loaded::countDown)
+                    .forChanges((oldNode, node) -> {
+                        if (node.getPath().equals(wantPath.get())
+                                && Arrays.equals(node.getData(), wantData.get())) {
+                            seenAt.set(System.nanoTime());
+                            signal();
+                        }
+                    })
+                    .build());
+            cache.start();
+            if (!loaded.await(120, TimeUnit.SECONDS)) {
+                throw new IllegalStateException("CuratorCache did not initialise within 120 s");
+            }
+            firstLoad = System.nanoTime() - t0;
+            nodesCached = (int) cache.size();
+
+            long start = System.nanoTime();
+            for (int i = 0; i < changes; i++) {
+                String path = leafPaths.get((i * 37) % Math.max(1, leafPaths.size()));
+                byte[] data = String.format("change-%026d", i).getBytes(StandardCharsets.UTF_8);
+                seenAt.set(0);
+                wantData.set(data);
+                wantPath.set(path);
+                long t = System.nanoTime();
+                admin.setData().forPath(path, data);
+                if (await(() -> seenAt.get() != 0, CONVERGE_TIMEOUT_MS)) {
+                    lat.add(seenAt.get() - t);
+                } else {
+                    missed++;
+                }
+            }
+            el = System.nanoTime() - start;
+        } finally {
+            if (cache != null) cache.close();
+            teardownRoot(admin, root);
+            cached.close();
+            admin.close();
+        }
+        Map<String, Object> p = baseParams();
+        p.put("changes", changes);
+        p.put("dirs", dirs);
+        p.put("leaves_per_dir", leaves);
+        p.put("nodes", dirs * (leaves + 1));
+        p.put("value_bytes", 32);
+        Report r = new Report("W9-tree-cache", p, changes, el, lat, nodesCached == total && missed == 0);
+        r.m.put("ops_per_s", null);
+        return r.field("first_load_ms", ms(firstLoad))
+                .field("first_load_nodes_per_s", (double) Math.round(total / (firstLoad / 1e9)))
+                .field("latency_of", "setData start -> the CuratorCache listener sees the change")
+                .field("missed_changes", missed)
+                .field("nodes_cached", nodesCached);
+    }
+
     // ---------------------------------------------------------------- main
 
     static String workloadName(String c) {
@@ -1506,13 +1599,14 @@ public class CuratorBench {
             case "s-handoff": return "S1-lock-handoff";
             case "s-configtree": return "S3-config-tree";
             case "s-discovery": return "S4-discovery";
+            case "w9": return "W9-tree-cache";
             default: return null;
         }
     }
 
     static void usage(String why) {
         System.err.println("CuratorBench: " + why);
-        System.err.println("usage: CuratorBench <w1|w2|w3|w4|w5|w6seq|w6counter|w7|w8|s-handoff|s-configtree|s-discovery>"
+        System.err.println("usage: CuratorBench <w1|w2|w3|w4|w5|w6seq|w6counter|w7|w8|w9|s-handoff|s-configtree|s-discovery>"
                 + " --zk HOST:PORT"
                 + " [--scale F] [--session-ms N] [--batch N] [--multi N] [--in-flight N]");
         System.exit(2);
@@ -1553,6 +1647,7 @@ public class CuratorBench {
                 case "s-handoff": r = sHandoff(); break;
                 case "s-configtree": r = sConfigtree(); break;
                 case "s-discovery": r = sDiscovery(); break;
+                case "w9": r = w9(); break;
                 default: throw new IllegalStateException("unreachable");
             }
         } catch (Throwable t) {

@@ -19,6 +19,7 @@ pub mod progress;
 pub mod raw;
 pub mod registration;
 pub mod scale;
+pub mod tree_cache;
 
 use std::fmt;
 use std::future::Future;

@@ -67,6 +67,8 @@ enum Workload {
     /// S4-discovery: 10, 100, 1,000 instances; convergence after mass registration and mass close
     #[command(name = "s-discovery")]
     SDiscovery,
+    /// W9-tree-cache: a tree cache of 10,000 nodes: first load, then 200 changes' latency
+    W9,
 }
 
 impl Workload {
@@ -89,6 +91,7 @@ impl Workload {
             Workload::SWatches => "s-watches",
             Workload::SConfigtree => "s-configtree",
             Workload::SDiscovery => "s-discovery",
+            Workload::W9 => "w9",
         }
     }
 
@@ -111,6 +114,7 @@ impl Workload {
             Workload::SWatches => bench::scale::S_WATCHES,
             Workload::SConfigtree => bench::scale::S_CONFIGTREE,
             Workload::SDiscovery => bench::scale::S_DISCOVERY,
+            Workload::W9 => bench::tree_cache::W9,
         }
     }
 
@@ -131,6 +135,7 @@ impl Workload {
             Workload::SWatches => bench::scale::watches_params(b),
             Workload::SConfigtree => bench::scale::configtree_params(b),
             Workload::SDiscovery => bench::scale::discovery_params(b),
+            Workload::W9 => bench::tree_cache::params(b),
         }
     }
 
@@ -153,6 +158,7 @@ impl Workload {
             Workload::SWatches => bench::scale::watches(b).await,
             Workload::SConfigtree => bench::scale::configtree(b).await,
             Workload::SDiscovery => bench::scale::discovery(b).await,
+            Workload::W9 => bench::tree_cache::w9(b).await,
         }
     }
 }
