@@ -164,6 +164,17 @@ fn node_round_trip() {
     // A missing parent is explained.
     fails(zkr(&["create", &format!("{r}/x/y")]), 3, "use --parents");
 
+    // ls -R draws the subtree.
+    ok(zkr(&["create", &format!("{r}/a/b")]));
+    let tree = ok(zkr(&["ls", "-R", &format!("{r}/a")]));
+    assert_eq!(tree, format!("{r}/a\n└── b\n"));
+    let tree = ok(zkr(&["ls", "--recursive", &r]));
+    assert!(
+        tree.starts_with(&format!("{r}\n├── a\n│   └── b\n├── node\n")),
+        "{tree}"
+    );
+    ok(zkr(&["delete", &format!("{r}/a/b")]));
+
     // delete: version check, not-empty, recursive.
     fails(
         zkr(&["delete", &n, "--version", "7"]),

@@ -10,6 +10,9 @@ use super::{eprint_json_line, print_json_line, print_raw, CliError, Ctx, StatJso
 pub struct LsArgs {
     /// Node whose children to list
     pub path: String,
+    /// The whole subtree, drawn as a tree (PATH first, children sorted)
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
 }
 
 /// `zkr get PATH`
@@ -82,6 +85,9 @@ pub struct StatArgs {
 
 /// Children of PATH, sorted, one per line.
 pub async fn ls(ctx: &Ctx, args: &LsArgs) -> Result<(), CliError> {
+    if args.recursive {
+        return ls_tree(ctx, &args.path).await;
+    }
     let mut children = ctx.client.get_children(&args.path).await?;
     children.sort_unstable();
     let mut out = String::new();
@@ -90,6 +96,62 @@ pub async fn ls(ctx: &Ctx, args: &LsArgs) -> Result<(), CliError> {
         out.push('\n');
     }
     print_raw(out.as_bytes())
+}
+
+/// `ls -R`: lists the subtree level by level (every listing of a level pipelined), then draws
+/// it. Nodes deleted during the walk are left out; PATH itself must exist.
+async fn ls_tree(ctx: &Ctx, root: &str) -> Result<(), CliError> {
+    use futures::StreamExt;
+    let mut kids: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut level = vec![root.to_string()];
+    let mut first = true;
+    while !level.is_empty() {
+        let listed: Vec<(String, Result<Vec<String>, Error>)> = futures::stream::iter(level)
+            .map(|p| async move {
+                let r = ctx.client.get_children(&p).await;
+                (p, r)
+            })
+            .buffered(64)
+            .collect()
+            .await;
+        let mut next = Vec::new();
+        for (p, r) in listed {
+            let mut names = match r {
+                Ok(n) => n,
+                Err(Error::NoNode { .. }) if !first => continue,
+                Err(e) => return Err(e.into()),
+            };
+            names.sort_unstable();
+            next.extend(names.iter().map(|n| zkr::path::join(&p, n)));
+            kids.insert(p, names);
+        }
+        first = false;
+        level = next;
+    }
+    print_raw(draw_tree(root, &kids).as_bytes())
+}
+
+/// Draws `root` and its descendants with box-drawing branches, children in the given order.
+pub fn draw_tree(root: &str, kids: &std::collections::HashMap<String, Vec<String>>) -> String {
+    let mut out = format!("{root}\n");
+    // (path, prefix for its children)
+    let mut stack: Vec<(String, String, bool, String)> = Vec::new();
+    let push_children = |stack: &mut Vec<(String, String, bool, String)>, p: &str, prefix: &str| {
+        if let Some(names) = kids.get(p) {
+            for (i, n) in names.iter().enumerate().rev() {
+                let last = i + 1 == names.len();
+                stack.push((zkr::path::join(p, n), n.clone(), last, prefix.to_string()));
+            }
+        }
+    };
+    push_children(&mut stack, root, "");
+    while let Some((path, name, last, prefix)) = stack.pop() {
+        let branch = if last { "└── " } else { "├── " };
+        out.push_str(&format!("{prefix}{branch}{name}\n"));
+        let child_prefix = format!("{prefix}{}", if last { "    " } else { "│   " });
+        push_children(&mut stack, &path, &child_prefix);
+    }
+    out
 }
 
 /// Data of PATH, raw on stdout.
@@ -220,5 +282,23 @@ pub async fn stat(ctx: &Ctx, args: &StatArgs) -> Result<(), CliError> {
             path: args.path.clone(),
         }
         .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_drawing() {
+        let mut kids = std::collections::HashMap::new();
+        kids.insert("/app".to_string(), vec!["a".to_string(), "b".to_string()]);
+        kids.insert("/app/a".to_string(), vec!["x".to_string()]);
+        kids.insert("/app/a/x".to_string(), vec![]);
+        kids.insert("/app/b".to_string(), vec!["y".to_string()]);
+        assert_eq!(
+            draw_tree("/app", &kids),
+            "/app\n├── a\n│   └── x\n└── b\n    └── y\n"
+        );
     }
 }

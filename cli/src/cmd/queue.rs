@@ -10,7 +10,8 @@
 //!   exit status 0 completes the task (result: the last other stdout line), anything else fails
 //!   it. One JSON line per claimed / completed / failed task.
 //! * `status PATH [--watch]` prints every task (state, owner, progress, result) as one JSON
-//!   line; `--watch` prints one per change until Ctrl-C (or `--count N` lines).
+//!   line; `--watch` prints one per change until Ctrl-C (or `--count N` lines). When stdout is
+//!   a terminal, `--watch` redraws progress bars instead (one line per task).
 
 use std::time::Duration;
 
@@ -18,7 +19,9 @@ use serde_json::{json, Value};
 use zkr_recipes::{ClaimedTask, WorkQueue};
 
 use super::config::recipe_err;
-use super::{follow, log_session_states, print_json_line, shutdown_signal, CliError, Ctx};
+use super::{
+    follow, log_session_states, print_json_line, print_raw, shutdown_signal, CliError, Ctx,
+};
 
 /// `zkr queue ...`
 #[derive(clap::Args, Debug)]
@@ -100,6 +103,14 @@ pub async fn run(ctx: &Ctx, args: &QueueArgs, input: &[u8]) -> Result<(), CliErr
                 return print_json_line(&s);
             }
             let coord = q.coordinator().map_err(recipe_err)?;
+            use std::io::IsTerminal;
+            if std::io::stdout().is_terminal() {
+                let path = args.op.path().to_string();
+                return follow(&ctx.client, coord, *count, |s| {
+                    print_raw(render_bars(&path, &s, 30).as_bytes()).map(|_| true)
+                })
+                .await;
+            }
             follow(&ctx.client, coord, *count, |s| {
                 print_json_line(&s).map(|_| true)
             })
@@ -233,5 +244,88 @@ async fn work(
             task.fail(&msg).await?;
             Ok(json!({"event": "failed", "task": id, "error": msg}))
         }
+    }
+}
+
+/// One screen of progress bars (clears the terminal first): a header with the counts, then one
+/// line per task: id, state, a bar `width` cells wide, percent, worker and message or error.
+pub fn render_bars(path: &str, s: &zkr_recipes::QueueSnapshot, width: usize) -> String {
+    use zkr_recipes::TaskState;
+    let count = |st| s.count(st);
+    let mut out = format!(
+        "\x1b[H\x1b[2J{path}: {} pending, {} running, {} completed, {} failed\n",
+        count(TaskState::Pending),
+        count(TaskState::Running),
+        count(TaskState::Completed),
+        count(TaskState::Failed)
+    );
+    for t in &s.tasks {
+        let (state, pct) = match t.state {
+            TaskState::Pending => ("pending", 0.0),
+            TaskState::Running => ("running", t.percent.unwrap_or(0.0)),
+            TaskState::Completed => ("completed", 100.0),
+            TaskState::Failed => ("failed", t.percent.unwrap_or(0.0)),
+        };
+        let pct = pct.clamp(0.0, 100.0);
+        // Whole cells, rounded down: a bar is full only at 100 %.
+        let full = ((pct / 100.0) * width as f64).floor() as usize;
+        let bar = format!(
+            "{}{}",
+            "#".repeat(full),
+            "-".repeat(width - full.min(width))
+        );
+        let note = t
+            .error
+            .as_deref()
+            .or(t.message.as_deref())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{:<16} {:<9} [{bar}] {:>5.1}% {:<12} {note}\n",
+            t.id,
+            state,
+            pct,
+            t.owner.as_deref().unwrap_or("")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zkr_recipes::{QueueSnapshot, TaskState, TaskView};
+
+    fn task(id: &str, state: TaskState, percent: Option<f64>) -> TaskView {
+        TaskView {
+            id: id.into(),
+            state,
+            payload: Value::Null,
+            owner: Some("w1".into()),
+            percent,
+            message: Some("working".into()),
+            result: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn bars_show_state_and_progress() {
+        let s = QueueSnapshot {
+            tasks: vec![
+                task("task-0000000001", TaskState::Running, Some(40.0)),
+                task("task-0000000002", TaskState::Completed, None),
+                task("task-0000000003", TaskState::Pending, None),
+            ],
+        };
+        let out = render_bars("/jobs", &s, 10);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].ends_with("/jobs: 1 pending, 1 running, 1 completed, 0 failed"));
+        assert!(
+            lines[1].contains("running   [####------]  40.0% w1"),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[2].contains("[##########] 100.0%"), "{}", lines[2]);
+        assert!(lines[3].contains("[----------]   0.0%"), "{}", lines[3]);
     }
 }
