@@ -203,7 +203,7 @@ pub struct Model {
     pub queues: Vec<QueueView>,
     /// The tree browser's nodes (at most [`TREE_LIMIT`]).
     pub tree: Vec<TreeNodeView>,
-    /// Number of nodes cached.
+    /// Number of nodes cached (ZooKeeper's own `/zookeeper` subtree left out).
     pub tree_total: usize,
 }
 
@@ -358,6 +358,31 @@ fn seq_of(name: &str) -> Option<i64> {
     digits.parse().ok()
 }
 
+/// The start of `data` for the tree browser: text when it is printable UTF-8, else hex.
+fn preview(data: &[u8]) -> String {
+    let printable = |s: &str| !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t');
+    match std::str::from_utf8(data) {
+        Ok(s) if printable(s) => {
+            let mut out = s.to_string();
+            if out.len() > PREVIEW {
+                let mut cut = PREVIEW;
+                while !out.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                out.truncate(cut);
+                out.push('…');
+            }
+            out
+        }
+        _ => {
+            let shown = &data[..data.len().min(PREVIEW / 2)];
+            let hex: String = shown.iter().map(|b| format!("{b:02x}")).collect();
+            let more = if shown.len() < data.len() { "…" } else { "" };
+            format!("0x{hex}{more}")
+        }
+    }
+}
+
 fn contender(n: &CachedNode) -> Contender {
     Contender {
         node: n.name().to_string(),
@@ -412,7 +437,6 @@ pub fn build(
         root: cache.root().to_string(),
         seq: snap.seq(),
         generated_at: now_ms(),
-        tree_total: snap.len(),
         ..Model::default()
     };
     let now = now_ms();
@@ -424,6 +448,7 @@ pub fn build(
         if n.path == "/zookeeper" || n.path.starts_with("/zookeeper/") {
             continue;
         }
+        m.tree_total += 1;
         let kids = snap.children(&n.path);
         let locks: Vec<Contender> = kids
             .iter()
@@ -496,15 +521,7 @@ pub fn build(
                 "/" => n.path.matches('/').count(),
                 r => n.path[r.len()..].matches('/').count(),
             };
-            let mut preview = text(n);
-            if preview.len() > PREVIEW {
-                let mut cut = PREVIEW;
-                while !preview.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                preview.truncate(cut);
-                preview.push('…');
-            }
+            let preview = preview(&n.data);
             m.tree.push(TreeNodeView {
                 path: n.path.clone(),
                 depth,
@@ -596,6 +613,8 @@ mod tests {
         assert!(is_lock_node("a1b2__lock__0000000001"));
         assert!(!is_lock_node("_c_6a1e-latch-0000000001"));
         assert!(is_latch_node("_c_6a1e-latch-0000000001"));
+        assert_eq!(preview(b"hello"), "hello");
+        assert_eq!(preview(&[0, 0, 0, 12]), "0x0000000c");
         let inst = serde_json::json!({"name":"api","id":"i1","registrationTimeUTC":1});
         assert!(is_service_instance(&inst));
         assert!(!is_service_instance(&serde_json::json!({"name":"x"})));

@@ -28,7 +28,7 @@
       const hd = l.holder;
       h += `<tr class="lock" data-lock="${esc(l.path)}"><td class="mono">${esc(l.path)}</td>` +
         (hd
-          ? `<td class="holder" title="${esc(hd.node)}">${esc(who(hd))}</td><td class="mono">${esc(hd.session)}</td>` +
+          ? `<td><span class="holder">${esc(who(hd))}</span><div class="node">${esc(hd.node)}</div></td><td class="mono">${esc(hd.session)}</td>` +
             `<td class="mono token">${esc(l.token)}</td><td>${esc(time(l.heldSince))} <span class="dim">${esc(ago(l.heldSince))}</span></td>`
           : '<td class="free">free</td><td></td><td></td><td></td>') +
         `<td class="waiters">${l.waiters.map((w) => esc(who(w))).join(" → ") || "—"}</td></tr>`;
@@ -41,7 +41,7 @@
     let h = "<table><tr><th>election</th><th>leader</th><th>fence</th><th>participants</th></tr>";
     for (const e of els) {
       h += `<tr class="election" data-election="${esc(e.path)}"><td class="mono">${esc(e.path)}</td>` +
-        `<td class="leader">${esc(e.leader || "—")}</td><td class="mono">${esc(e.fence)}</td>` +
+        `<td><span class="leader">${esc(e.leader || "—")}</span><div class="node">${esc(e.participants.length ? e.participants[0].node : "")}</div></td><td class="mono">${esc(e.fence)}</td>` +
         `<td>${e.participants.map((p) => esc(who(p))).join(", ")}</td></tr>`;
     }
     return h + "</table>";
