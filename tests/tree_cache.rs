@@ -543,3 +543,59 @@ async fn path_cache_one_level_with_data() {
     drop(cache);
     c.delete_recursive(&r).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_and_depth_bounds_and_drop_ends_subscriptions() {
+    init_tracing();
+    let c = client(&zk().connect_string(), 10_000).await;
+    let r = root("tc-bounds");
+    c.create_with_parents(&format!("{r}/a/b/c"), b"deep", CreateMode::Persistent)
+        .await
+        .unwrap();
+    let big = vec![7u8; 5000];
+    c.set_data(&format!("{r}/a"), &big, None).await.unwrap();
+    let cache = TreeCache::builder(&c, &r)
+        .max_data_bytes(100)
+        .max_depth(2)
+        .start()
+        .unwrap();
+    let snap = cache.wait_loaded(T).await.unwrap();
+    let paths: Vec<&str> = snap.iter().map(|n| n.path.as_str()).collect();
+    let (a, b) = (format!("{r}/a"), format!("{r}/a/b"));
+    assert_eq!(
+        paths,
+        [r.as_str(), a.as_str(), b.as_str()],
+        "two levels only"
+    );
+    let node_a = snap.get(&a).unwrap();
+    assert_eq!(node_a.data.len(), 100, "data cut to the bound");
+    assert!(node_a.truncated);
+    assert_eq!(
+        node_a.stat.data_length, 5000,
+        "the stat still tells the real size"
+    );
+    assert!(!snap.get(&b).unwrap().truncated);
+
+    // Changes below the depth bound are not cached.
+    let mut sub = cache.subscribe();
+    c.create(&format!("{r}/a/b/c/d"), b"", CreateMode::Persistent)
+        .await
+        .unwrap();
+    c.set_data(&b, b"b2", None).await.unwrap();
+    cache
+        .wait_for(T, |s| {
+            s.get(&b).is_some_and(|n| n.data == b"b2").then_some(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(cache.snapshot().len(), 3);
+
+    // Dropping the cache ends its subscriptions.
+    drop(cache);
+    let ended = tokio::time::timeout(T, async { while sub.next().await.is_some() {} }).await;
+    assert!(
+        ended.is_ok(),
+        "the subscription ends once the cache is dropped"
+    );
+    c.delete_recursive(&r).await.unwrap();
+}

@@ -989,7 +989,9 @@ async fn wait_live(states: &mut watch::Receiver<SessionState>) -> bool {
 
 /// One directory's children with their data, kept current: a [`TreeCache`] one level deep.
 /// Same guarantees and session behaviour as the tree cache; the directory node itself is not
-/// reported.
+/// reported. Its watch is recursive (a non-recursive persistent watch does not report the
+/// children's data changes), so the server still notifies it of changes deeper down, which it
+/// ignores: prefer a directory whose children have no big subtrees of their own.
 #[must_use = "dropping the cache stops it"]
 #[derive(Debug)]
 pub struct PathCache {
