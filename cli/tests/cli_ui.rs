@@ -5,7 +5,9 @@
 //!   holder (who waited, shown as a waiter) within a second of the release;
 //! * a config change shows up (new version and value, counted as a change since the page
 //!   opened), within a second;
-//! * an election's leader, a registered service and a work queue's progress are shown.
+//! * an election's leader, a registered service and a work queue's progress are shown;
+//! * the view's own session state: `Suspended` (content stale) while its connection is cut,
+//!   `Reconnected` (content live again) after the heal.
 //!
 //! The screenshot is written to `$ZKR_UI_SCREENSHOT` when set (the README's `docs/ui.png`),
 //! otherwise to the target directory. Every process started here is stopped by its pid.
@@ -30,6 +32,13 @@ fn zk() -> String {
     zkr::testing::shared()
         .expect("shared ZooKeeper")
         .connect_string()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Kills and reaps a child on drop (by its pid).
@@ -219,6 +228,13 @@ impl Browser {
         }
     }
 
+    /// When the page last rendered a model (its clock, ms since the epoch).
+    fn rendered_ms(&self) -> i64 {
+        self.eval("return window.zkrRendered || 0;")
+            .as_i64()
+            .unwrap_or(0)
+    }
+
     fn screenshot(&self) -> Vec<u8> {
         let b64 = self.call("GET", "screenshot", None);
         base64::engine::general_purpose::STANDARD
@@ -293,19 +309,20 @@ async fn ui_shows_locks_config_and_recipes_live_in_a_browser() {
     let task = worker.claim(Duration::from_secs(10)).await.unwrap();
     task.progress(40.0, "resizing").await.unwrap();
 
+    // The view connects through a fault proxy, to show its own session state moving.
+    let proxy = zkr::testing::FaultProxy::for_ensemble(zkr::testing::shared().expect("zk"))
+        .expect("fault proxy");
     let mut ui = Proc(
         Command::new(BIN)
             .env_remove("ZK_SERVERS")
             .env_remove("RUST_LOG")
             .args([
                 "--zk",
-                &connect,
-                "ui",
-                "--listen",
-                "127.0.0.1:0",
-                "--root",
-                &root,
+                &proxy.connect_string(),
+                "--session-timeout-ms",
+                "4000",
             ])
+            .args(["ui", "--listen", "127.0.0.1:0", "--root", &root])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -331,10 +348,15 @@ async fn ui_shows_locks_config_and_recipes_live_in_a_browser() {
     let m_alice = Mutex::new(&alice, &lock_path).unwrap().with_data(b"alice");
     let m_bob = Mutex::new(&bob, &lock_path).unwrap().with_data(b"bob");
     let held = m_alice.acquire().await.unwrap();
+    let t_acquired = now_ms();
     let holder = format!("[data-lock=\"{lock_path}\"] .holder");
     let waiters = format!("[data-lock=\"{lock_path}\"] .waiters");
     let shown = blocking(|| browser.wait_text(&holder, WITHIN, |t| t == "alice"));
-    eprintln!("cli_ui: lock holder shown {shown:?} after the acquire returned");
+    let rendered = blocking(|| browser.rendered_ms()) - t_acquired;
+    eprintln!(
+        "cli_ui: lock holder found by polling {shown:?} after the acquire returned \
+         (page rendered it {rendered} ms after)"
+    );
     let token = blocking(|| browser.text(&format!("[data-lock=\"{lock_path}\"] .token")));
     assert_eq!(
         token,
@@ -349,8 +371,13 @@ async fn ui_shows_locks_config_and_recipes_live_in_a_browser() {
     });
     blocking(|| browser.wait_text(&waiters, Duration::from_secs(5), |t| t == "bob"));
     held.release().await.unwrap();
+    let t_released = now_ms();
     let moved = blocking(|| browser.wait_text(&holder, WITHIN, |t| t == "bob"));
-    eprintln!("cli_ui: lock moved to the next holder {moved:?} after the release returned");
+    let rendered = blocking(|| browser.rendered_ms()) - t_released;
+    eprintln!(
+        "cli_ui: next holder found by polling {moved:?} after the release returned \
+         (page rendered it {rendered} ms after)"
+    );
     let (bob_guard, _m_bob) = bob_task.await.unwrap();
     blocking(|| browser.wait_text(&waiters, WITHIN, |t| t == "—"));
 
@@ -360,12 +387,17 @@ async fn ui_shows_locks_config_and_recipes_live_in_a_browser() {
     cfg.publish(&json!({"pool": 16, "url": "postgres://db/app"}))
         .await
         .unwrap();
+    let t_published = now_ms();
     let cfg_shown = blocking(|| {
         browser.wait_text(&format!("{card} .value"), WITHIN, |t| {
             t.contains("\"pool\": 16")
         })
     });
-    eprintln!("cli_ui: config change shown {cfg_shown:?} after the publish returned");
+    let rendered = blocking(|| browser.rendered_ms()) - t_published;
+    eprintln!(
+        "cli_ui: config change found by polling {cfg_shown:?} after the publish returned \
+         (page rendered it {rendered} ms after)"
+    );
     blocking(|| {
         assert_eq!(browser.text(&format!("{card} .version")), "1");
         assert_eq!(browser.text(&format!("{card} .changes")), "1");
@@ -415,6 +447,23 @@ async fn ui_shows_locks_config_and_recipes_live_in_a_browser() {
     }
     std::fs::write(&out, &png).expect("write screenshot");
     eprintln!("cli_ui: screenshot {out}");
+
+    // The view's own session: cut off, it says so (and that its content may be stale); healed
+    // well within the session timeout, it is back on the same session and current again.
+    proxy.cut();
+    blocking(|| {
+        browser.wait_text("#session", Duration::from_secs(5), |t| {
+            t.contains("Suspended")
+        });
+        browser.wait_text("#cache", WITHIN, |t| t.contains("Stale"));
+    });
+    proxy.heal();
+    blocking(|| {
+        browser.wait_text("#session", Duration::from_secs(10), |t| {
+            t.contains("Reconnected")
+        });
+        browser.wait_text("#cache", Duration::from_secs(5), |t| t.contains("Live"));
+    });
 
     drop(browser);
     carol_task.abort();
