@@ -20,13 +20,12 @@
 //   w8         ephemeral progress nodes updated with setData; a CuratorCache coordinator
 //              (--in-flight N: up to N inBackground setData per worker, like zkr's pipelining;
 //              default 1: plain synchronous setData)
+//   w9         CuratorCache (default options) of a 10,000-node tree: first load, change latency
 //   s-handoff     InterProcessMutex: 1, 10, 100, 1,000 waiters (one thread and one mutex each)
 //   s-configtree  CuratorCache over a node with 10 .. 10,000 children
 //   s-discovery   ephemeral ServiceInstance-like nodes and a CuratorCache, as in w7
 //   (the scale workloads print a "series" array, one object per step, like zkr-bench's;
 //   memory: VmRSS and the used heap after a full GC; s-watches has no Curator peer)
-//
-//   w9         CuratorCache (default options) of a 10,000-node tree: first load, change latency
 //
 // Usage: java -cp <curator jars>:<dir> CuratorBench <w1|...|w9|s-handoff|s-configtree|s-discovery>
 //            --zk HOST:PORT [--scale F] [--session-ms N] [--batch N] [--multi N] [--in-flight N]
@@ -1508,18 +1507,21 @@ public class CuratorBench {
         long firstLoad, el;
         int nodesCached, missed = 0;
         try {
-            // The tree (not timed): creates pipelined with inBackground, 1,000 at a time.
+            // The tree (not timed): creates pipelined with inBackground (createMany).
             List<String> leafPaths = new ArrayList<>();
             List<String> dirPaths = new ArrayList<>();
             for (int d = 0; d < dirs; d++) dirPaths.add(String.format("%s/d%03d", root, d));
-            createAll(admin, dirPaths, i -> "directory".getBytes(StandardCharsets.UTF_8));
+            Map<String, byte[]> dirNodes = new LinkedHashMap<>();
+            for (String d : dirPaths) dirNodes.put(d, "directory".getBytes(StandardCharsets.UTF_8));
+            createMany(admin, dirNodes);
             for (String d : dirPaths) {
                 for (int l = 0; l < leaves; l++) leafPaths.add(String.format("%s/leaf%03d", d, l));
             }
-            for (int from = 0; from < leafPaths.size(); from += 1000) {
-                List<String> chunk = leafPaths.subList(from, Math.min(leafPaths.size(), from + 1000));
-                createAll(admin, chunk, i -> String.format("%032d", i).getBytes(StandardCharsets.UTF_8));
+            Map<String, byte[]> leafNodes = new LinkedHashMap<>();
+            for (int i = 0; i < leafPaths.size(); i++) {
+                leafNodes.put(leafPaths.get(i), String.format("%032d", i % 1000).getBytes(StandardCharsets.UTF_8));
             }
+            createMany(admin, leafNodes);
 
             final CountDownLatch loaded = new CountDownLatch(1);
             final AtomicReference<String> wantPath = new AtomicReference<>("");
@@ -1579,21 +1581,6 @@ public class CuratorBench {
                 .field("latency_of", "setData start -> the CuratorCache listener sees the change")
                 .field("missed_changes", missed)
                 .field("nodes_cached", nodesCached);
-    }
-
-    /** Creates every path (persistent) with inBackground, all in flight, and waits for them. */
-    static void createAll(CuratorFramework c, List<String> paths,
-            java.util.function.IntFunction<byte[]> data) throws Exception {
-        final CountDownLatch done = new CountDownLatch(paths.size());
-        final AtomicReference<String> failed = new AtomicReference<>();
-        for (int i = 0; i < paths.size(); i++) {
-            c.create().inBackground((client, event) -> {
-                if (event.getResultCode() != 0) failed.set(event.getPath() + ": rc " + event.getResultCode());
-                done.countDown();
-            }).forPath(paths.get(i), data.apply(i));
-        }
-        if (!done.await(60, TimeUnit.SECONDS)) throw new IllegalStateException("creates did not finish");
-        if (failed.get() != null) throw new IllegalStateException("create failed: " + failed.get());
     }
 
     // ---------------------------------------------------------------- main
