@@ -303,8 +303,15 @@ async fn a_session_on_an_isolated_follower_moves_to_the_majority_and_keeps_its_l
         .await
         .unwrap();
     let mut states = a.states();
+    // The first item is the state now: `Reconnected`, from the move to `f` above. The move off
+    // `f` is the next `Suspended` then `Reconnected`.
+    let _now = states.next_state().await;
     let e = ens.clone();
     common::blocking(move || e.isolate(f)).await.unwrap();
+    common::expect_state(&mut states, LONG, "suspended on the isolated member", |s| {
+        matches!(s, zkr::SessionState::Suspended { .. })
+    })
+    .await;
     common::expect_state(&mut states, LONG, "reconnected elsewhere", |s| {
         matches!(s, zkr::SessionState::Reconnected { .. })
     })
