@@ -355,13 +355,19 @@ async fn latch_closes_when_the_acl_turns_against_it() {
         .wait_leader(Some(Duration::from_secs(10)))
         .await
         .unwrap();
+    // A second candidate of the owner's, then the anonymous one behind it.
+    let middle_client = authed(&ens.connect_string(), "owner", "pw").await;
+    let middle = zkr_recipes::LeaderLatch::start(&middle_client, &election, "middle")
+        .await
+        .unwrap();
     let anon = client(&ens.connect_string(), 3000).await;
     let waiting = zkr_recipes::LeaderLatch::start(&anon, &election, "anon")
         .await
         .unwrap();
     assert!(!waiting.is_leader());
-    // Only the owner may read or change the election from now on; the waiting latch learns it
-    // when the leader goes and it lists the election again.
+    // Only the owner may read or change the election from now on. The waiting latch learns it
+    // when the candidate ahead of it goes: with the leader still ahead, it must list the
+    // election again, and is refused.
     owner
         .set_acl(
             &election,
@@ -370,7 +376,7 @@ async fn latch_closes_when_the_acl_turns_against_it() {
         )
         .await
         .unwrap();
-    leader.close().await.unwrap();
+    middle.close().await.unwrap();
     let mut rx = waiting.state_receiver();
     tokio::time::timeout(
         Duration::from_secs(10),
@@ -380,6 +386,7 @@ async fn latch_closes_when_the_acl_turns_against_it() {
     .expect("the latch closes")
     .unwrap();
     drop(waiting);
+    leader.close().await.unwrap();
     owner.delete_recursive(&root).await.unwrap();
 }
 
