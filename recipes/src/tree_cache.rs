@@ -138,11 +138,23 @@ fn after_below(path: &str) -> String {
     }
 }
 
-fn subtree_range(path: &str) -> (Bound<String>, Bound<String>) {
-    (
-        Bound::Included(path.to_string()),
+/// `path` and the nodes below it, in key order. Not one key range: a sibling that has `path`
+/// as a prefix ("/a/b-x" next to "/a/b") sorts between "/a/b" and "/a/b/...".
+fn subtree<'a, V>(
+    nodes: &'a BTreeMap<String, V>,
+    path: &str,
+) -> impl Iterator<Item = (&'a String, &'a V)> + 'a {
+    let below_range = (
+        Bound::Included(below(path)),
         Bound::Excluded(after_below(path)),
-    )
+    );
+    // For "/" the range below it starts with "/" itself.
+    let own = if path == "/" {
+        None
+    } else {
+        nodes.get_key_value(path)
+    };
+    own.into_iter().chain(nodes.range::<String, _>(below_range))
 }
 
 impl CacheSnapshot {
@@ -185,10 +197,13 @@ impl CacheSnapshot {
             if k.len() > skip && !k[skip..].contains('/') {
                 out.push(v);
             }
-            // Skip the child's own subtree.
             from = match k[skip..].find('/') {
+                // Below a child: skip the rest of that child's subtree.
                 Some(i) => after_below(&k[..skip + i]),
-                None => after_below(k),
+                // A child: go on from the key right after it. Its siblings that share its name
+                // as a prefix ("b-x" after "b") sort before its own subtree ("b/c"), so jumping
+                // past the subtree here would miss them.
+                None => format!("{k}\u{0}"),
             };
         }
         out
@@ -196,7 +211,7 @@ impl CacheSnapshot {
 
     /// `path` and every cached node below it, in path order.
     pub fn subtree(&self, path: &str) -> impl Iterator<Item = &Arc<CachedNode>> {
-        self.nodes.range(subtree_range(path)).map(|(_, v)| v)
+        subtree(&self.nodes, path).map(|(_, v)| v)
     }
 }
 
@@ -336,10 +351,7 @@ impl Tx<'_> {
 
     /// Removes `path` and its subtree, deepest first.
     fn remove_subtree(&mut self, path: &str) {
-        let keys: Vec<String> = self
-            .st
-            .nodes
-            .range(subtree_range(path))
+        let keys: Vec<String> = subtree(&self.st.nodes, path)
             .map(|(k, _)| k.clone())
             .collect();
         for k in keys.into_iter().rev() {
@@ -1108,5 +1120,7 @@ mod tests {
         assert_eq!(names, ["a", "z"]);
         let sub: Vec<&str> = s.subtree("/a/b").map(|n| n.path.as_str()).collect();
         assert_eq!(sub, ["/a/b", "/a/b/c"]);
+        let all: Vec<&str> = root.subtree("/").map(|n| n.path.as_str()).collect();
+        assert_eq!(all, ["/", "/a", "/a/b", "/z"]);
     }
 }
