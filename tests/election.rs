@@ -121,6 +121,27 @@ async fn wait_any_leader<'a>(latches: &'a [&'a LeaderLatch], within: Duration) -
     }
 }
 
+/// `n` candidates `cand-0` .. on `path`, each its own session, watched by `sampler`.
+async fn candidates(
+    ens: &ZkEnsemble,
+    path: &str,
+    n: usize,
+    sampler: &Sampler,
+) -> (Vec<Client>, Vec<LeaderLatch>) {
+    let mut clients = Vec::new();
+    let mut latches = Vec::new();
+    for i in 0..n {
+        let c = client(&ens.connect_string(), 10_000).await;
+        let l = LeaderLatch::start(&c, path, &format!("cand-{i}"))
+            .await
+            .unwrap();
+        sampler.watch(&l);
+        clients.push(c);
+        latches.push(l);
+    }
+    (clients, latches)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latch_elects_hands_over_fast_and_reports_participants() {
     init_tracing();
@@ -128,17 +149,7 @@ async fn latch_elects_hands_over_fast_and_reports_participants() {
     let path = format!("{}/election", root("latch-basic"));
     let admin = client(&ens.connect_string(), 10_000).await;
     let sampler = Sampler::start();
-    let mut clients = Vec::new();
-    let mut latches = Vec::new();
-    for i in 0..3 {
-        let c = client(&ens.connect_string(), 10_000).await;
-        let l = LeaderLatch::start(&c, &path, &format!("cand-{i}"))
-            .await
-            .unwrap();
-        sampler.watch(&l);
-        clients.push(c);
-        latches.push(l);
-    }
+    let (mut clients, mut latches) = candidates(ens, &path, 3, &sampler).await;
     let f0 = latches[0]
         .wait_leader(Some(Duration::from_secs(5)))
         .await
@@ -227,17 +238,7 @@ async fn middle_candidate_leaving_promotes_nobody() {
     let path = format!("{}/election", root("latch-middle"));
     let admin = client(&ens.connect_string(), 10_000).await;
     let sampler = Sampler::start();
-    let mut clients = Vec::new();
-    let mut latches = Vec::new();
-    for i in 0..4 {
-        let c = client(&ens.connect_string(), 10_000).await;
-        let l = LeaderLatch::start(&c, &path, &format!("cand-{i}"))
-            .await
-            .unwrap();
-        sampler.watch(&l);
-        clients.push(c);
-        latches.push(l);
-    }
+    let (clients, latches) = candidates(ens, &path, 4, &sampler).await;
     latches[0]
         .wait_leader(Some(Duration::from_secs(5)))
         .await
