@@ -71,3 +71,25 @@ pub fn root(name: &str) -> String {
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
+
+/// Drops the client's connections at `proxy` and waits until its session layer has said
+/// `Suspended` and then `Reconnected` on the same session (every drop is reported, however
+/// quick the resume). `states` must be subscribed before the call.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn drop_and_resume(
+    c: &Client,
+    states: &mut SessionStates,
+    proxy: &zkr::testing::FaultProxy,
+) {
+    let session = c.session_id();
+    proxy.drop_connections();
+    expect_state(states, Duration::from_secs(10), "Suspended", |s| {
+        matches!(s, SessionState::Suspended { .. })
+    })
+    .await;
+    expect_state(states, Duration::from_secs(10), "Reconnected", |s| {
+        matches!(s, SessionState::Reconnected { .. })
+    })
+    .await;
+    assert_eq!(c.session_id(), session, "same session after the resume");
+}
