@@ -181,6 +181,26 @@ impl Bench {
         Ok(root)
     }
 
+    /// Runs `f(client, root)` in a fresh run root on a client of its own, then removes the root
+    /// and closes the client, whatever `f` returned.
+    pub async fn in_root<T, F, Fut>(&self, f: F) -> Result<T, BenchError>
+    where
+        F: FnOnce(Client, String) -> Fut,
+        Fut: Future<Output = Result<T, BenchError>>,
+    {
+        let client = self.client().await?;
+        let result = match self.setup_root(&client).await {
+            Ok(root) => {
+                let r = f(client.clone(), root.clone()).await;
+                self.teardown_root(&client, &root).await;
+                r
+            }
+            Err(e) => Err(e),
+        };
+        client.close().await;
+        result
+    }
+
     /// Removes the run's root and everything under it; failures are logged, not fatal.
     pub async fn teardown_root(&self, client: &Client, root: &str) {
         match client.delete_recursive(root).await {

@@ -166,23 +166,15 @@ pub fn handoff_params(b: &Bench) -> Map<String, Value> {
 pub async fn handoff(b: &Bench) -> Result<Report, BenchError> {
     let steps = steps(b, &HANDOFF_STEPS);
     let max = steps.iter().copied().max().unwrap_or(1);
-    let admin = b.client().await?;
-    let pool = match b.clients(HANDOFF_SESSIONS.min(max)).await {
-        Ok(p) => p,
-        Err(e) => {
-            admin.close().await;
-            return Err(e);
-        }
-    };
-    let result = match b.setup_root(&admin).await {
-        Ok(root) => {
-            let r = handoff_steps(b, &admin, &pool, &root, &steps).await;
-            b.teardown_root(&admin, &root).await;
-            r
-        }
-        Err(e) => Err(e),
-    };
-    for c in pool.iter().chain(std::iter::once(&admin)) {
+    let pool = b.clients(HANDOFF_SESSIONS.min(max)).await?;
+    let pool_ref = &pool;
+    let steps_ref = &steps;
+    let result = b
+        .in_root(
+            |admin, root| async move { handoff_steps(b, &admin, pool_ref, &root, steps_ref).await },
+        )
+        .await;
+    for c in &pool {
         c.close().await;
     }
     result
@@ -349,17 +341,8 @@ pub fn watches_params(b: &Bench) -> Map<String, Value> {
 
 /// S2: watch streams on one session.
 pub async fn watches(b: &Bench) -> Result<Report, BenchError> {
-    let client = b.client().await?;
-    let result = match b.setup_root(&client).await {
-        Ok(root) => {
-            let r = watches_steps(b, &client, &root).await;
-            b.teardown_root(&client, &root).await;
-            r
-        }
-        Err(e) => Err(e),
-    };
-    client.close().await;
-    result
+    b.in_root(|client, root| async move { watches_steps(b, &client, &root).await })
+        .await
 }
 
 /// Waits on `w` until it yields a state whose data is `want`.
@@ -533,17 +516,8 @@ pub fn configtree_params(b: &Bench) -> Map<String, Value> {
 
 /// S3: a config tree of growing size.
 pub async fn configtree(b: &Bench) -> Result<Report, BenchError> {
-    let writer = b.client().await?;
-    let result = match b.setup_root(&writer).await {
-        Ok(root) => {
-            let r = configtree_steps(b, &writer, &root).await;
-            b.teardown_root(&writer, &root).await;
-            r
-        }
-        Err(e) => Err(e),
-    };
-    writer.close().await;
-    result
+    b.in_root(|writer, root| async move { configtree_steps(b, &writer, &root).await })
+        .await
 }
 
 fn key(i: usize) -> String {
@@ -673,17 +647,8 @@ pub fn discovery_params(b: &Bench) -> Map<String, Value> {
 
 /// S4: mass registration and mass departure seen by one `Discovery`.
 pub async fn discovery(b: &Bench) -> Result<Report, BenchError> {
-    let watcher = b.client().await?;
-    let result = match b.setup_root(&watcher).await {
-        Ok(root) => {
-            let r = discovery_steps(b, &watcher, &root).await;
-            b.teardown_root(&watcher, &root).await;
-            r
-        }
-        Err(e) => Err(e),
-    };
-    watcher.close().await;
-    result
+    b.in_root(|watcher, root| async move { discovery_steps(b, &watcher, &root).await })
+        .await
 }
 
 fn inst_id(i: usize) -> String {
