@@ -188,6 +188,16 @@ fn event_paths(evs: &[CacheEvent], kind: &str) -> Vec<String> {
         .collect()
 }
 
+/// A client of the shared server and a fresh root `name` (created) for one test.
+async fn fresh(name: &str) -> (zkr::Client, String) {
+    let c = client(&zk().connect_string(), 10_000).await;
+    let r = root(name);
+    c.create_with_parents(&r, b"", CreateMode::Persistent)
+        .await
+        .unwrap();
+    (c, r)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_then_ordered_events() {
     init_tracing();
@@ -244,11 +254,7 @@ async fn snapshot_then_ordered_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_nodes() {
     init_tracing();
-    let c = client(&zk().connect_string(), 10_000).await;
-    let r = root("tc-10k");
-    c.create_with_parents(&r, b"", CreateMode::Persistent)
-        .await
-        .unwrap();
+    let (c, r) = fresh("tc-10k").await;
     // 100 directories of 99 leaves: 10,000 nodes below the root.
     let dirs: Vec<String> = (0..100).map(|i| format!("{r}/d{i:03}")).collect();
     futures::future::try_join_all(
@@ -462,11 +468,7 @@ async fn subtree_deleted_and_recreated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_subscriber_gets_a_snapshot_and_converges() {
     init_tracing();
-    let c = client(&zk().connect_string(), 10_000).await;
-    let r = root("tc-lag");
-    c.create_with_parents(&r, b"", CreateMode::Persistent)
-        .await
-        .unwrap();
+    let (c, r) = fresh("tc-lag").await;
     let cache = TreeCache::builder(&c, &r)
         .event_capacity(4)
         .start()
