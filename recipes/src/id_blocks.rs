@@ -126,8 +126,10 @@ impl IdBlocks {
         Ok(id)
     }
 
-    /// `n` IDs (increasing), reserving as many blocks as needed.
+    /// `n` IDs (increasing), reserving as many blocks as needed. At most 1,048,576 IDs per
+    /// call ([`Error::Invalid`] beyond).
     pub async fn next_n(&self, n: usize) -> Result<Vec<i64>> {
+        crate::sequential_ids::check_count(n)?;
         let mut out = Vec::with_capacity(n.min(4096));
         for _ in 0..n {
             out.push(self.next().await?);

@@ -51,6 +51,21 @@ const PREFIX: &str = "id-";
 /// Most sequential creates put in one `multi` transaction by [`SequentialIds::next_batch`].
 pub const BATCH_CHUNK: usize = 200;
 
+/// Most IDs one [`SequentialIds::next_batch`] (or [`crate::IdBlocks::next_n`]) call hands out:
+/// beyond it a call is refused with [`Error::Invalid`] before anything is sent, instead of
+/// trying to hold (or create) an absurd number.
+pub(crate) const MAX_IDS_PER_CALL: usize = 1 << 20;
+
+/// `Err(Invalid)` for more than [`MAX_IDS_PER_CALL`] IDs in one call.
+pub(crate) fn check_count(n: usize) -> Result<()> {
+    if n > MAX_IDS_PER_CALL {
+        return Err(Error::Invalid(format!(
+            "{n} IDs in one call; at most {MAX_IDS_PER_CALL}"
+        )));
+    }
+    Ok(())
+}
+
 /// Unique ordered IDs from sequential nodes under one directory. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SequentialIds {
@@ -193,8 +208,10 @@ impl SequentialIds {
 
     /// `n` IDs, returned sorted. They are created by `multi` transactions of up to
     /// [`BATCH_CHUNK`] sequential creates each (all chunks in flight at once), each followed by
-    /// one `multi` deleting its nodes; returns once the nodes are deleted.
+    /// one `multi` deleting its nodes; returns once the nodes are deleted. At most 1,048,576
+    /// IDs per call ([`Error::Invalid`] beyond).
     pub async fn next_batch(&self, n: usize) -> Result<Vec<i64>> {
+        check_count(n)?;
         let span = tracing::debug_span!("sequential_ids.next_batch", dir = %self.dir, n);
         async {
             let mut out = Vec::with_capacity(n.min(4096));
