@@ -14,8 +14,9 @@ use common::{blocking, client, init_tracing, member_of, root};
 use tokio::sync::watch;
 use zkr::testing::{self, FaultProxy, ZkEnsemble};
 use zkr::Client;
-use zkr_recipes::leader_latch::{self, LatchState, LeaderLatch, StepDown};
+use zkr_recipes::leader_latch::{self, LatchState, LeaderLatch};
 use zkr_recipes::leader_selector::LeaderSelector;
+use zkr_recipes::LossPolicy;
 
 const T: Duration = Duration::from_secs(15);
 
@@ -49,7 +50,7 @@ impl Sampler {
                 }
                 let leading: Vec<(String, i64)> = cands
                     .iter()
-                    .filter_map(|(id, rx)| rx.borrow().fence().map(|f| (id.clone(), f.epoch)))
+                    .filter_map(|(id, rx)| rx.borrow().fence().map(|f| (id.clone(), f.token)))
                     .collect();
                 rep.samples += 1;
                 if leading.len() > 1 {
@@ -99,7 +100,7 @@ async fn assert_leader_node_sound(admin: &Client, latch: &LeaderLatch, c: &Clien
         .await
         .unwrap();
     let first = parts.first().expect("a participant");
-    assert_eq!(first.node, fence.node, "the leader's node is first");
+    assert_eq!(first.path, fence.path, "the leader's node is first");
     assert_eq!(first.id, latch.id());
     assert_eq!(
         Some(first.session),
@@ -107,7 +108,7 @@ async fn assert_leader_node_sound(admin: &Client, latch: &LeaderLatch, c: &Clien
         "owned by its current session"
     );
     assert_eq!(fence.session, first.session);
-    assert_eq!(fence.epoch, first.epoch);
+    assert_eq!(fence.token, first.token);
 }
 
 async fn wait_any_leader<'a>(latches: &'a [&'a LeaderLatch], within: Duration) -> usize {
@@ -171,7 +172,7 @@ async fn latch_elects_hands_over_fast_and_reports_participants() {
     assert_eq!(admin.get_data(&node).await.unwrap().0, b"cand-0");
 
     // Failover after close(), five rounds, a fresh candidate each round.
-    let mut epochs = vec![f0.epoch];
+    let mut epochs = vec![f0.token];
     let mut took = Vec::new();
     for next_id in 3..8 {
         let leader = latches.iter().position(|l| l.is_leader()).unwrap();
@@ -188,7 +189,7 @@ async fn latch_elects_hands_over_fast_and_reports_participants() {
             other => panic!("expected leadership, got {other:?}"),
         };
         took.push(dt);
-        epochs.push(f.epoch);
+        epochs.push(f.token);
         let c = client(&ens.connect_string(), 10_000).await;
         let l = LeaderLatch::start(&c, &path, &format!("cand-{next_id}"))
             .await
@@ -317,7 +318,7 @@ async fn observe_follows_the_leader() {
         .unwrap()
         .unwrap();
     assert_eq!(p.id, "a");
-    assert_eq!(Some(p.node.clone()), la.node());
+    assert_eq!(Some(p.path.clone()), la.node());
     la.close().await.unwrap();
     let p2 = obs
         .next_timeout(T)
@@ -327,7 +328,7 @@ async fn observe_follows_the_leader() {
         .unwrap()
         .unwrap();
     assert_eq!(p2.id, "b");
-    assert!(p2.epoch > p.epoch);
+    assert!(p2.token > p.token);
     // The leader's process dies (its session is closed): nobody leads.
     b.close().await;
     assert_eq!(obs.next_timeout(T).await.unwrap().unwrap().unwrap(), None);
@@ -336,12 +337,12 @@ async fn observe_follows_the_leader() {
 }
 
 /// A leader cut off from ZooKeeper steps down before anyone else is elected (default: on
-/// Suspended; with `StepDown::Lost` still before the server expires its session).
+/// Suspended; with `LossPolicy::Lost` still before the server expires its session).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_off_leader_steps_down_before_another_is_elected() {
     init_tracing();
     let ens = testing::shared().expect("zookeeper");
-    for policy in [StepDown::Suspended, StepDown::Lost] {
+    for policy in [LossPolicy::Suspended, LossPolicy::Lost] {
         let path = format!("{}/election", root("latch-cutoff"));
         let proxy = FaultProxy::for_ensemble(ens).unwrap();
         let a = client(&proxy.connect_string(), 3_000).await;
@@ -349,7 +350,7 @@ async fn cut_off_leader_steps_down_before_another_is_elected() {
         let watcher = client(&ens.connect_string(), 3_000).await;
         let la = LeaderLatch::builder(&a, &path)
             .id("a")
-            .step_down_on(policy)
+            .with_loss_policy(policy)
             .start()
             .await
             .unwrap();
@@ -457,7 +458,7 @@ async fn reconnects_and_expiry_never_leave_a_stale_leader() {
         .await
         .unwrap();
     let fb = lb.wait_leader(Some(T)).await.unwrap();
-    assert!(fb.epoch > f1.epoch);
+    assert!(fb.token > f1.token);
     let deadline = Instant::now() + T;
     loop {
         let parts = lb.participants().await.unwrap();
@@ -469,18 +470,18 @@ async fn reconnects_and_expiry_never_leave_a_stale_leader() {
         assert!(Instant::now() < deadline, "a never rejoined: {parts:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(admin.exists(&f1.node).await.unwrap().is_none());
+    assert!(admin.exists(&f1.path).await.unwrap().is_none());
     lb.close().await.unwrap();
     let f3 = la.wait_leader(Some(T)).await.unwrap();
     assert_ne!(f3.session, old_session);
     assert_eq!(Some(f3.session), a.session_id());
-    assert!(f3.epoch > fb.epoch);
+    assert!(f3.token > fb.token);
     assert_leader_node_sound(&admin, &la, &a).await;
 
     // An operator deletes the leader's node: it steps down and rejoins.
     let mut ch = la.changes();
     assert_eq!(ch.next_change().await, Some(LatchState::Leader(f3.clone())));
-    admin.delete(&f3.node, None).await.unwrap();
+    admin.delete(&f3.path, None).await.unwrap();
     assert_eq!(
         ch.next_timeout(T).await.unwrap(),
         Some(LatchState::NotLeader)
@@ -489,7 +490,7 @@ async fn reconnects_and_expiry_never_leave_a_stale_leader() {
         Some(LatchState::Leader(f)) => f,
         other => panic!("{other:?}"),
     };
-    assert!(f4.epoch > f3.epoch);
+    assert!(f4.token > f3.token);
     assert_leader_node_sound(&admin, &la, &a).await;
     sampler.finish().await;
     la.close().await.unwrap();
@@ -531,9 +532,9 @@ async fn election_path_deleted_while_disconnected_rejoins() {
     })
     .await;
     let f2 = la.wait_leader(Some(T)).await.unwrap();
-    assert_ne!(f2.node, f1.node);
+    assert_ne!(f2.path, f1.path);
     assert_eq!(f2.session, f1.session, "same session, new node");
-    assert!(f2.epoch > f1.epoch);
+    assert!(f2.token > f1.token);
     assert_leader_node_sound(&admin, &la, &a).await;
     la.close().await.unwrap();
     admin.delete_recursive(&root_of(&path)).await.unwrap();
@@ -627,7 +628,7 @@ async fn at_most_one_leader_under_member_faults() {
         loop {
             let parts = leader_latch::participants(&admin, &path).await.unwrap();
             let f = cands[li].latch.fence();
-            if f.is_some() && parts.first().map(|p| &p.node) == f.as_ref().map(|f| &f.node) {
+            if f.is_some() && parts.first().map(|p| &p.path) == f.as_ref().map(|f| &f.path) {
                 break;
             }
             assert!(
@@ -676,7 +677,7 @@ async fn selector_runs_terms_interrupts_and_rejoins() {
                 .run(|l| {
                     let log = log.clone();
                     async move {
-                        log.lock().unwrap().push((id.to_string(), l.fence().epoch));
+                        log.lock().unwrap().push((id.to_string(), l.fence().token));
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 })
@@ -733,7 +734,7 @@ async fn selector_runs_terms_interrupts_and_rejoins() {
     let (g1, _) = next_term(&mut terms).await;
     assert_eq!(g1, f1, "the token fired for the first term");
     let (f2, _) = next_term(&mut terms).await;
-    assert!(f2.epoch > f1.epoch, "rejoined with a new node");
+    assert!(f2.token > f1.token, "rejoined with a new node");
     // A second pair of interrupts after the new term started.
     h.interrupt();
     let _ = next_term(&mut terms).await;
@@ -742,7 +743,7 @@ async fn selector_runs_terms_interrupts_and_rejoins() {
     let deadline = Instant::now() + T;
     loop {
         let (f, _) = next_term(&mut terms).await;
-        if f.epoch > last.epoch && h.leading().as_ref() == Some(&f) {
+        if f.token > last.token && h.leading().as_ref() == Some(&f) {
             break;
         }
         last = f;
@@ -757,7 +758,7 @@ async fn selector_runs_terms_interrupts_and_rejoins() {
     assert!(at.duration_since(t0) < Duration::from_millis(2_900));
     proxy.heal();
     let (f3, _) = next_term(&mut terms).await;
-    assert!(f3.epoch >= cur.epoch);
+    assert!(f3.token >= cur.token);
     h.stop();
     tokio::time::timeout(T, run)
         .await

@@ -43,7 +43,7 @@ async fn rust_and_curator_share_one_election() {
         .unwrap()
         .unwrap();
     assert_eq!(p.id, "java-1");
-    let name = p.node.rsplit('/').next().unwrap().to_string();
+    let name = p.path.rsplit('/').next().unwrap().to_string();
     assert!(
         name.starts_with("_c_") && name.contains("-latch-"),
         "Curator's node: {name}"
@@ -137,7 +137,7 @@ async fn rust_and_curator_share_one_election() {
         .unwrap();
     assert_eq!(p.id, "java-2");
     assert!(
-        p.epoch > f.epoch,
+        p.token > f.token,
         "fencing epochs increase across libraries"
     );
 

@@ -417,7 +417,7 @@ async fn every_recipe_works_in_a_creator_only_namespace() {
     ];
     let m = zkr_recipes::Mutex::new(&c.with_acl(custom.clone()), "/custom/m").unwrap();
     let g = m.acquire_timeout(t).await.unwrap();
-    assert_eq!(c.get_acl(g.node_path()).await.unwrap().0, custom);
+    assert_eq!(c.get_acl(g.fence().path.as_str()).await.unwrap().0, custom);
     assert_eq!(c.get_acl("/custom/m").await.unwrap().0, custom);
     g.release().await.unwrap();
     let rw = zkr_recipes::RwLock::new(&c, "/locks/rw").unwrap();

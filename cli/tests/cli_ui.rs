@@ -358,11 +358,7 @@ async fn ui_shows_locks_config_and_recipes_live_in_a_browser() {
          (page rendered it {rendered} ms after)"
     );
     let token = blocking(|| browser.text(&format!("[data-lock=\"{lock_path}\"] .token")));
-    assert_eq!(
-        token,
-        held.fencing_token().to_string(),
-        "fencing token shown"
-    );
+    assert_eq!(token, held.fence().token.to_string(), "fencing token shown");
 
     // Bob waits, then gets the lock when Alice releases it.
     let bob_task = tokio::spawn(async move {

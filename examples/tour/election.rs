@@ -31,7 +31,7 @@ fn worker(
             .run(|leadership| async move {
                 t.say(format!(
                     "{name}: I lead (fencing epoch {}); doing leader work",
-                    leadership.fence().epoch
+                    leadership.fence().token
                 ));
                 leadership.lost().await;
                 t.say(format!("{name}: leadership lost; stopping leader work"));
@@ -50,7 +50,7 @@ async fn next_leader(t: &Timeline, obs: &mut leader_latch::LeaderWatch) -> Res<O
     match &p {
         Some(p) => t.say(format!(
             "observer: {} leads (fencing epoch {})",
-            p.id, p.epoch
+            p.id, p.token
         )),
         None => t.say("observer: nobody leads"),
     }

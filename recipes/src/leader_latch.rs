@@ -20,15 +20,15 @@
 //! * Leadership is only ever claimed from a node created by the candidate's *current* session
 //!   (the node is created and the election listed on a [`Client::pinned`] handle), never from a
 //!   node of an older session.
-//! * **Fencing**: the leader gets a [`Fence`] whose `epoch` is the `czxid` of its latch node. Every
-//!   later leader's node was created later, so epochs strictly increase across leaders; stamp
-//!   writes with it and let the store reject smaller epochs.
+//! * **Fencing**: the leader gets a [`Fence`] whose `token` is the `czxid` of its latch node. Every
+//!   later leader's node was created later, so tokens strictly increase across leaders; stamp
+//!   writes with it and let the store reject smaller tokens.
 //! * [`LeaderLatch::close`] (and dropping the latch) steps down *first*, then deletes the node
 //!   explicitly (no wait for the session to end): the next candidate's watch fires at once.
 //!
 //! # Session events
-//! * **Suspended**: the leader steps down at once ([`StepDown::Suspended`], the default) or keeps
-//!   leading until `Lost` ([`StepDown::Lost`]). Nobody claims leadership while suspended.
+//! * **Suspended**: the leader steps down at once ([`LossPolicy::Suspended`], the default) or keeps
+//!   leading until `Lost` ([`LossPolicy::Lost`]). Nobody claims leadership while suspended.
 //! * **Reconnected** (same session): the candidate checks that its node still exists and that its
 //!   `ephemeralOwner` is this session, then lists the election again. It never deletes and
 //!   re-creates its node on a reconnect, so two quick reconnects cannot delete the node of a
@@ -46,7 +46,7 @@
 //!
 //! let latch = LeaderLatch::builder(&client, "/app/election").id("worker-1").start().await?;
 //! let fence = latch.wait_leader(Some(Duration::from_secs(30))).await?;
-//! println!("leading with fencing epoch {}", fence.epoch);
+//! println!("leading with fencing token {}", fence.token);
 //! latch.close().await?;
 //! # Ok(()) }
 //! ```
@@ -62,32 +62,11 @@ use tracing::Instrument;
 use zkr::{Client, DataWatch, SessionId, SessionState, SessionStates, Stat};
 
 use crate::error::{Error, Result};
+pub use crate::hold::{Fence, LossPolicy};
 use crate::sequence::{self, NodeGuard};
 
 /// The marker of latch nodes (Curator's `LeaderLatch.LOCK_NAME`).
 pub const MARKER: &str = "latch-";
-
-/// When a leader gives up leadership because of connection trouble.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum StepDown {
-    /// On `Suspended` (connection lost or silent): the safe default.
-    #[default]
-    Suspended,
-    /// Only on `Lost` (zkr declares it before the server can expire the session): fewer
-    /// needless failovers on flaky networks, at the price of leading while unreachable.
-    Lost,
-}
-
-/// Proof of leadership: stamp writes with `epoch` and reject writes of smaller epochs.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Fence {
-    /// Strictly increasing across leaders: the `czxid` of the leader's latch node.
-    pub epoch: i64,
-    /// Full path of the leader's latch node.
-    pub node: String,
-    /// The session that owns the node.
-    pub session: SessionId,
-}
 
 /// What a candidate believes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,9 +100,9 @@ pub struct Participant {
     /// The participant id (the node's data).
     pub id: String,
     /// Full path of its latch node.
-    pub node: String,
-    /// `czxid` of its node (the fencing epoch it has or will have as leader).
-    pub epoch: i64,
+    pub path: String,
+    /// `czxid` of its node (the fencing token it has or will have as leader).
+    pub token: i64,
     /// The session owning the node.
     pub session: SessionId,
     /// Whether it is first in line (the leader).
@@ -136,7 +115,7 @@ pub struct LeaderLatchBuilder {
     client: Client,
     path: String,
     id: String,
-    step_down: StepDown,
+    step_down: LossPolicy,
 }
 
 impl LeaderLatchBuilder {
@@ -146,8 +125,8 @@ impl LeaderLatchBuilder {
         self
     }
 
-    /// When to give up leadership on connection trouble (default [`StepDown::Suspended`]).
-    pub fn step_down_on(mut self, s: StepDown) -> Self {
+    /// When to give up leadership on connection trouble (default [`LossPolicy::Suspended`]).
+    pub fn with_loss_policy(mut self, s: LossPolicy) -> Self {
         self.step_down = s;
         self
     }
@@ -224,7 +203,7 @@ impl LeaderLatch {
             client: client.clone(),
             path: path.to_string(),
             id: String::new(),
-            step_down: StepDown::default(),
+            step_down: LossPolicy::default(),
         }
     }
 
@@ -386,7 +365,7 @@ impl Shared {
         }
         match &s {
             LatchState::Leader(f) => {
-                tracing::info!(epoch = f.epoch, node = %f.node, "became leader")
+                tracing::info!(token = f.token, node = %f.path, "became leader")
             }
             other => tracing::info!(state = ?other, "not leader"),
         }
@@ -455,7 +434,7 @@ struct Task {
     shared: Arc<Shared>,
     client: Client,
     states: SessionStates,
-    step_down: StepDown,
+    step_down: LossPolicy,
     stop: watch::Receiver<bool>,
 }
 
@@ -541,8 +520,8 @@ impl Task {
         let name = guard.name().to_string();
         let seq = sequence::parse_seq(&name, MARKER);
         let fence = Fence {
-            epoch: stat.czxid,
-            node: node.clone(),
+            token: stat.czxid,
+            path: node.clone(),
             session,
         };
         *lock(&self.shared.node) = Some(node.clone());
@@ -693,7 +672,7 @@ impl Task {
                     match s {
                         SessionState::Suspended { .. } | SessionState::ReadOnly { .. } if ours => {
                             suspended = true;
-                            if self.step_down == StepDown::Suspended
+                            if self.step_down == LossPolicy::Suspended
                                 || matches!(s, SessionState::ReadOnly { .. })
                             {
                                 self.shared.publish(LatchState::NotLeader);
@@ -791,8 +770,8 @@ async fn read_participants(
                 Ok((data, st)) => {
                     out.push(Participant {
                         id: String::from_utf8_lossy(&data).into_owned(),
-                        node,
-                        epoch: st.czxid,
+                        path: node,
+                        token: st.czxid,
                         session: SessionId(st.ephemeral_owner),
                         is_leader: out.is_empty(),
                     });
@@ -889,7 +868,7 @@ async fn observe_task(
         };
         match current {
             Ok(p) => {
-                let name = p.as_ref().map(|p| p.node.clone());
+                let name = p.as_ref().map(|p| p.path.clone());
                 let name = name.map(|n| n.rsplit('/').next().unwrap_or("").to_string());
                 if last.as_ref() != Some(&name) {
                     last = Some(name);

@@ -41,7 +41,7 @@
 //! let selector = LeaderSelector::builder(&client, "/app/election").id("worker-1").build();
 //! selector
 //!     .run(|leadership| async move {
-//!         println!("leading with epoch {}", leadership.fence().epoch);
+//!         println!("leading with epoch {}", leadership.fence().token);
 //!         // Do leader work until leadership is lost (or return to hand it over).
 //!         leadership.lost().await;
 //!     })
@@ -59,7 +59,8 @@ use tracing::Instrument;
 use zkr::Client;
 
 use crate::error::Result;
-use crate::leader_latch::{Fence, LatchState, LeaderLatch, StepDown};
+use crate::hold::{Fence, LossPolicy};
+use crate::leader_latch::{LatchState, LeaderLatch};
 
 /// Builds a [`LeaderSelector`].
 #[derive(Clone, Debug)]
@@ -67,7 +68,7 @@ pub struct LeaderSelectorBuilder {
     client: Client,
     path: String,
     id: String,
-    step_down: StepDown,
+    step_down: LossPolicy,
     requeue: bool,
     grace: Duration,
     breadcrumb: Option<Breadcrumb>,
@@ -115,8 +116,8 @@ impl LeaderSelectorBuilder {
         self
     }
 
-    /// When to give up leadership on connection trouble (default [`StepDown::Suspended`]).
-    pub fn step_down_on(mut self, s: StepDown) -> Self {
+    /// When to give up leadership on connection trouble (default [`LossPolicy::Suspended`]).
+    pub fn with_loss_policy(mut self, s: LossPolicy) -> Self {
         self.step_down = s;
         self
     }
@@ -195,7 +196,7 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    /// This term's fence (stamp writes with `fence().epoch`).
+    /// This term's fence (stamp writes with `fence().token`).
     pub fn fence(&self) -> &Fence {
         &self.fence
     }
@@ -235,7 +236,7 @@ impl LeaderSelector {
             client: client.clone(),
             path: path.to_string(),
             id: String::new(),
-            step_down: StepDown::default(),
+            step_down: LossPolicy::default(),
             requeue: true,
             grace: Duration::ZERO,
             breadcrumb: None,
@@ -269,7 +270,7 @@ impl LeaderSelector {
                 }
                 let start = LeaderLatch::builder(&b.client, &b.path)
                     .id(b.id.clone())
-                    .step_down_on(b.step_down)
+                    .with_loss_policy(b.step_down)
                     .start();
                 let r = tokio::select! {
                     r = start => r,
@@ -330,7 +331,7 @@ impl LeaderSelector {
                         ended: ended_rx,
                     };
                     self.leading.send_replace(Some(fence.clone()));
-                    tracing::info!(epoch = fence.epoch, "term started");
+                    tracing::info!(token = fence.token, "term started");
                     let fut = f(token);
                     tokio::pin!(fut);
                     let end = tokio::select! {
@@ -424,7 +425,7 @@ async fn take_over(
         }
     };
     let check = Op::Check {
-        path: fence.node.clone(),
+        path: fence.path.clone(),
         version: None,
     };
     client
@@ -441,7 +442,7 @@ async fn clear_breadcrumb(client: &Client, bc: &Breadcrumb, id: &str, fence: &Fe
         if data == id.as_bytes() {
             let ops = [
                 Op::Check {
-                    path: fence.node.clone(),
+                    path: fence.path.clone(),
                     version: None,
                 },
                 Op::Delete {

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use zkr::{Client, SessionState, SessionStates, Stat};
 
 use crate::error::{Error, Result};
+pub(crate) use crate::hold::LossPolicy;
 use crate::sequence::{contenders, create_protected, parse_seq, Contender};
 
 /// Every marker that names a contender on a lock path: Curator's mutex (`lock-`), kazoo's
@@ -25,18 +26,6 @@ pub(crate) enum Decision {
     Acquired,
     /// Wait until the contender at this index is gone.
     WaitFor(usize),
-}
-
-/// When a held lock counts as lost.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LossPolicy {
-    /// As soon as the session is `Suspended` (Curator's standard policy): the connection is
-    /// gone or silent, so another client may acquire soon. The safe default.
-    #[default]
-    Suspended,
-    /// Only when the session is `Lost` (zkr decides `Lost` before the server can expire the
-    /// session, so the holder still learns first).
-    Lost,
 }
 
 /// A node we own in a lock queue.

@@ -20,7 +20,7 @@
 //! dead sessions and cancelled acquires never linger and never exhaust the semaphore.
 //!
 //! On `Suspended` / `Lost` a held [`Lease`] behaves like a [`MutexGuard`](crate::MutexGuard):
-//! `is_held()` turns false and `lost()` completes.
+//! `is_lost()` turns true and `lost()` completes.
 
 use std::time::Duration;
 

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde::Serialize;
-use zkr_recipes::leader_latch::{self, StepDown};
 use zkr_recipes::leader_selector::LeaderSelector;
+use zkr_recipes::{leader_latch, LossPolicy};
 
 use super::child::{self, Ended};
 use super::{CliError, Ctx};
@@ -138,10 +138,10 @@ pub async fn elect(ctx: &Ctx, args: &ElectArgs) -> Result<u8, CliError> {
     loop {
         let selector = LeaderSelector::builder(&ctx.client, path)
             .id(id.clone())
-            .step_down_on(if args.keep_on_suspend {
-                StepDown::Lost
+            .with_loss_policy(if args.keep_on_suspend {
+                LossPolicy::Lost
             } else {
-                StepDown::Suspended
+                LossPolicy::Suspended
             })
             .requeue(false)
             // The command gets SIGTERM, then SIGKILL after child::GRACE: let that finish.
@@ -169,12 +169,12 @@ pub async fn elect(ctx: &Ctx, args: &ElectArgs) -> Result<u8, CliError> {
             let ev = &ev;
             let argv = &args.command;
             async move {
-                ev("leader", Some(leadership.fence().epoch), None);
+                ev("leader", Some(leadership.fence().token), None);
                 let lease = || leadership.valid_until();
                 let hold = child::Hold {
                     path,
-                    node: &leadership.fence().node,
-                    token: leadership.fence().epoch,
+                    node: &leadership.fence().path,
+                    token: leadership.fence().token,
                     lease: &lease,
                 };
                 let end = match child::run_while(argv, hold, leadership.lost()).await {
@@ -273,8 +273,8 @@ pub async fn leader(ctx: &Ctx, args: &LeaderArgs) -> Result<(), CliError> {
                 Some(Err(e)) => tracing::warn!(error = %e, "reading the leader failed"),
                 Some(Ok(p)) => super::print_json_line(&LeaderLine {
                     leader: p.as_ref().map(|p| p.id.clone()),
-                    node: p.as_ref().map(|p| p.node.clone()),
-                    epoch: p.as_ref().map(|p| p.epoch),
+                    node: p.as_ref().map(|p| p.path.clone()),
+                    epoch: p.as_ref().map(|p| p.token),
                 })?,
             },
             r = &mut stop => return r,
