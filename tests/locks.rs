@@ -448,15 +448,15 @@ async fn reader_does_not_wait_for_a_later_writer() {
     // r1 re-entering as a second read is queued after the writer: it must wait (writers are
     // not starved); but r1 itself holds and the writer waits for it.
     assert!(
-        l.try_lock(false).await.unwrap().is_none(),
+        l.try_read().await.unwrap().is_none(),
         "a new reader queues behind the waiting writer"
     );
     assert!(!w.is_finished());
     r1.release().await.unwrap();
     let wg = w.await.unwrap().unwrap();
-    assert!(l.try_lock(false).await.unwrap().is_none());
+    assert!(l.try_read().await.unwrap().is_none());
     wg.release().await.unwrap();
-    assert!(l.try_lock(false).await.unwrap().is_some());
+    assert!(l.try_read().await.unwrap().is_some());
 }
 
 /// Semaphore: never more than N holders under 8-way contention (blocking and try), and leases

@@ -5,8 +5,9 @@
 //! [`crate::config`]). Keys are the child names; grandchildren are ignored.
 //!
 //! # Guarantees
-//! * [`ConfigTree::subscribe`] keeps a `tokio::sync::watch` receiver of a [`TreeSnapshot`] (the
-//!   whole map) and is a `Stream` of [`TreeEvent`]s. It is built on one
+//! * [`ConfigTree::subscribe`] keeps the whole map as a [`TreeSnapshot`]
+//!   ([`current`](TreeSubscription::current), [`changes`](TreeSubscription::changes),
+//!   [`wait_for`](TreeSubscription::wait_for)) and is a `Stream` of [`TreeEvent`]s. It is built on one
 //!   [`zkr::Client::watch_children`] of the directory plus one [`zkr::Client::watch_data`] per
 //!   key, all re-armed and re-read across reconnects and new sessions, so it converges to the
 //!   current map — including a key deleted and re-created while the client was disconnected
@@ -17,6 +18,12 @@
 //! * A key whose payload does not decode is reported as [`TreeEvent::Invalid`]; its last good
 //!   value stays in the map.
 //! * Per key, an older read arriving late never replaces a newer one (ordered by `mzxid`).
+//!
+//! # Delivery
+//! * `current()` and `changes()` are **coalescing**: they never lag and never grow.
+//! * The event `Stream` is **bounded** (1,024 events). A reader that falls that far behind
+//!   loses the oldest undelivered events and then gets [`TreeEvent::Lagged`] with the number
+//!   lost, before newer events; `current()` is the whole map at any time.
 //!
 //! # Suspended / Reconnected / Lost
 //! While disconnected the map is kept, flagged [`TreeSnapshot::stale`] (and each entry's
@@ -35,7 +42,9 @@
 //! let tree: ConfigTree<u32> = ConfigTree::new(&client, "/app/limits")?;
 //! tree.set("rps", &100).await?;
 //! let sub = tree.subscribe()?;
-//! let snap = sub.wait_for(Duration::from_secs(5), |s| s.entries.contains_key("rps")).await?;
+//! let snap = sub
+//!     .wait_for_timeout(|s| s.entries.contains_key("rps"), Duration::from_secs(5))
+//!     .await?;
 //! println!("{:?}", snap.entries.get("rps").map(|v| v.value));
 //! # Ok(()) }
 //! ```
@@ -53,6 +62,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use zkr::{Client, CreateMode, DataEvent, SessionState, Stat};
 
+use crate::changes::{Changes, EventSender};
 use crate::config::{decode, encode, is_stale_state, policy, Versioned, EVENT_QUEUE};
 use crate::error::{Error, Result};
 
@@ -120,6 +130,12 @@ pub enum TreeEvent<T> {
     Stale,
     /// Connected again and the directory re-read: the map is current.
     Fresh,
+    /// The reader fell more than the queue's capacity behind: this many events were lost.
+    /// The whole map is in [`TreeSubscription::current`].
+    Lagged {
+        /// How many events were lost.
+        missed: u64,
+    },
 }
 
 /// A directory of typed config keys. Cheap to clone.
@@ -239,7 +255,8 @@ where
     pub fn subscribe(&self) -> Result<TreeSubscription<T>> {
         let children = self.client.watch_children(&self.dir)?;
         let (snap_tx, snap_rx) = watch::channel(TreeSnapshot::default());
-        let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+        let (ev_tx, ev_rx) =
+            EventSender::channel(EVENT_QUEUE, |missed| TreeEvent::Lagged { missed });
         let (key_tx, key_rx) = mpsc::unbounded_channel();
         let driver = TreeDriver {
             client: self.client.clone(),
@@ -301,7 +318,7 @@ struct TreeDriver<T> {
     client: Client,
     dir: String,
     snap: watch::Sender<TreeSnapshot<T>>,
-    events: mpsc::Sender<TreeEvent<T>>,
+    events: EventSender<TreeEvent<T>>,
     key_tx: mpsc::UnboundedSender<(String, zkr::Result<DataEvent>)>,
     watchers: HashMap<String, tokio::task::JoinHandle<()>>,
     /// Per key: highest mzxid applied and the czxid it belongs to (kept after removal, so a late
@@ -319,10 +336,8 @@ impl<T> Drop for TreeDriver<T> {
 }
 
 impl<T: DeserializeOwned + Clone + Send + Sync + 'static> TreeDriver<T> {
-    fn emit(&self, ev: TreeEvent<T>) {
-        if self.events.try_send(ev).is_err() {
-            tracing::debug!("config tree event dropped: the consumer lags");
-        }
+    fn emit(&mut self, ev: TreeEvent<T>) {
+        self.events.emit(ev);
     }
 
     fn watch_key(&mut self, key: &str) {
@@ -571,8 +586,9 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> TreeDriver<T> {
     }
 }
 
-/// A live subscription to a [`ConfigTree`]: a `Stream` of [`TreeEvent`]s plus a `watch`
-/// receiver of the whole map. Dropping it stops it.
+/// A live subscription to a [`ConfigTree`]: a `Stream` of [`TreeEvent`]s (bounded, see the
+/// module doc) plus the whole map ([`current`](Self::current), [`changes`](Self::changes)).
+/// Dropping it stops it.
 #[must_use = "the subscription stops when dropped"]
 pub struct TreeSubscription<T> {
     snap: watch::Receiver<TreeSnapshot<T>>,
@@ -588,30 +604,55 @@ impl<T> Drop for TreeSubscription<T> {
 
 impl<T: Clone> TreeSubscription<T> {
     /// The current map.
-    pub fn snapshot(&self) -> TreeSnapshot<T> {
+    pub fn current(&self) -> TreeSnapshot<T> {
         self.snap.borrow().clone()
     }
 
-    /// A `watch` receiver of the map (coalescing; never lags).
-    pub fn receiver(&self) -> watch::Receiver<TreeSnapshot<T>> {
-        self.snap.clone()
+    /// The map now, then after every change (coalescing: never lags).
+    pub fn changes(&self) -> Changes<TreeSnapshot<T>>
+    where
+        T: Send + Sync + 'static,
+    {
+        Changes::new(self.snap.clone())
     }
 
-    /// The next event; `None` once the client is closed.
-    pub async fn next_event(&mut self) -> Option<TreeEvent<T>> {
-        self.events.recv().await
-    }
-
-    /// The next event, or [`Error::Timeout`] if none arrives within `d`.
+    /// The next event, `Ok(None)` once the client is closed, or [`Error::Timeout`] if none
+    /// arrives within `d`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `d`.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: an event is only taken from the queue when it is returned.
     pub async fn next_timeout(&mut self, d: Duration) -> Result<Option<TreeEvent<T>>> {
         crate::wait::timed(d, "config tree event", self.events.recv()).await
     }
 
     /// Waits until the map satisfies `pred` (checked on the current map first).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the subscription's task ended (the client was closed).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only reads the current map.
     pub async fn wait_for(
         &self,
-        d: Duration,
+        pred: impl FnMut(&TreeSnapshot<T>) -> bool,
+    ) -> Result<TreeSnapshot<T>> {
+        self.wait_for_timeout(pred, Duration::MAX).await
+    }
+
+    /// [`wait_for`](Self::wait_for) for at most `d`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `d`; [`Error::Closed`] as `wait_for`.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only reads the current map.
+    pub async fn wait_for_timeout(
+        &self,
         mut pred: impl FnMut(&TreeSnapshot<T>) -> bool,
+        d: Duration,
     ) -> Result<TreeSnapshot<T>> {
         crate::wait::wait_until(
             &self.snap,

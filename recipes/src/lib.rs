@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod atomic_counter;
+mod changes;
 pub mod config;
 pub mod config_tree;
 pub mod discovery;
@@ -34,6 +35,7 @@ mod wait;
 pub mod work_queue;
 
 pub use atomic_counter::{AtomicCounter, AtomicValue};
+pub use changes::Changes;
 pub use config::{Config, ConfigEvent, ConfigSubscription, Versioned};
 pub use config_tree::{ConfigTree, TreeEvent, TreeSnapshot, TreeSubscription};
 pub use discovery::Discovery;

@@ -103,6 +103,13 @@ impl Mutex {
     }
 
     /// Waits until the lock is ours.
+    ///
+    /// # Errors
+    /// [`Error::SessionLost`] if the session ends while waiting (nothing is left behind);
+    /// [`Error::Zk`] for a ZooKeeper error that retrying cannot fix (e.g. `NoAuth`).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future removes our queue node (in the background).
     pub async fn acquire(&self) -> Result<MutexGuard> {
         self.acquire_inner(None, false)
             .await?
@@ -110,6 +117,13 @@ impl Mutex {
     }
 
     /// Waits at most `timeout`; on timeout nothing is held and nothing is left behind.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `timeout` (`Duration::MAX` waits forever); otherwise as
+    /// [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, as [`acquire`](Self::acquire).
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<MutexGuard> {
         self.acquire_inner(crate::wait::deadline_in(timeout), false)
             .await?
@@ -117,6 +131,12 @@ impl Mutex {
     }
 
     /// Takes the lock only if it is free right now.
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire); `Ok(None)` when someone else holds or waits for it.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future leaves no node behind.
     pub async fn try_acquire(&self) -> Result<Option<MutexGuard>> {
         self.acquire_inner(None, true).await
     }
@@ -232,6 +252,9 @@ impl MutexGuard {
     }
 
     /// Completes when the lock may no longer be held.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits.
     pub async fn lost(&self) {
         tokio::select! {
             _ = self.monitor.lost() => {},
@@ -247,6 +270,13 @@ impl MutexGuard {
 
     /// Runs `ops` atomically, only if our lock node still exists (a check is prepended).
     /// Returns the results of `ops` (without the check's).
+    ///
+    /// # Errors
+    /// [`Error::SessionLost`] when our lock node is gone (the lock was lost);
+    /// `zkr::Error::MultiFailed` naming the failing op of `ops` otherwise.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have applied the transaction (all or nothing).
     pub async fn fenced_multi(&self, ops: &[Op]) -> Result<Vec<OpResult>> {
         let mut all = Vec::with_capacity(ops.len() + 1);
         all.push(Op::Check {
@@ -271,7 +301,14 @@ impl MutexGuard {
         }
     }
 
-    /// Releases the lock. `Err(SessionLost)` if it had already been lost with the session.
+    /// Releases the lock.
+    ///
+    /// # Errors
+    /// [`Error::SessionLost`] if it had already been lost with the session.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: if the future is dropped before the delete finished, dropping the guard
+    /// deletes the node in the background, as if `release` had never been called.
     pub async fn release(mut self) -> Result<()> {
         let span = tracing::debug_span!("zkr.mutex.release", node = %self.fence.path);
         // `released` is set only once the delete has finished: if this future is dropped

@@ -20,6 +20,7 @@
 //! Every role also writes `session` (id and password, so that the soak can expire the session
 //! from outside) whenever a new session starts, and `state` on every session state change.
 
+use futures::StreamExt;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -218,7 +219,7 @@ async fn config_pub(client: &Client, events: &Events, rng: &mut StdRng) -> Resul
 async fn config_sub(client: &Client, events: &Events) -> Result<(), String> {
     let config: Config<Value> = Config::new(client, CONFIG).map_err(|e| e.to_string())?;
     let mut sub = config.subscribe().map_err(|e| e.to_string())?;
-    while let Some(ev) = sub.next_event().await {
+    while let Some(ev) = sub.next().await {
         match ev {
             ConfigEvent::Value(c) => events.emit(json!({
                 "ev": "seen", "v": c.value["v"].as_i64(), "mzxid": c.mzxid, "stale": c.stale,
@@ -230,6 +231,8 @@ async fn config_sub(client: &Client, events: &Events) -> Result<(), String> {
             ConfigEvent::Error(e) => events.emit(json!({"ev": "err", "e": e.to_string()})),
             ConfigEvent::Stale => events.emit(json!({"ev": "stale"})),
             ConfigEvent::Fresh => events.emit(json!({"ev": "fresh"})),
+            // The worker keeps up; should it not, the next value still comes.
+            ConfigEvent::Lagged { .. } => {}
         }
     }
     Err("the subscription ended".into())

@@ -580,10 +580,9 @@ async fn configtree_step(
     let rss0 = rss_kb();
     let t = Instant::now();
     let sub = tree.subscribe().map_err(err)?;
-    let mut rx = sub.receiver();
-    wait_map(&mut rx, |s| s.loaded).await?;
+    wait_map(&sub, |s| s.loaded).await?;
     let first_load = t.elapsed();
-    let keys = rx.borrow().entries.len();
+    let keys = sub.current().entries.len();
     let rss1 = rss_kb();
     let watches = server_watches(&b.connect).await;
     let mut lat = Latencies::with_capacity(CHANGES);
@@ -593,7 +592,7 @@ async fn configtree_step(
         let v = key_value(i, j + 1);
         let t = Instant::now();
         let (set, seen) = futures::join!(writer_tree.set(&k, &v), async {
-            wait_map(&mut rx, |s| s.entries.get(&k).is_some_and(|e| e.value == v)).await?;
+            wait_map(&sub, |s| s.entries.get(&k).is_some_and(|e| e.value == v)).await?;
             Ok::<_, BenchError>(Instant::now())
         });
         set.map_err(err)?;
@@ -614,25 +613,18 @@ async fn configtree_step(
 
 /// Waits until the subscriber's map satisfies `pred`.
 async fn wait_map(
-    rx: &mut tokio::sync::watch::Receiver<zkr_recipes::TreeSnapshot<Value>>,
-    mut pred: impl FnMut(&zkr_recipes::TreeSnapshot<Value>) -> bool,
+    sub: &zkr_recipes::TreeSubscription<Value>,
+    pred: impl FnMut(&zkr_recipes::TreeSnapshot<Value>) -> bool,
 ) -> Result<(), BenchError> {
-    tokio::time::timeout(CONVERGE_TIMEOUT, async {
-        loop {
-            if pred(&rx.borrow_and_update()) {
-                return Ok(());
-            }
-            if rx.changed().await.is_err() {
-                return Err(BenchError("the config tree subscription ended".into()));
-            }
-        }
-    })
-    .await
-    .map_err(|_| {
-        BenchError(format!(
+    match sub.wait_for_timeout(pred, CONVERGE_TIMEOUT).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_timeout() => Err(BenchError(format!(
             "config tree did not converge within {CONVERGE_TIMEOUT:?}"
-        ))
-    })?
+        ))),
+        Err(e) => Err(BenchError(format!(
+            "the config tree subscription ended: {e}"
+        ))),
+    }
 }
 
 // ------------------------------------------------------------------ s-discovery
