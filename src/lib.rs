@@ -39,6 +39,7 @@ pub mod path;
 mod proto;
 mod retry;
 pub mod session;
+mod sync;
 mod types;
 pub mod watch;
 mod wire;

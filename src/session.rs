@@ -33,6 +33,7 @@
 //! An operation runs on the epoch it started in; if that epoch ends before the reply arrives the
 //! operation fails with [`Error::SessionLost`]. Nothing issued for session N runs as N+1.
 
+use crate::sync::lock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -208,7 +209,7 @@ impl Epoch {
 
     /// The wire client, while the epoch lasts.
     pub fn wire(&self) -> Result<Wire> {
-        match &*self.wire.lock().unwrap_or_else(|e| e.into_inner()) {
+        match &*lock(&self.wire) {
             Some(w) => Ok(w.clone()),
             None => Err(self.lost_error()),
         }
@@ -223,7 +224,7 @@ impl Epoch {
         self.ended_notify.notify_waiters();
         // Close the session (even while operations of this epoch still hold handles: they
         // watch `ended` and abort) and drop our handle.
-        if let Some(w) = self.wire.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(w) = lock(&self.wire).take() {
             w.close();
         }
     }
@@ -292,17 +293,13 @@ pub(crate) struct Shared {
 impl Shared {
     /// The error for operations on a closed client: why it ended, or [`Error::Closed`].
     pub fn closed_error(&self) -> Error {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .unwrap_or(Error::Closed)
+        lock(&self.failure).clone().unwrap_or(Error::Closed)
     }
 
     /// Ends the client because of `e` (terminal, like `close`).
     fn fail(&self, e: Error) {
         tracing::error!(error = %e, "zkr: giving up; the client is closed");
-        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+        *lock(&self.failure) = Some(e);
         self.close();
         self.publish(SessionState::Closed);
     }
@@ -320,7 +317,7 @@ impl Shared {
         // Bounded: a subscriber that is kept but never read holds at most `CAPACITY` states,
         // the last of them the current one.
         let (tx, rx) = crate::fanout::channel(crate::fanout::CAPACITY);
-        let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hub = lock(&self.hub);
         let _ = tx.send_latest(hub.current);
         // Forget subscribers that went away (recipes subscribe per acquisition).
         hub.subscribers.retain(|t| !t.is_closed());
@@ -329,7 +326,7 @@ impl Shared {
     }
 
     fn publish(&self, state: SessionState) {
-        let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hub = lock(&self.hub);
         if hub.current == state {
             return;
         }

@@ -24,6 +24,7 @@
 //! Errors that retrying cannot fix (e.g. no read permission) are yielded as `Err` items; the
 //! watch keeps trying afterwards. Streams end when the client is closed.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -122,7 +123,7 @@ struct Entry {
 
 impl Entry {
     fn lock(&self) -> std::sync::MutexGuard<'_, EntryState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     fn emit(&self, item: Item) {
@@ -143,7 +144,7 @@ pub(crate) struct Registry {
 fn lock_map(
     map: &Mutex<HashMap<Key, Arc<Entry>>>,
 ) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Entry>>> {
-    map.lock().unwrap_or_else(|e| e.into_inner())
+    lock(map)
 }
 
 impl Registry {

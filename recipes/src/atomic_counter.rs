@@ -44,6 +44,7 @@ use zkr::{Client, CreateMode, Stat};
 
 use crate::config::policy;
 use crate::error::{Error, Result};
+use crate::sync::lock;
 
 /// The result of a successful change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,11 +201,11 @@ impl AtomicCounter {
     }
 
     fn set_cache(&self, v: Option<(i64, i32)>) {
-        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = v;
+        *lock(&self.cache) = v;
     }
 
     fn take_cache(&self) -> Option<(i64, i32)> {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).take()
+        lock(&self.cache).take()
     }
 
     fn delay(&self, tries: u32) -> Duration {

@@ -30,6 +30,7 @@ pub mod rwlock;
 pub mod semaphore;
 mod sequence;
 pub mod sequential_ids;
+mod sync;
 pub mod tree_cache;
 mod wait;
 pub mod work_queue;
@@ -50,7 +51,7 @@ pub use rwlock::RwLock;
 pub use semaphore::{Lease, Semaphore};
 pub use sequential_ids::SequentialIds;
 pub use tree_cache::{
-    CacheEvent, CacheSnapshot, CacheStatus, CacheSubscription, CacheUpdate, CachedNode, PathCache,
+    CacheEvent, CacheSnapshot, CacheState, CacheSubscription, CacheUpdate, CachedNode, PathCache,
     TreeCache,
 };
 pub use work_queue::{
