@@ -50,7 +50,7 @@ pub mod testing;
 pub use client::{Client, ClientBuilder, SessionStates};
 pub use error::{Error, ErrorCode, Result};
 pub use proto::tls::TlsConfig;
-pub use retry::RetryPolicy;
+pub use retry::{Backoff, RetryPolicy};
 pub use session::{LostReason, SessionState};
 pub use types::{
     perms, Acl, AclProvider, ClientInfo, CreateMode, Op, OpResult, ReadOp, ReadResult, SessionId,

@@ -17,7 +17,7 @@
 //!   newest leader-confirmed request + T − a margin that covers how late a follower's reports
 //!   reach the leader (`docs/leases.md` derives it from ZooKeeper 3.8's session tracking).
 //!   Before the server can hand the session's ephemeral nodes to anyone else; zkr never waits
-//!   for the server to say so. [`Epoch::valid_until`] is that deadline, read at call time, so a
+//!   for the server to say so. `Epoch::valid_until` is that deadline, read at call time, so a
 //!   process that was paused knows on its first call that it may have lost everything.
 //! * A member that answers but does not confirm for T/2 is left: the session moves to the next
 //!   member while the lease lasts. Un-suspending re-checks the lease.
@@ -33,6 +33,7 @@
 //! An operation runs on the epoch it started in; if that epoch ends before the reply arrives the
 //! operation fails with [`Error::SessionLost`]. Nothing issued for session N runs as N+1.
 
+use crate::retry::RetryPolicy;
 use crate::sync::lock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -457,7 +458,8 @@ async fn supervise(weak: std::sync::Weak<Shared>, mut epoch: Arc<Epoch>, mut sta
         }
         drop(shared);
         // Open the next session with backoff until it works or the client is closed.
-        let mut delay = Duration::from_millis(50);
+        let mut backoff =
+            RetryPolicy::exponential(Duration::from_millis(50), Duration::from_secs(5)).backoff();
         let next = loop {
             let Some(shared) = weak.upgrade() else { return };
             if shared.is_closed() {
@@ -483,10 +485,7 @@ async fn supervise(weak: std::sync::Weak<Shared>, mut epoch: Arc<Epoch>, mut sta
                 }
             }
             drop(shared);
-            let jitter =
-                Duration::from_millis(rand::random::<u64>() % (delay.as_millis() as u64 + 1));
-            tokio::time::sleep(delay + jitter / 2).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            backoff.wait().await;
         };
         let Some(shared) = weak.upgrade() else { return };
         epoch = Arc::new(Epoch::new(n + 1, next.0, shared.cfg.server_tick));

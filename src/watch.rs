@@ -388,7 +388,7 @@ fn still_wanted(map: &Mutex<HashMap<Key, Arc<Entry>>>, entry: &Arc<Entry>) -> bo
 async fn drive(shared: Arc<Shared>, map: Arc<Mutex<HashMap<Key, Arc<Entry>>>>, entry: Arc<Entry>) {
     let span = tracing::debug_span!("zkr.watch", path = %entry.path, kind = ?entry.kind);
     let mut states = shared.state_receiver();
-    let mut error_delay = Duration::from_millis(100);
+    let mut backoff = error_backoff();
     'outer: loop {
         if !still_wanted(&map, &entry) {
             return;
@@ -416,7 +416,7 @@ async fn drive(shared: Arc<Shared>, map: Arc<Mutex<HashMap<Key, Arc<Entry>>>>, e
         let watch = match r {
             Ok(None) => continue,
             Ok(Some((snap, watch))) => {
-                error_delay = Duration::from_millis(100);
+                backoff = error_backoff();
                 let change = diff(entry.kind, entry.lock().last.as_deref(), &snap);
                 if let Some(change) = change {
                     tracing::debug!(parent: &span, ?change, "watch event");
@@ -430,10 +430,9 @@ async fn drive(shared: Arc<Shared>, map: Arc<Mutex<HashMap<Key, Arc<Entry>>>>, e
                 tracing::warn!(parent: &span, error = %e, "watch read failed");
                 entry.emit(Err(e));
                 tokio::select! {
-                    _ = tokio::time::sleep(error_delay) => {},
+                    _ = backoff.wait() => {},
                     _ = epoch.ended() => {},
                 }
-                error_delay = (error_delay * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -577,4 +576,9 @@ impl Stream for PersistentWatch {
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+/// Waits between reads that keep failing: from 100 ms doubling to 5 s.
+fn error_backoff() -> crate::Backoff {
+    crate::RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(5)).backoff()
 }

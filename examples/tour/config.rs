@@ -125,7 +125,7 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
             let (seq, counter, blocks) = (seq?, counter?, blocks?);
             let s = seq.next_batch(3).await?;
             let c = counter.increment().await?;
-            let b = blocks.next_n(3).await?;
+            let b = blocks.next_batch(3).await?;
             Ok::<_, zkr_recipes::Error>((i, s, c, b))
         }
     });

@@ -32,7 +32,7 @@
 //!
 //! # Suspend, reconnect, loss
 //! The whole acquisition runs on one session ([`zkr::Client::pinned`]). If it ends while
-//! waiting, the acquire fails with [`Error::SessionLost`](crate::Error::SessionLost) and leaves
+//! waiting, the acquire fails with [`Error::SessionLost`] and leaves
 //! nothing behind. While held, [`MutexGuard::is_lost`] turns true and [`MutexGuard::lost`]
 //! completes as soon as the session is `Suspended` (default, Curator's policy) or only when it
 //! is `Lost` ([`LossPolicy::Lost`]). Both come before the server can expire the session, so

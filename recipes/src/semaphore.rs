@@ -19,7 +19,7 @@
 //! Lease nodes are ephemeral and cancel-safe (removed when an acquire is dropped), so leases of
 //! dead sessions and cancelled acquires never linger and never exhaust the semaphore.
 //!
-//! On `Suspended` / `Lost` a held [`Lease`] behaves like a [`MutexGuard`](crate::MutexGuard):
+//! On `Suspended` / `Lost` a held [`Lease`] behaves like a [`MutexGuard`]:
 //! `is_lost()` turns true and `lost()` completes.
 
 use std::time::Duration;

@@ -124,6 +124,13 @@ impl SequentialIds {
     }
 
     /// The next ID.
+    ///
+    /// # Errors
+    /// [`Error::Zk`] when the create fails after its retries (e.g. `NoAuth`).
+    ///
+    /// # Cancel safety
+    /// If dropped, an ID may have been taken and is never returned: IDs stay unique, with a
+    /// gap; a node may be left for [`cleanup`](Self::cleanup).
     pub async fn next(&self) -> Result<i64> {
         let span = tracing::debug_span!("sequential_ids.next", dir = %self.dir);
         async {
@@ -194,6 +201,12 @@ impl SequentialIds {
     /// `n` IDs, returned sorted. They are created by `multi` transactions of up to
     /// [`BATCH_CHUNK`] sequential creates each (all chunks in flight at once), each followed by
     /// one `multi` deleting its nodes; returns once the nodes are deleted.
+    ///
+    /// # Errors
+    /// As [`next`](Self::next).
+    ///
+    /// # Cancel safety
+    /// As [`next`](Self::next).
     pub async fn next_batch(&self, n: usize) -> Result<Vec<i64>> {
         let span = tracing::debug_span!("sequential_ids.next_batch", dir = %self.dir, n);
         async {
@@ -221,6 +234,12 @@ impl SequentialIds {
     /// (`id-` prefix) are touched; call it when no other client is creating IDs right now, or
     /// accept that a concurrent client's node may be deleted before it does so itself (harmless:
     /// the ID is already handed out).
+    ///
+    /// # Errors
+    /// [`Error::Zk`] when listing or deleting fails.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: stopping half-way leaves the rest for the next call.
     pub async fn cleanup(&self) -> Result<usize> {
         let span = tracing::debug_span!("sequential_ids.cleanup", dir = %self.dir);
         async {

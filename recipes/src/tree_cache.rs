@@ -652,6 +652,11 @@ impl Stream for CacheSubscription {
     }
 }
 
+/// Waits between tries after errors: from 100 ms doubling to 5 s.
+fn error_backoff() -> zkr::Backoff {
+    zkr::RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(5)).backoff()
+}
+
 /// A read node: data (cut) + stat, `None` if absent.
 type Read = Option<(Vec<u8>, bool, Stat)>;
 
@@ -729,7 +734,7 @@ impl Driver {
 
     async fn run(mut self) {
         let mut states = self.client.state_receiver();
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = error_backoff();
         'session: loop {
             if !wait_live(&mut states).await {
                 break;
@@ -737,7 +742,7 @@ impl Driver {
             let mut watch = match self.client.add_watch(&self.root, true).await {
                 Ok(w) => w,
                 Err(e) => {
-                    self.failed(e.into(), &mut delay).await;
+                    self.failed(e.into(), &mut backoff).await;
                     continue 'session;
                 }
             };
@@ -751,10 +756,10 @@ impl Driver {
                     }
                 }
                 if let Err(e) = self.reload().await {
-                    self.failed(e, &mut delay).await;
+                    self.failed(e, &mut backoff).await;
                     continue;
                 }
-                delay = Duration::from_millis(100);
+                backoff = error_backoff();
                 self.set_status(CacheState::Live);
                 self.tx().emit(if self.loaded {
                     CacheEvent::Fresh
@@ -779,15 +784,14 @@ impl Driver {
     }
 
     /// Reports `e` and waits before the next try.
-    async fn failed(&self, e: Error, delay: &mut Duration) {
+    async fn failed(&self, e: Error, backoff: &mut zkr::Backoff) {
         if e.is_zk(|z| z.is_retryable()) {
             tracing::debug!(error = %e, "tree cache: retrying");
         } else {
             tracing::warn!(error = %e, "tree cache: failing, retrying");
             self.set_status(CacheState::Failing(e));
         }
-        tokio::time::sleep(*delay).await;
-        *delay = (*delay * 2).min(Duration::from_secs(5));
+        backoff.wait().await;
     }
 
     async fn follow(

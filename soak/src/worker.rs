@@ -175,7 +175,7 @@ async fn ids(client: &Client, events: &Events, rng: &mut StdRng) -> Result<(), S
     let seq = SequentialIds::new(client, SEQ_DIR).map_err(|e| e.to_string())?;
     let counter = AtomicCounter::new(client, COUNTER)
         .map_err(|e| e.to_string())?
-        .timeout(Duration::from_secs(10));
+        .with_timeout(Duration::from_secs(10));
     let blocks = IdBlocks::new(client, COUNTER, 10).map_err(|e| e.to_string())?;
     loop {
         let (via, ns, r) = match rng.gen_range(0..3) {
