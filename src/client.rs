@@ -1069,14 +1069,14 @@ impl Client {
 
     /// Expires this client's current session on purpose, like Curator's KillSession: a second
     /// connection with the same session credentials is opened straight to the ensemble
-    /// (`direct`) and closed. The client must be connected through `proxy`, which is cut
-    /// meanwhile: otherwise the client's instant reconnect and the killer keep taking the
-    /// session from each other.
+    /// (`direct`) and closed. The client must be connected through `proxy` (the test harness's
+    /// fault proxy, crate `zkr-testing`), which is cut meanwhile: otherwise the client's instant
+    /// reconnect and the killer keep taking the session from each other.
     #[cfg(feature = "testing")]
     pub async fn expire_session_for_testing(
         &self,
         direct: &str,
-        proxy: &crate::testing::FaultProxy,
+        proxy: &impl crate::test_hooks::ConnectionCut,
     ) -> Result<()> {
         let servers = ConnectString::parse(direct)?.servers;
         let e = self.inner.shared.live_epoch().await?;
@@ -1089,7 +1089,7 @@ impl Client {
     }
 
     /// The current session's id and password, so that another process can expire it with
-    /// [`crate::testing::expire_session`] (the soak's session-expiry fault does this to its
+    /// [`crate::test_hooks::expire_session_with`] (the soak's session-expiry fault does this to its
     /// workload processes). Test-only: the password is the session's secret.
     #[cfg(feature = "testing")]
     pub async fn session_credentials_for_testing(&self) -> Result<(SessionId, Vec<u8>)> {
@@ -1097,19 +1097,4 @@ impl Client {
         let session = e.wire()?.session();
         Ok((SessionId(session.id), session.passwd.clone()))
     }
-}
-
-/// Expires the session `id` (password `passwd`, as given by
-/// [`Client::session_credentials_for_testing`]) by opening a second connection with the same
-/// credentials to one of the servers in `direct` and closing it. The session's owner should be
-/// cut off meanwhile (through a [`crate::testing::FaultProxy`]), or its instant reconnect and
-/// this call take the session from each other. Plaintext connections only.
-#[cfg(feature = "testing")]
-pub(crate) async fn expire_session_with(direct: &str, id: SessionId, passwd: &[u8]) -> Result<()> {
-    let servers = ConnectString::parse(direct)?.servers;
-    let session = crate::wire::WireSession {
-        id: id.0,
-        passwd: passwd.to_vec(),
-    };
-    crate::wire::expire_session(&servers, &session, None, Duration::from_secs(10)).await
 }

@@ -45,7 +45,7 @@ pub mod watch;
 mod wire;
 
 #[cfg(feature = "testing")]
-pub mod testing;
+pub mod test_hooks;
 
 pub use client::{Client, ClientBuilder, SessionStates};
 pub use error::{Error, ErrorCode, Result};

@@ -10,7 +10,7 @@ use zkr::{Client, CreateMode, Error, Op};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_paths_and_oversized_data_are_typed_errors() {
-    let ens = zkr::testing::shared().expect("zookeeper");
+    let ens = zkr_testing::shared().expect("zookeeper");
     let c = client(&ens.connect_string(), 10_000).await;
     for bad in [
         "",
@@ -185,7 +185,7 @@ fn cpu_time() -> Duration {
 /// Passwords never appear in `Debug` output of the builder or the client.
 #[tokio::test]
 async fn secrets_stay_out_of_debug_output() {
-    let ens = zkr::testing::shared().expect("zookeeper");
+    let ens = zkr_testing::shared().expect("zookeeper");
     let builder = zkr::Client::builder(&ens.connect_string())
         .digest_auth("app", "hunter2-secret")
         .auth("digest", b"other:pa55word");
@@ -208,7 +208,7 @@ async fn secrets_stay_out_of_debug_output() {
 /// never a panic: in the client builder and in every recipe wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extreme_durations_never_panic() {
-    let ens = zkr::testing::shared().expect("zookeeper");
+    let ens = zkr_testing::shared().expect("zookeeper");
     let e = Client::builder(&ens.connect_string())
         .session_timeout(Duration::MAX)
         .connect()

@@ -1,4 +1,4 @@
-//! Checks of the real-ZooKeeper test harness (`zkr::testing`) itself.
+//! Checks of the real-ZooKeeper test harness (`zkr_testing`) itself.
 //!
 //! Needs Java and ZooKeeper 3.8 (`apt-get install -y zookeeper`).
 //! Run with `cargo test --features testing --test harness`.
@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use zkr::testing::{shared, shared_ensemble3, FaultProxy, HarnessError, ZkEnsemble};
+use zkr_testing::{shared, shared_ensemble3, FaultProxy, HarnessError, ZkEnsemble};
 
 /// Sends a four-letter word over `stream` and reads the answer until the peer closes.
 fn ask(stream: &mut TcpStream, word: &str, timeout: Duration) -> std::io::Result<String> {

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use common::blocking;
 
-use zkr::testing::ZkEnsemble;
 use zkr::{Client, CreateMode, RetryPolicy};
+use zkr_testing::ZkEnsemble;
 
 /// `syncLimit × tickTime` of the harness's members.
 const SYNC_TIMEOUT: Duration = Duration::from_millis(10 * 500);

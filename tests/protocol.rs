@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use zkr::{
-    perms, testing, Acl, Client, CreateMode, Error, ErrorCode, Op, OpResult, ReadOp, ReadResult,
+    perms, Acl, Client, CreateMode, Error, ErrorCode, Op, OpResult, ReadOp, ReadResult,
     WatchedEventKind,
 };
+use zkr_testing as testing;
 
 async fn client() -> Client {
     let ens = testing::shared().expect("zookeeper");

@@ -7,7 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use zkr::{testing::ZkEnsemble, Client, CreateMode, Error, SessionState};
+use zkr::{Client, CreateMode, Error, SessionState};
+use zkr_testing::ZkEnsemble;
 
 #[tokio::test]
 async fn read_only_session_while_quorum_is_lost_then_read_write_again() {

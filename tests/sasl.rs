@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
-use zkr::testing::{FaultProxy, ZkEnsemble};
 use zkr::{perms, Acl, Client, CreateMode, Error, SessionState};
+use zkr_testing::{FaultProxy, ZkEnsemble};
 
 fn sasl_server() -> &'static ZkEnsemble {
     static S: OnceLock<ZkEnsemble> = OnceLock::new();
@@ -102,7 +102,7 @@ async fn a_wrong_sasl_password_is_auth_failed_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_against_a_server_without_sasl_says_so() {
     init_tracing();
-    let ens = zkr::testing::shared().expect("zookeeper");
+    let ens = zkr_testing::shared().expect("zookeeper");
     let e = sasl_client(&ens.connect_string(), "app", "s3cret-pw")
         .await
         .unwrap_err();

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use zkr::testing::{self, FaultProxy, ZkEnsemble};
 use zkr::{Acl, Change, Client, CreateMode, Error, LostReason, SessionState};
+use zkr_testing::{self as testing, FaultProxy, ZkEnsemble};
 
 /// 1. Kill the member the client is connected to: same session, ephemeral nodes kept,
 /// `Suspended` then `Reconnected`, in-flight calls fail promptly with the connection-loss kind.

@@ -1,5 +1,6 @@
 use std::time::Duration;
-use zkr::{testing, Change, Client, CreateMode};
+use zkr::{Change, Client, CreateMode};
+use zkr_testing as testing;
 
 #[tokio::test]
 async fn basic_ops_and_watch() {

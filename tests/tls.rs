@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
-use zkr::testing::{ClientAuth, FaultProxy, TestPki, ZkEnsemble};
 use zkr::{Client, CreateMode, Error, SessionState, TlsConfig};
+use zkr_testing::{ClientAuth, FaultProxy, TestPki, ZkEnsemble};
 
 /// One PKI and one mutual-TLS server (`ssl.clientAuth=need`) for the tests of this binary.
 fn mtls() -> &'static (TestPki, ZkEnsemble) {

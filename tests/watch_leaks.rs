@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use zkr::testing::ZkEnsemble;
 use zkr::{Change, CreateMode};
+use zkr_testing::ZkEnsemble;
 
 /// 1,000 watch streams opened and dropped: the server's watch count (`wchs`) and the client's
 /// registry return to their baselines. Own server, so nothing else moves the count.
@@ -83,7 +83,7 @@ async fn thousand_watch_streams_leave_no_server_watches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_on_one_path_share_one_watch() {
     init_tracing();
-    let ens = zkr::testing::shared().expect("zookeeper");
+    let ens = zkr_testing::shared().expect("zookeeper");
     let c = client(&ens.connect_string(), 10_000).await;
     let root = root("share");
     c.create(&root, b"v0", CreateMode::Persistent)
@@ -138,7 +138,7 @@ async fn streams_on_one_path_share_one_watch() {
 async fn wait_gone_sees_deletions_across_a_cut() {
     init_tracing();
     let ens = blocking(ZkEnsemble::standalone).await.expect("zookeeper");
-    let proxy = zkr::testing::FaultProxy::for_ensemble(&ens).unwrap();
+    let proxy = zkr_testing::FaultProxy::for_ensemble(&ens).unwrap();
     let admin = client(&ens.connect_string(), 10_000).await;
     let c = client(&proxy.connect_string(), 4000).await;
     let baseline = ens.watch_count().unwrap();
@@ -185,7 +185,7 @@ async fn wait_gone_sees_deletions_across_a_cut() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unread_watch_stream_stays_bounded_and_ends_on_the_latest_value() {
     init_tracing();
-    let ens = zkr::testing::shared().expect("zookeeper");
+    let ens = zkr_testing::shared().expect("zookeeper");
     let c = client(&ens.connect_string(), 10_000).await;
     let path = "/watch-leaks-unread-stream";
     let _ = c.delete(path, None).await;

@@ -4,7 +4,7 @@
 //!
 //! The benchmark program `zkr-bench` (package `zkr-bench` in `bench/zkr-bench/`, not
 //! published) uses [`init_logging`] and [`install_panic_hook`] from here; it is a package of its
-//! own because it links the real-ZooKeeper test harness (`zkr::testing`), which `zkr` does not.
+//! own because it links the real-ZooKeeper test harness (`zkr_testing`), which `zkr` does not.
 
 #![warn(missing_docs)]
 

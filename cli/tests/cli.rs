@@ -1,4 +1,4 @@
-//! Runs the built `zkr` binary against a real ZooKeeper (`zkr::testing::shared()`, one
+//! Runs the built `zkr` binary against a real ZooKeeper (`zkr_testing::shared()`, one
 //! standalone server for the whole test binary; every test works under its own root path).
 //!
 //! Needs Java and ZooKeeper 3.8 (`apt-get install -y zookeeper`).
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const BIN: &str = env!("CARGO_BIN_EXE_zkr");
 
 fn zk() -> String {
-    zkr::testing::shared()
+    zkr_testing::shared()
         .expect("shared ZooKeeper")
         .connect_string()
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustix::process::{kill_process, Pid, Signal};
-use zkr::testing;
+use zkr_testing as testing;
 
 const BIN: &str = env!("CARGO_BIN_EXE_zkr");
 

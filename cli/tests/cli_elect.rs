@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::process::{kill_process, Pid, Signal};
-use zkr::testing;
+use zkr_testing as testing;
 
 const BIN: &str = env!("CARGO_BIN_EXE_zkr");
 

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use zkr::testing::ZkEnsemble;
+use zkr_testing::ZkEnsemble;
 
 const BIN: &str = env!("CARGO_BIN_EXE_zkr");
 

@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use zkr::testing::{self, FaultProxy};
+use zkr_testing::{self as testing, FaultProxy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zkr");
 

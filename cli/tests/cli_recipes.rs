@@ -5,9 +5,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use zkr::testing;
 use zkr::Client;
 use zkr_recipes::Config;
+use zkr_testing as testing;
 
 const BIN: &str = env!("CARGO_BIN_EXE_zkr");
 const T: Duration = Duration::from_secs(15);

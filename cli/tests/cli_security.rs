@@ -1,5 +1,5 @@
 //! `zkr --auth`, `zkr acl get/set/digest` and `zkr create --acl` against a real ZooKeeper
-//! (`zkr::testing::shared()`).
+//! (`zkr_testing::shared()`).
 
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const BIN: &str = env!("CARGO_BIN_EXE_zkr");
 
 fn zk() -> String {
-    zkr::testing::shared()
+    zkr_testing::shared()
         .expect("shared ZooKeeper")
         .connect_string()
 }
@@ -190,7 +190,7 @@ fn bad_auth_and_acl_arguments_are_usage_errors_without_secrets() {
 /// `--tls-ca/--tls-cert/--tls-key` against a server with a mutual-TLS `secureClientPort`.
 #[test]
 fn tls_options_connect_with_mutual_tls() {
-    use zkr::testing::{ClientAuth, TestPki, ZkEnsemble};
+    use zkr_testing::{ClientAuth, TestPki, ZkEnsemble};
     let pki = TestPki::generate().unwrap();
     let ens = ZkEnsemble::start_tls(
         1,
@@ -247,7 +247,7 @@ fn tls_options_connect_with_mutual_tls() {
 /// `--auth sasl:USER:PASSWORD` logs in with SASL DIGEST-MD5.
 #[test]
 fn sasl_auth_option_logs_in() {
-    use zkr::testing::ZkEnsemble;
+    use zkr_testing::ZkEnsemble;
     let ens = ZkEnsemble::start_sasl(1, &[("app", "s3cret")], &[]).unwrap();
     let zk = ens.connect_string();
     let run = |args: &[&str]| {

@@ -29,7 +29,7 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const WITHIN: Duration = Duration::from_secs(1);
 
 fn zk() -> String {
-    zkr::testing::shared()
+    zkr_testing::shared()
         .expect("shared ZooKeeper")
         .connect_string()
 }
@@ -310,7 +310,7 @@ async fn ui_shows_locks_config_and_recipes_live_in_a_browser() {
     task.progress(40.0, "resizing").await.unwrap();
 
     // The view connects through a fault proxy, to show its own session state moving.
-    let proxy = zkr::testing::FaultProxy::for_ensemble(zkr::testing::shared().expect("zk"))
+    let proxy = zkr_testing::FaultProxy::for_ensemble(zkr_testing::shared().expect("zk"))
         .expect("fault proxy");
     let mut ui = Proc(
         Command::new(BIN)

@@ -8,8 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use zkr::testing::{FaultProxy, ZkEnsemble};
 use zkr::{Client, DataWatch, SessionState, SessionStates};
+use zkr_testing::{FaultProxy, ZkEnsemble};
 
 mod config;
 mod election;

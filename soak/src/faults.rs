@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rustix::process::{kill_process, kill_process_group, Pid, Signal};
-use zkr::testing::{FaultProxy, ZkEnsemble};
+use zkr_testing::{FaultProxy, ZkEnsemble};
 
 use crate::{now_ms, sleep_until_ms};
 
@@ -369,7 +369,7 @@ fn start(p: &Planned, env: &Env<'_>) -> (String, Undo, Option<String>) {
                 .build()
                 .map_err(|e| e.to_string())
                 .and_then(|rt| {
-                    rt.block_on(zkr::testing::expire_session(
+                    rt.block_on(zkr_testing::expire_session(
                         &env.zk.connect_string(),
                         zkr::SessionId(id),
                         &passwd,

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use zkr::testing::{FaultProxy, ZkEnsemble};
+use zkr_testing::{FaultProxy, ZkEnsemble};
 
 use faults::{Group, Participant};
 use procs::{dir_log, stop_participant, HolderCtx, HolderStats, WorkerCtx};

@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 use rustix::process::{kill_process, Pid, Signal};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
-use zkr::testing::ZkEnsemble;
 use zkr::Client;
 use zkr_recipes::leader_latch::{LatchState, LeaderLatch};
+use zkr_testing::ZkEnsemble;
 
 use super::{ms, round, Bench, BenchError, Latencies, Report};
 

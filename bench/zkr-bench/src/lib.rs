@@ -28,8 +28,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use zkr::testing::ZkEnsemble;
 use zkr::Client;
+use zkr_testing::ZkEnsemble;
 
 /// Flags every workload understands.
 #[derive(clap::Args, Clone, Debug)]
@@ -70,8 +70,8 @@ impl From<zkr::Error> for BenchError {
     }
 }
 
-impl From<zkr::testing::HarnessError> for BenchError {
-    fn from(e: zkr::testing::HarnessError) -> Self {
+impl From<zkr_testing::HarnessError> for BenchError {
+    fn from(e: zkr_testing::HarnessError) -> Self {
         BenchError(format!("cannot start a throwaway ZooKeeper: {e}"))
     }
 }

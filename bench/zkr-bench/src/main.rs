@@ -6,7 +6,7 @@
 //! JSON line is printed either way once the workload started), 2 for bad usage.
 //!
 //! Its own package (`bench/zkr-bench`, not published) because it starts a throwaway local
-//! ZooKeeper through `zkr::testing`: the `zkr` CLI (package `zkr-cli`) is built without that
+//! ZooKeeper through `zkr_testing`: the `zkr` CLI (package `zkr-cli`) is built without that
 //! harness. Logging setup and the panic hook come from `zkr-cli`'s library.
 
 #![warn(missing_docs)]

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use common::{client, init_tracing, root};
 use serde::{Deserialize, Serialize};
-use zkr::testing::{self, FaultProxy};
 use zkr::{Client, CreateMode};
 use zkr_recipes::{Config, ConfigEvent, ConfigTree, TreeEvent};
+use zkr_testing::{self as testing, FaultProxy};
 
 const T: Duration = Duration::from_secs(15);
 
@@ -35,7 +35,7 @@ fn db(pool: u32) -> Db {
     }
 }
 
-fn zk() -> &'static zkr::testing::ZkEnsemble {
+fn zk() -> &'static zkr_testing::ZkEnsemble {
     testing::shared().expect("zookeeper")
 }
 

@@ -20,7 +20,7 @@ fn is_timeout<T>(r: &Result<T, Error>) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curator_and_zkr_mutexes_exclude_each_other() {
     init_tracing();
-    let ens = zkr::testing::shared().expect("zookeeper");
+    let ens = zkr_testing::shared().expect("zookeeper");
     let Some(mut peer) = block_in_place(|| CuratorPeer::start(&ens.connect_string(), 10_000))
     else {
         return;
@@ -58,7 +58,7 @@ async fn curator_and_zkr_mutexes_exclude_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curator_and_zkr_read_write_locks_interoperate() {
     init_tracing();
-    let ens = zkr::testing::shared().expect("zookeeper");
+    let ens = zkr_testing::shared().expect("zookeeper");
     let Some(mut peer) = block_in_place(|| CuratorPeer::start(&ens.connect_string(), 10_000))
     else {
         return;

@@ -1,6 +1,7 @@
 //! Real-ZooKeeper test harness: server processes, process faults and a fault-injecting TCP proxy.
 //!
-//! Enabled by the `testing` cargo feature. Everything here talks to a **real** Apache ZooKeeper
+//! The workspace's own crate `zkr-testing` (not published): a dev-dependency of the crates'
+//! integration tests, and a dependency of the soak and benchmark programs. Everything here talks to a **real** Apache ZooKeeper
 //! (3.8, from Debian's `zookeeper` package: `apt-get install -y zookeeper`) running as Java
 //! child processes of the test binary; nothing is mocked.
 //!
@@ -22,7 +23,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use zkr::testing::ZkEnsemble;
+//! use zkr_testing::ZkEnsemble;
 //!
 //! let zk = ZkEnsemble::start_partitionable(3)?;
 //! let old = zk.wait_leader_among(&[0, 1, 2], Duration::from_secs(30))?;
@@ -32,7 +33,7 @@
 //! assert_ne!(new, old);
 //! zk.heal()?;                             // the old leader rejoins as a follower
 //! zk.wait_leader_among(&[0, 1, 2], Duration::from_secs(20))?;
-//! # Ok::<(), zkr::testing::HarnessError>(())
+//! # Ok::<(), zkr_testing::HarnessError>(())
 //! ```
 //!
 //! **What is proxied.** In a partitionable ensemble of `n` members every *directed link*
@@ -124,16 +125,18 @@
 //!
 //! # Platform
 //!
-//! Linux only (`PR_SET_PDEATHSIG`, `/proc`, process signals): enabling the `testing` feature on
-//! any other target is a compile error. The client and the recipes do not need it.
+//! Linux only (`PR_SET_PDEATHSIG`, `/proc`, process signals): building this crate for any other
+//! target is a compile error. The client and the recipes do not need it.
+
+#![warn(missing_docs)]
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
-    "zkr's `testing` feature (the real-ZooKeeper test harness, zkr::testing) supports Linux \
-     only: it relies on PR_SET_PDEATHSIG, /proc and Unix process signals. Build without the \
-     `testing` feature on this platform."
+    "zkr-testing (the real-ZooKeeper test harness) supports Linux only: it relies on \
+     PR_SET_PDEATHSIG, /proc and Unix process signals. The client and the recipes do not need it."
 );
 
+pub mod helpers;
 mod proxy;
 mod server;
 mod tls;
@@ -144,15 +147,23 @@ pub use tls::{ClientAuth, TestPki};
 
 /// Expires the session `id` from outside its process, like Curator's KillSession: a second
 /// connection with the session's credentials (from
-/// [`Client::session_credentials_for_testing`](crate::Client::session_credentials_for_testing))
+/// [`Client::session_credentials_for_testing`](zkr::Client::session_credentials_for_testing))
 /// is opened to a server in `direct` and closed. Cut the owner off (with a [`FaultProxy`])
 /// while this runs, or its instant reconnect keeps taking the session back.
-pub async fn expire_session(
-    direct: &str,
-    id: crate::SessionId,
-    passwd: &[u8],
-) -> crate::Result<()> {
-    crate::client::expire_session_with(direct, id, passwd).await
+pub async fn expire_session(direct: &str, id: zkr::SessionId, passwd: &[u8]) -> zkr::Result<()> {
+    zkr::test_hooks::expire_session_with(direct, id, passwd).await
+}
+
+/// A [`FaultProxy`] is what [`Client::expire_session_for_testing`](zkr::Client::expire_session_for_testing)
+/// cuts while it expires the client's session.
+impl zkr::test_hooks::ConnectionCut for FaultProxy {
+    fn cut(&self) {
+        FaultProxy::cut(self);
+    }
+
+    fn heal(&self) {
+        FaultProxy::heal(self);
+    }
 }
 
 /// Why the harness could not do what a test asked.

@@ -89,7 +89,7 @@ impl Drop for Kazoo {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kazoo_and_zkr_locks_exclude_each_other() {
     init_tracing();
-    let ens = zkr::testing::shared().expect("zookeeper");
+    let ens = zkr_testing::shared().expect("zookeeper");
     let path = root("kazoo");
     let Some(mut kazoo) = Kazoo::start(&ens.connect_string(), &path) else {
         return;

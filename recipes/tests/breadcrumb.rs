@@ -88,7 +88,7 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
 
 #[tokio::test]
 async fn a_clean_hand_over_fences_nobody() {
-    let ens = zkr::testing::shared().expect("zookeeper");
+    let ens = zkr_testing::shared().expect("zookeeper");
     let (ca, cb) = (
         common::client(&ens.connect_string(), 4000).await,
         common::client(&ens.connect_string(), 4000).await,
@@ -131,7 +131,7 @@ struct AfterCrash {
 }
 
 async fn crash_the_active(name: &str, fb: &Fencer) -> AfterCrash {
-    let ens = zkr::testing::shared().expect("zookeeper");
+    let ens = zkr_testing::shared().expect("zookeeper");
     let (ca, cb) = (
         common::client(&ens.connect_string(), 4000).await,
         common::client(&ens.connect_string(), 4000).await,

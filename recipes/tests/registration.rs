@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use common::{blocking, client, expect_state, init_tracing, root};
 use serde_json::{json, Value};
-use zkr::testing::{self, FaultProxy};
 use zkr::{CreateMode, SessionState};
 use zkr_recipes::discovery::Discovery;
 use zkr_recipes::registration::{Registration, RegistrationStatus, ServiceInstance};
+use zkr_testing::{self as testing, FaultProxy};
 
 const T: Duration = Duration::from_secs(15);
 

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures::StreamExt;
-use zkr::testing::{self, FaultProxy, ZkEnsemble};
 use zkr::{CreateMode, Op, SessionState};
 use zkr_recipes::{LossPolicy, Mutex, RwLock, Semaphore};
+use zkr_testing::{self as testing, FaultProxy, ZkEnsemble};
 
 /// 8 clients × 200 cycles on one mutex: never two inside, no lost update.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,7 +531,7 @@ async fn semaphore_bounds_holders() {
 /// false, while the session itself is fine.
 #[tokio::test]
 async fn a_deleted_lock_node_ends_the_hold() {
-    let ens = zkr::testing::shared().expect("zookeeper");
+    let ens = zkr_testing::shared().expect("zookeeper");
     let c = common::client(&ens.connect_string(), 4000).await;
     let operator = common::client(&ens.connect_string(), 4000).await;
     let path = common::root("deleted-node");
@@ -556,7 +556,7 @@ async fn a_deleted_lock_node_ends_the_hold() {
 /// is marked released only once the delete finished, so dropping it deletes in the background.
 #[tokio::test]
 async fn a_release_dropped_mid_way_still_frees_the_lock() {
-    let ens = zkr::testing::shared().expect("zookeeper");
+    let ens = zkr_testing::shared().expect("zookeeper");
     let c = common::client(&ens.connect_string(), 4000).await;
     let other = common::client(&ens.connect_string(), 4000).await;
     let path = common::root("dropped-release");

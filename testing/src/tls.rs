@@ -126,7 +126,7 @@ impl TestPki {
         )
     }
 
-    /// `zoo.cfg` lines for [`ZkEnsemble::start_tls`](crate::testing::ZkEnsemble::start_tls):
+    /// `zoo.cfg` lines for [`ZkEnsemble::start_tls`](crate::ZkEnsemble::start_tls):
     /// the server presents `server_pem` (a key store file of this PKI: `"server.pem"`,
     /// `"expired-server.pem"` or `"untrusted-server.pem"`), trusts the CA, and asks for client
     /// certificates as `client_auth` says.

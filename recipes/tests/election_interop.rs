@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::java::CuratorPeer;
 use common::{blocking, client, init_tracing, root};
-use zkr::testing;
 use zkr_recipes::leader_latch::{self, LatchState, LeaderLatch};
+use zkr_testing as testing;
 
 const T: Duration = Duration::from_secs(20);
 

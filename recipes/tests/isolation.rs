@@ -13,8 +13,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zkr::testing::ZkEnsemble;
 use zkr_recipes::{LeaderLatch, LeaderSelector, LossPolicy, Mutex, RwLock, Semaphore};
+use zkr_testing::ZkEnsemble;
 
 /// Shorter than syncLimit × tickTime (10 × 500 ms): the member does not drop its clients first.
 const SESSION_MS: u64 = 4000;

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use zkr::testing::{self, ZkEnsemble};
 use zkr_recipes::{LeaderLatch, Mutex};
+use zkr_testing::{self as testing, ZkEnsemble};
 
 /// Freezes this (single-threaded) test runtime: no task runs, like a process under SIGSTOP.
 fn freeze(d: Duration) {

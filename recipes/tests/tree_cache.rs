@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use common::{client, init_tracing, root};
 use futures::StreamExt;
-use zkr::testing::{self, FaultProxy};
 use zkr::{Client, CreateMode};
 use zkr_recipes::{CacheEvent, CacheState, CacheSubscription, CacheUpdate, PathCache, TreeCache};
+use zkr_testing::{self as testing, FaultProxy};
 
 const T: Duration = Duration::from_secs(20);
 
-fn zk() -> &'static zkr::testing::ZkEnsemble {
+fn zk() -> &'static zkr_testing::ZkEnsemble {
     testing::shared().expect("zookeeper")
 }
 

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use common::{client, expect_state, init_tracing, root};
 use serde_json::json;
-use zkr::testing::{self, FaultProxy};
 use zkr::SessionState;
 use zkr_recipes::work_queue::{TaskState, WorkQueue};
+use zkr_testing::{self as testing, FaultProxy};
 
 const T: Duration = Duration::from_secs(15);
 

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use common::{blocking, client, init_tracing, member_of, root};
 use tokio::sync::watch;
-use zkr::testing::{self, FaultProxy, ZkEnsemble};
 use zkr::Client;
 use zkr_recipes::leader_latch::{self, LatchState, LeaderLatch};
 use zkr_recipes::leader_selector::LeaderSelector;
 use zkr_recipes::LossPolicy;
+use zkr_testing::{self as testing, FaultProxy, ZkEnsemble};
 
 const T: Duration = Duration::from_secs(15);
 

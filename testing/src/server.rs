@@ -72,17 +72,17 @@ const LEADER_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Dropping the ensemble kills every member with `SIGKILL` (by pid), reaps it, removes the
 /// temporary directories and then stops the quorum-link proxies of a
 /// [partitionable](ZkEnsemble::start_partitionable) ensemble, joining their threads. See the
-/// [module docs](crate::testing) for the death-signal safety net.
+/// [module docs](crate) for the death-signal safety net.
 ///
 /// ```no_run
-/// use zkr::testing::ZkEnsemble;
+/// use zkr_testing::ZkEnsemble;
 ///
 /// let zk = ZkEnsemble::start(3)?;
 /// let leader = zk.leader_index().expect("a quorum has a leader");
 /// zk.kill(leader)?;                 // crash the leader
 /// zk.restart(leader)?;              // it comes back with its data and serves again
 /// println!("connect to {}", zk.connect_string());
-/// # Ok::<(), zkr::testing::HarnessError>(())
+/// # Ok::<(), zkr_testing::HarnessError>(())
 /// ```
 #[derive(Debug)]
 pub struct ZkEnsemble {
@@ -97,7 +97,7 @@ pub struct ZkEnsemble {
 
 /// The quorum network of a partitionable ensemble: in member `i`'s `zoo.cfg` every other
 /// member `j` is the pair of proxies of the directed link `i → j` (see the
-/// [module docs](crate::testing#member-to-member-faults)).
+/// [module docs](crate#member-to-member-faults)).
 #[derive(Debug)]
 struct QuorumNet {
     /// One entry per directed link `from → to` (`from != to`).
@@ -209,7 +209,7 @@ impl ZkEnsemble {
     /// Starts `members` servers that also serve TLS: each member gets a `secureClientPort`
     /// (Netty connection factory) next to its plaintext client port, with the key store,
     /// trust store and client-certificate policy of `tls` (see
-    /// [`TestPki::server_config`](crate::testing::TestPki::server_config)). The plaintext port
+    /// [`TestPki::server_config`](crate::TestPki::server_config)). The plaintext port
     /// keeps serving (the harness's four-letter words use it); clients reach the TLS ports
     /// through [`secure_connect_string`](ZkEnsemble::secure_connect_string).
     pub fn start_tls(
@@ -271,7 +271,7 @@ impl ZkEnsemble {
     /// be cut: every peer and election connection goes through a harness-owned [`FaultProxy`]
     /// for its directed link, so [`isolate`](ZkEnsemble::isolate),
     /// [`partition`](ZkEnsemble::partition) and [`heal`](ZkEnsemble::heal) work. Client ports
-    /// are not proxied. See the [module docs](crate::testing#member-to-member-faults) for how.
+    /// are not proxied. See the [module docs](crate#member-to-member-faults) for how.
     ///
     /// Errors as for [`start`](ZkEnsemble::start).
     pub fn start_partitionable(members: usize) -> Result<ZkEnsemble, HarnessError> {

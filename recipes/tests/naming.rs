@@ -9,11 +9,11 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::{client, expect_state, init_tracing, root};
-use zkr::testing::{self, FaultProxy};
 use zkr::{CreateMode, SessionState};
 use zkr_recipes::{AtomicCounter, IdBlocks, SequentialIds};
+use zkr_testing::{self as testing, FaultProxy};
 
-fn zk() -> &'static zkr::testing::ZkEnsemble {
+fn zk() -> &'static zkr_testing::ZkEnsemble {
     testing::shared().expect("zookeeper")
 }
 
