@@ -156,10 +156,7 @@ impl<T> Clone for ConfigTree<T> {
 }
 
 fn check_key(key: &str) -> Result<()> {
-    if key.is_empty() || key.contains('/') || key == "." || key == ".." {
-        return Err(Error::Invalid(format!("bad config key {key:?}")));
-    }
-    Ok(())
+    crate::error::check_segment("config key", key)
 }
 
 impl<T> ConfigTree<T>

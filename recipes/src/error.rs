@@ -83,6 +83,17 @@ impl Error {
     }
 }
 
+/// Checks that `s` (a key, a service name, an id) is one valid node name; `what` names it in
+/// the error.
+pub(crate) fn check_segment(what: &str, s: &str) -> Result<()> {
+    zkr::path::validate_segment(s).map_err(|e| match e {
+        zkr::Error::InvalidPath { reason, .. } => {
+            Error::Invalid(format!("{what} {s:?} is not a valid node name: {reason}"))
+        }
+        e => Error::Zk(e),
+    })
+}
+
 /// `f(e)`, looking through `MultiFailed` to the operation that failed.
 fn zk_is(e: &zkr::Error, f: &dyn Fn(&zkr::Error) -> bool) -> bool {
     match e {
@@ -117,5 +128,16 @@ mod tests {
         assert!(lost.is_session_lost() && !lost.is_timeout());
         assert!(Error::SessionLost { what: "x" }.is_session_lost());
         assert!(!Error::Closed("x").is_timeout());
+    }
+
+    #[test]
+    fn one_segment_rule_for_keys_names_and_ids() {
+        assert!(check_segment("key", "rps").is_ok());
+        for bad in ["", ".", "..", "a/b", "nul\0", "\u{1}"] {
+            assert!(
+                matches!(check_segment("key", bad), Err(Error::Invalid(_))),
+                "{bad:?}"
+            );
+        }
     }
 }
