@@ -150,7 +150,7 @@ impl AtomicCounter {
     /// # Cancel safety
     /// Cancel-safe: a read.
     pub async fn get(&self) -> Result<i64> {
-        let span = tracing::debug_span!("atomic_counter.get", path = %self.path);
+        let span = tracing::debug_span!("zkr.atomic_counter.get", path = %self.path);
         async {
             let pol = policy(self.client.timeout());
             match self
@@ -259,7 +259,7 @@ impl AtomicCounter {
     /// If dropped, the change may or may not have been applied (at most once): the value
     /// tells.
     pub async fn add(&self, delta: i64) -> Result<AtomicValue> {
-        let span = tracing::debug_span!("atomic_counter.add", path = %self.path, delta);
+        let span = tracing::debug_span!("zkr.atomic_counter.add", path = %self.path, delta);
         async {
             self.update(|v| Some(v.wrapping_add(delta)))
                 .await?
@@ -300,7 +300,7 @@ impl AtomicCounter {
     /// # Cancel safety
     /// If dropped, the write may or may not have been applied.
     pub async fn compare_and_set(&self, expected: i64, new: i64) -> Result<bool> {
-        let span = tracing::debug_span!("atomic_counter.cas", path = %self.path, expected, new);
+        let span = tracing::debug_span!("zkr.atomic_counter.cas", path = %self.path, expected, new);
         async {
             let (cur, stat) = self.read().await?;
             if cur != expected {
@@ -320,7 +320,7 @@ impl AtomicCounter {
     /// # Cancel safety
     /// As [`add`](Self::add).
     pub async fn force_set(&self, new: i64) -> Result<AtomicValue> {
-        let span = tracing::debug_span!("atomic_counter.force_set", path = %self.path, new);
+        let span = tracing::debug_span!("zkr.atomic_counter.force_set", path = %self.path, new);
         async {
             self.update(|_| Some(new))
                 .await?

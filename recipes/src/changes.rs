@@ -91,6 +91,56 @@ impl<T> Stream for Changes<T> {
     }
 }
 
+/// The one "latest value + stream + background task" handle behind every long-lived recipe
+/// handle: a task publishes into a `watch` channel; readers get [`current`](Self::current),
+/// [`changes`](Self::changes) and [`wait_until`](Self::wait_until). Dropping it stops the task.
+pub(crate) struct Live<T> {
+    rx: watch::Receiver<T>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<T> Drop for Live<T> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Live<T> {
+    /// Spawns `run(sender)` (inside a Tokio runtime) with `init` as the first value.
+    pub(crate) fn spawn<F>(init: T, run: impl FnOnce(watch::Sender<T>) -> F) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (tx, rx) = watch::channel(init);
+        Live {
+            rx,
+            task: tokio::spawn(run(tx)),
+        }
+    }
+
+    /// The value now.
+    pub(crate) fn current(&self) -> T {
+        self.rx.borrow().clone()
+    }
+
+    /// The value now, then after every change.
+    pub(crate) fn changes(&self) -> Changes<T> {
+        Changes::new(self.rx.clone())
+    }
+
+    /// Waits until `pick` returns `Some` for the value (tried now, then on every change);
+    /// `Error::Timeout { what }` after `timeout`, `Error::Closed(closed)` once the task ended.
+    pub(crate) async fn wait_until<R>(
+        &self,
+        timeout: Duration,
+        what: &'static str,
+        closed: &'static str,
+        pick: impl FnMut(&T) -> Option<R>,
+    ) -> Result<R> {
+        crate::wait::wait_until(&self.rx, timeout, what, closed, pick).await
+    }
+}
+
 /// The sending side of a recipe's **bounded** event stream: at most `capacity` events wait for
 /// a slow reader; beyond that events are dropped and counted, and the reader gets one
 /// "lagged" event (made by `lagged(missed)`) before the next event that fits.

@@ -67,7 +67,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use zkr::{Client, CreateMode, DataWatch, RetryPolicy, SessionState, Stat};
 
-use crate::changes::{Changes, EventSender};
+use crate::changes::{Changes, EventSender, Live};
 use crate::error::{Error, Result};
 
 /// Capacity of a subscription's event queue; events beyond it are dropped while the consumer
@@ -214,7 +214,7 @@ where
     /// publishing again is safe.
     pub async fn publish(&self, value: &T) -> Result<Stat> {
         let data = encode(&self.path, value)?;
-        let span = tracing::debug_span!("config.publish", path = %self.path, len = data.len());
+        let span = tracing::debug_span!("zkr.config.publish", path = %self.path, len = data.len());
         async {
             let pol = policy(self.client.timeout());
             let stat = self
@@ -257,7 +257,7 @@ where
     /// Dropping the future may leave the write applied or not; [`get`](Self::get) tells.
     pub async fn publish_cas(&self, value: &T, expected: Option<i32>) -> Result<Stat> {
         let data = encode(&self.path, value)?;
-        let span = tracing::debug_span!("config.publish_cas", path = %self.path, ?expected);
+        let span = tracing::debug_span!("zkr.config.publish_cas", path = %self.path, ?expected);
         async {
             let r = match expected {
                 Some(v) => self.client.set_data(&self.path, &data, Some(v)).await,
@@ -300,7 +300,7 @@ where
     /// # Cancel safety
     /// Dropping the future may leave the node deleted or not; unpublishing again is safe.
     pub async fn unpublish(&self) -> Result<()> {
-        let span = tracing::debug_span!("config.unpublish", path = %self.path);
+        let span = tracing::debug_span!("zkr.config.unpublish", path = %self.path);
         async {
             let pol = policy(self.client.timeout());
             self.client
@@ -327,7 +327,7 @@ where
     /// # Cancel safety
     /// Cancel-safe: a read.
     pub async fn get(&self) -> Result<Option<Versioned<T>>> {
-        let span = tracing::debug_span!("config.get", path = %self.path);
+        let span = tracing::debug_span!("zkr.config.get", path = %self.path);
         async {
             let pol = policy(self.client.timeout());
             match self
@@ -360,24 +360,24 @@ where
     /// called inside a Tokio runtime.
     pub fn subscribe(&self) -> Result<ConfigSubscription<T>> {
         let watch = self.client.watch_data(&self.path)?;
-        let (latest_tx, latest_rx) = watch::channel(None);
         let (ev_tx, ev_rx) =
             EventSender::channel(EVENT_QUEUE, |missed| ConfigEvent::Lagged { missed });
-        let driver = Driver {
-            client: self.client.clone(),
-            path: self.path.clone(),
-            latest: latest_tx,
-            events: ev_tx,
-            high: i64::MIN,
-            stale: false,
-            seen_any: false,
-        };
-        let span = tracing::debug_span!("config.subscribe", path = %self.path);
-        let task = tokio::spawn(driver.run(watch).instrument(span));
+        let span = tracing::debug_span!("zkr.config.subscribe", path = %self.path);
+        let latest = Live::spawn(None, |latest| {
+            let driver = Driver {
+                client: self.client.clone(),
+                path: self.path.clone(),
+                latest,
+                events: ev_tx,
+                high: i64::MIN,
+                stale: false,
+                seen_any: false,
+            };
+            driver.run(watch).instrument(span)
+        });
         Ok(ConfigSubscription {
-            latest: latest_rx,
+            latest,
             events: ev_rx,
-            task,
         })
     }
 }
@@ -516,29 +516,19 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> Driver<T> {
 /// Dropping it stops it.
 #[must_use = "the subscription stops when dropped"]
 pub struct ConfigSubscription<T> {
-    latest: watch::Receiver<Option<Versioned<T>>>,
+    latest: Live<Option<Versioned<T>>>,
     events: mpsc::Receiver<ConfigEvent<T>>,
-    task: tokio::task::JoinHandle<()>,
 }
 
-impl<T> Drop for ConfigSubscription<T> {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl<T: Clone> ConfigSubscription<T> {
+impl<T: Clone + Send + Sync + 'static> ConfigSubscription<T> {
     /// The latest good value (`None`: nothing published, or nothing read yet).
     pub fn current(&self) -> Option<Versioned<T>> {
-        self.latest.borrow().clone()
+        self.latest.current()
     }
 
     /// The latest good value now, then after every change (coalescing: never lags).
-    pub fn changes(&self) -> Changes<Option<Versioned<T>>>
-    where
-        T: Send + Sync + 'static,
-    {
-        Changes::new(self.latest.clone())
+    pub fn changes(&self) -> Changes<Option<Versioned<T>>> {
+        self.latest.changes()
     }
 
     /// The next event, `Ok(None)` once the client is closed, or [`Error::Timeout`] if none
@@ -576,14 +566,11 @@ impl<T: Clone> ConfigSubscription<T> {
         mut pred: impl FnMut(&Versioned<T>) -> bool,
         d: Duration,
     ) -> Result<Versioned<T>> {
-        crate::wait::wait_until(
-            &self.latest,
-            d,
-            "config value",
-            "config subscription",
-            |v| v.as_ref().filter(|v| pred(v)).cloned(),
-        )
-        .await
+        self.latest
+            .wait_until(d, "config value", "config subscription", |v| {
+                v.as_ref().filter(|v| pred(v)).cloned()
+            })
+            .await
     }
 }
 

@@ -62,7 +62,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use zkr::{Client, CreateMode, DataEvent, SessionState, Stat};
 
-use crate::changes::{Changes, EventSender};
+use crate::changes::{Changes, EventSender, Live};
 use crate::config::{decode, encode, is_stale_state, policy, Versioned, EVENT_QUEUE};
 use crate::error::{Error, Result};
 
@@ -183,7 +183,7 @@ where
         check_key(key)?;
         let path = zkr::path::join(&self.dir, key);
         let data = encode(&path, value)?;
-        let span = tracing::debug_span!("config_tree.set", dir = %self.dir, key);
+        let span = tracing::debug_span!("zkr.config_tree.set", dir = %self.dir, key);
         async {
             let pol = policy(self.client.timeout());
             let c = &self.client;
@@ -212,7 +212,7 @@ where
     pub async fn remove(&self, key: &str) -> Result<()> {
         check_key(key)?;
         let path = zkr::path::join(&self.dir, key);
-        let span = tracing::debug_span!("config_tree.remove", dir = %self.dir, key);
+        let span = tracing::debug_span!("zkr.config_tree.remove", dir = %self.dir, key);
         async {
             let pol = policy(self.client.timeout());
             self.client
@@ -233,7 +233,7 @@ where
     /// vanish between the listing and the read are skipped; a key that does not decode is an
     /// error.
     pub async fn get_all(&self) -> Result<BTreeMap<String, Versioned<T>>> {
-        let span = tracing::debug_span!("config_tree.get_all", dir = %self.dir);
+        let span = tracing::debug_span!("zkr.config_tree.get_all", dir = %self.dir);
         async {
             let (entries, _) = read_all::<T>(&self.client, &self.dir).await?;
             let mut out = BTreeMap::new();
@@ -251,26 +251,26 @@ where
     /// Subscribes to the whole map (must be called inside a Tokio runtime).
     pub fn subscribe(&self) -> Result<TreeSubscription<T>> {
         let children = self.client.watch_children(&self.dir)?;
-        let (snap_tx, snap_rx) = watch::channel(TreeSnapshot::default());
         let (ev_tx, ev_rx) =
             EventSender::channel(EVENT_QUEUE, |missed| TreeEvent::Lagged { missed });
         let (key_tx, key_rx) = mpsc::unbounded_channel();
-        let driver = TreeDriver {
-            client: self.client.clone(),
-            dir: self.dir.clone(),
-            snap: snap_tx,
-            events: ev_tx,
-            key_tx,
-            watchers: HashMap::new(),
-            high: HashMap::new(),
-            stale: false,
-        };
-        let span = tracing::debug_span!("config_tree.subscribe", dir = %self.dir);
-        let task = tokio::spawn(driver.run(children, key_rx).instrument(span));
+        let span = tracing::debug_span!("zkr.config_tree.subscribe", dir = %self.dir);
+        let snap = Live::spawn(TreeSnapshot::default(), |snap| {
+            let driver = TreeDriver {
+                client: self.client.clone(),
+                dir: self.dir.clone(),
+                snap,
+                events: ev_tx,
+                key_tx,
+                watchers: HashMap::new(),
+                high: HashMap::new(),
+                stale: false,
+            };
+            driver.run(children, key_rx).instrument(span)
+        });
         Ok(TreeSubscription {
-            snap: snap_rx,
+            snap,
             events: ev_rx,
-            task,
         })
     }
 }
@@ -588,29 +588,19 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> TreeDriver<T> {
 /// Dropping it stops it.
 #[must_use = "the subscription stops when dropped"]
 pub struct TreeSubscription<T> {
-    snap: watch::Receiver<TreeSnapshot<T>>,
+    snap: Live<TreeSnapshot<T>>,
     events: mpsc::Receiver<TreeEvent<T>>,
-    task: tokio::task::JoinHandle<()>,
 }
 
-impl<T> Drop for TreeSubscription<T> {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl<T: Clone> TreeSubscription<T> {
+impl<T: Clone + Send + Sync + 'static> TreeSubscription<T> {
     /// The current map.
     pub fn current(&self) -> TreeSnapshot<T> {
-        self.snap.borrow().clone()
+        self.snap.current()
     }
 
     /// The map now, then after every change (coalescing: never lags).
-    pub fn changes(&self) -> Changes<TreeSnapshot<T>>
-    where
-        T: Send + Sync + 'static,
-    {
-        Changes::new(self.snap.clone())
+    pub fn changes(&self) -> Changes<TreeSnapshot<T>> {
+        self.snap.changes()
     }
 
     /// The next event, `Ok(None)` once the client is closed, or [`Error::Timeout`] if none
@@ -651,14 +641,11 @@ impl<T: Clone> TreeSubscription<T> {
         mut pred: impl FnMut(&TreeSnapshot<T>) -> bool,
         d: Duration,
     ) -> Result<TreeSnapshot<T>> {
-        crate::wait::wait_until(
-            &self.snap,
-            d,
-            "config tree",
-            "config tree subscription",
-            |s| pred(s).then(|| s.clone()),
-        )
-        .await
+        self.snap
+            .wait_until(d, "config tree", "config tree subscription", |s| {
+                pred(s).then(|| s.clone())
+            })
+            .await
     }
 }
 

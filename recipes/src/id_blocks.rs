@@ -111,7 +111,7 @@ impl IdBlocks {
     /// If dropped, a block may have been reserved and is then never handed out: IDs stay
     /// unique, with a gap.
     pub async fn reserve_block(&self) -> Result<RangeInclusive<i64>> {
-        let span = tracing::debug_span!("id_blocks.reserve", path = %self.counter.path(), size = self.size);
+        let span = tracing::debug_span!("zkr.id_blocks.reserve", path = %self.counter.path(), size = self.size);
         self.reserve().instrument(span).await
     }
 
@@ -125,7 +125,7 @@ impl IdBlocks {
     pub async fn next(&self) -> Result<i64> {
         let mut b = self.block.lock().await;
         if b.empty {
-            let span = tracing::debug_span!("id_blocks.reserve", path = %self.counter.path(), size = self.size);
+            let span = tracing::debug_span!("zkr.id_blocks.reserve", path = %self.counter.path(), size = self.size);
             let r = self.reserve().instrument(span).await?;
             b.next = *r.start();
             b.end = *r.end();

@@ -132,7 +132,7 @@ impl SequentialIds {
     /// If dropped, an ID may have been taken and is never returned: IDs stay unique, with a
     /// gap; a node may be left for [`cleanup`](Self::cleanup).
     pub async fn next(&self) -> Result<i64> {
-        let span = tracing::debug_span!("sequential_ids.next", dir = %self.dir);
+        let span = tracing::debug_span!("zkr.sequential_ids.next", dir = %self.dir);
         async {
             loop {
                 self.ensure_dir().await?;
@@ -208,7 +208,7 @@ impl SequentialIds {
     /// # Cancel safety
     /// As [`next`](Self::next).
     pub async fn next_batch(&self, n: usize) -> Result<Vec<i64>> {
-        let span = tracing::debug_span!("sequential_ids.next_batch", dir = %self.dir, n);
+        let span = tracing::debug_span!("zkr.sequential_ids.next_batch", dir = %self.dir, n);
         async {
             let mut out = Vec::with_capacity(n.min(4096));
             while out.len() < n {
@@ -241,7 +241,7 @@ impl SequentialIds {
     /// # Cancel safety
     /// Cancel-safe: stopping half-way leaves the rest for the next call.
     pub async fn cleanup(&self) -> Result<usize> {
-        let span = tracing::debug_span!("sequential_ids.cleanup", dir = %self.dir);
+        let span = tracing::debug_span!("zkr.sequential_ids.cleanup", dir = %self.dir);
         async {
             let names = match self.client.get_children(&self.dir).await {
                 Ok(n) => n,
