@@ -179,6 +179,14 @@ where
     }
 
     /// Sets `key` to `value` (creating it and the directory if needed).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a key that is not one node name, [`Error::Payload`] if `value`
+    /// does not encode; [`Error::Zk`] when ZooKeeper refuses the write or the retries ran
+    /// out.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the write applied or not; setting again is safe.
     pub async fn set(&self, key: &str, value: &T) -> Result<Stat> {
         check_key(key)?;
         let path = zkr::path::join(&self.dir, key);
@@ -209,6 +217,13 @@ where
     }
 
     /// Removes `key` (no error if absent).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad key; [`Error::Zk`] when ZooKeeper refuses the delete or
+    /// the retries ran out.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the key removed or not; removing again is safe.
     pub async fn remove(&self, key: &str) -> Result<()> {
         check_key(key)?;
         let path = zkr::path::join(&self.dir, key);
@@ -232,6 +247,13 @@ where
     /// Fresh pull of the whole map (`sync`, list, then every key's data pipelined). Keys that
     /// vanish between the listing and the read are skipped; a key that does not decode is an
     /// error.
+    ///
+    /// # Errors
+    /// [`Error::Payload`] for a key whose payload does not decode; [`Error::Zk`] when the
+    /// reads fail after their retries.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: reads only.
     pub async fn get_all(&self) -> Result<BTreeMap<String, Versioned<T>>> {
         let span = tracing::debug_span!("zkr.config_tree.get_all", dir = %self.dir);
         async {

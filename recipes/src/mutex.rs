@@ -166,6 +166,12 @@ impl Mutex {
     }
 
     /// The contenders' node names in queue order (the first holds the lock).
+    ///
+    /// # Errors
+    /// [`Error::Zk`] when the listing fails.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a read.
     pub async fn participants(&self) -> Result<Vec<String>> {
         let children = match self.client.get_children(&self.path).await {
             Ok(c) => c,

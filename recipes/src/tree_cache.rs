@@ -636,6 +636,12 @@ pub struct CacheSubscription(Mutex<BoxStream<'static, CacheUpdate>>);
 
 impl CacheSubscription {
     /// The next update, `Error::Timeout` if none comes within `d`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `d`.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: an update is only taken when it is returned.
     pub async fn next_timeout(&mut self, d: Duration) -> Result<Option<CacheUpdate>> {
         crate::wait::timed(d, "tree cache update", self.next()).await
     }
