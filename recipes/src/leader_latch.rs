@@ -326,15 +326,20 @@ impl LeaderLatch {
     /// # Cancel safety
     /// Cancel safe: the resignation was already requested; it completes in the background.
     pub async fn close(&self) -> Result<()> {
-        self.shared.stop.send_replace(true);
-        if !self.started.load(Ordering::SeqCst) {
-            self.shared.publish(LatchState::Closed);
-            return Ok(());
+        let span = tracing::info_span!("zkr.leader_latch.close", path = %self.shared.path, id = %self.shared.id);
+        async {
+            self.shared.stop.send_replace(true);
+            if !self.started.load(Ordering::SeqCst) {
+                self.shared.publish(LatchState::Closed);
+                return Ok(());
+            }
+            let mut done = self.shared.done.subscribe();
+            let t = self.client.timeout();
+            let _ = tokio::time::timeout(t, done.wait_for(|d| *d)).await;
+            Ok(())
         }
-        let mut done = self.shared.done.subscribe();
-        let t = self.client.timeout();
-        let _ = tokio::time::timeout(t, done.wait_for(|d| *d)).await;
-        Ok(())
+        .instrument(span)
+        .await
     }
 }
 

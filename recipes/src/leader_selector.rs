@@ -175,6 +175,9 @@ impl Leadership {
 
     /// Completes when leadership ends (lost, interrupted or stopped).
     ///
+    /// # Errors
+    /// None: it only completes.
+    ///
     /// # Cancel safety
     /// Cancel safe: it only observes.
     pub async fn lost(&self) {

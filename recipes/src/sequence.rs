@@ -327,6 +327,21 @@ mod tests {
     }
 
     #[test]
+    fn ahead_keeps_the_prefix_without_the_awaited_one() {
+        let names: Vec<String> = (1..=4)
+            .map(|i| format!("_c_x-latch-000000000{i}"))
+            .collect();
+        let order = contenders(&names, &["latch-"], None);
+        // Third in line, waiting for the second: the first, and us, remain.
+        let rest = Ahead::keep(&order, 2, 1).after_gone().unwrap();
+        assert_eq!(rest, vec![names[0].clone(), names[2].clone()]);
+        // Far back: nothing is kept, the waiter lists again.
+        let many: Vec<String> = (0..100).map(|i| format!("_c_x-latch-{i:010}")).collect();
+        let order = contenders(&many, &["latch-"], None);
+        assert!(Ahead::keep(&order, 80, 79).after_gone().is_none());
+    }
+
+    #[test]
     fn mixed_markers_sort_together() {
         let names: Vec<String> = [
             "_c_a-lock-0000000003",

@@ -756,3 +756,55 @@ async fn selector_runs_terms_interrupts_and_rejoins() {
         .is_empty());
     admin.delete_recursive(&root_of(&path)).await.unwrap();
 }
+
+/// The latch and the observer validate at `new`, do nothing before `start`, refuse a second
+/// `start`, and a latch closed before it started cannot start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latch_and_observer_start_once() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let path = format!("{}/election", root("latch-lifecycle"));
+    let c = client(&ens.connect_string(), 10_000).await;
+    assert!(LeaderLatch::new(&c, "no-slash", "a").is_err());
+    assert!(LeaderObserver::new(&c, "no-slash").is_err());
+
+    let observer = LeaderObserver::new(&c, &path).unwrap();
+    assert_eq!(observer.state(), zkr_recipes::ObserverState::Idle);
+    let mut leaders = observer.changes();
+    observer.start().unwrap();
+    assert!(matches!(
+        observer.start(),
+        Err(zkr_recipes::Error::Invalid(_))
+    ));
+    assert_eq!(leaders.next_timeout(T).await.unwrap(), Some(None));
+
+    let latch = LeaderLatch::new(&c, &path, "a").unwrap();
+    assert_eq!(latch.state(), LatchState::NotLeader);
+    assert!(latch.node().is_none());
+    latch.start().await.unwrap();
+    assert!(matches!(
+        latch.start().await,
+        Err(zkr_recipes::Error::Invalid(_))
+    ));
+    let fence = latch.wait_leader_timeout(T).await.unwrap();
+    let p = leaders.next_timeout(T).await.unwrap().unwrap().unwrap();
+    assert_eq!(p.path, fence.path);
+    assert_eq!(observer.current(), Some(p));
+    latch.close().await.unwrap();
+    assert_eq!(latch.state(), LatchState::Closed);
+    assert_eq!(leaders.next_timeout(T).await.unwrap(), Some(None));
+
+    let unstarted = LeaderLatch::new(&c, &path, "b").unwrap();
+    unstarted.close().await.unwrap();
+    assert_eq!(unstarted.state(), LatchState::Closed);
+    assert!(matches!(
+        unstarted.start().await,
+        Err(zkr_recipes::Error::Closed(_))
+    ));
+    assert!(unstarted.node().is_none());
+
+    observer.close();
+    assert_eq!(observer.state(), zkr_recipes::ObserverState::Closed);
+    assert_eq!(leaders.next_timeout(T).await.unwrap(), None);
+    c.delete_recursive(&root_of(&path)).await.unwrap();
+}

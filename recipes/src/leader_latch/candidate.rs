@@ -1,18 +1,20 @@
 //! The latch's background task: joins the election with a node, then holds that node through
 //! an explicit [`Phase`] until the node is gone (join again) or the latch closes.
 //!
-//! One node's life, as phases:
-//! ```text
-//!            ┌──────────── pred gone, not first ───────────┐
-//!            v                                              │
-//!   Listing ──first──> Leading          Listing ──behind──> Waiting
-//!      ^                  │                 ^                  │ pred gone and the listing
-//!      │      Suspended <─┴── any phase     └── listing in hand┘ without it puts us first
-//!      │          │ Reconnected
-//!      └─ node ok ─ Verifying ── node gone ──> rejoin with a new node
-//! ```
-//! Every transition is a small function of (phase, what happened) returning the next phase or
-//! an [`Exit`] that ends the node's life.
+//! One node's life, as phases, and what moves between them:
+//! * `Listing` (a listing in hand, or list the election) -> `Leading` when our node is first,
+//!   `Waiting` (watching the node just ahead of ours) otherwise; our node missing from the
+//!   listing ends the node's life (rejoin).
+//! * `Waiting` -> `Listing` when the watched node goes: with the last listing in hand if,
+//!   without that node, it puts us first (we lead without listing again), else to list again.
+//! * Any phase -> `Suspended` on our session's `Suspended` / `ReadOnly` (stepping down unless
+//!   the loss policy is `Lost`; `ReadOnly` always steps down); any phase -> `Verifying` on
+//!   `Reconnected`; `Verifying` -> `Listing` once our node is confirmed ours, else rejoin.
+//! * Any phase ends the node's life (an [`Exit`]) on `Lost`, a newer session, our node deleted,
+//!   the client closed, an ACL refusal, or the latch closed.
+//!
+//! Each transition is a small function of (phase, what happened) returning the next phase or
+//! the [`Exit`].
 
 use std::sync::Arc;
 use std::time::Duration;
