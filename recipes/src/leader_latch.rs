@@ -71,6 +71,7 @@ use crate::changes::{Changes, Step};
 use crate::error::{Error, Result};
 pub use crate::hold::{Fence, LossPolicy};
 use crate::leader_observer::{self, Participant};
+use crate::sync::lock;
 use crate::wait;
 
 /// The marker of latch nodes (Curator's `LeaderLatch.LOCK_NAME`).
@@ -369,10 +370,6 @@ impl Drop for Unstarted<'_> {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What the latch and its task share.

@@ -48,6 +48,7 @@ use crate::changes::{Changes, Step};
 use crate::error::{Error, Result};
 use crate::leader_latch::MARKER;
 use crate::sequence;
+use crate::sync::lock;
 
 /// A member of an election.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,10 +186,6 @@ impl Drop for LeaderObserver {
     fn drop(&mut self) {
         self.close();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The observer's task: reads the leader on every change of the election's children.

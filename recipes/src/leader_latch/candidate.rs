@@ -22,10 +22,11 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use zkr::{Client, DataWatch, SessionId, SessionState, SessionStates, Stat};
 
-use super::{lock, LatchState, Shared, MARKER};
+use super::{LatchState, Shared, MARKER};
 use crate::error::{Error, Result};
 use crate::hold::{Fence, LossPolicy};
 use crate::sequence::{self, Ahead, NodeGuard};
+use crate::sync::lock;
 
 /// A node just created on the current session, with the listing of its creation.
 pub(super) struct Joined {
