@@ -176,8 +176,7 @@ impl LeaderLatch {
         if *self.shared.stop.borrow() {
             return Err(Error::Closed("leader latch"));
         }
-        let span =
-            tracing::info_span!("zkr.leader_latch", path = %self.shared.path, id = %self.shared.id);
+        let span = tracing::info_span!("zkr.leader_latch.start", path = %self.shared.path, id = %self.shared.id);
         let joined =
             candidate::try_join(&self.client, &self.shared.path, &self.shared.id, &mut None)
                 .instrument(span.clone())

@@ -125,7 +125,7 @@ impl LeaderObserver {
         }
         let watch = self.client.watch_children(&self.path)?;
         self.state.send_replace(ObserverState::Loading);
-        let span = tracing::debug_span!("zkr.leader_observer", path = %self.path);
+        let span = tracing::debug_span!("zkr.leader_observer.follow", path = %self.path);
         *task = Some(tokio::spawn(
             follow(
                 self.client.clone(),

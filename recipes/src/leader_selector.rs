@@ -275,7 +275,7 @@ impl LeaderSelector {
         F: FnMut(Leadership) -> Fut,
         Fut: Future<Output = ()>,
     {
-        let span = tracing::info_span!("zkr.leader_selector", path = %self.path, id = %self.id);
+        let span = tracing::info_span!("zkr.leader_selector.run", path = %self.path, id = %self.id);
         if let Some(bc) = &self.breadcrumb {
             zkr::path::validate_path(&bc.path, false)?;
         }
