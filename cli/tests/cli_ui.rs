@@ -283,9 +283,8 @@ async fn ui_shows_locks_config_and_recipes_live_in_a_browser() {
     cfg.publish(&json!({"pool": 8, "url": "postgres://db/app"}))
         .await
         .unwrap();
-    let latch = LeaderLatch::start(&admin, &format!("{root}/election"), "scheduler-1")
-        .await
-        .unwrap();
+    let latch = LeaderLatch::new(&admin, &format!("{root}/election"), "scheduler-1").unwrap();
+    latch.start().await.unwrap();
     let _reg = Registration::register(
         &admin,
         &format!("{root}/services"),
@@ -423,9 +422,8 @@ async fn ui_shows_locks_config_and_recipes_live_in_a_browser() {
     let carol = Client::connect(&connect).await.unwrap();
     let m_carol = Mutex::new(&carol, &lock_path).unwrap().with_data(b"carol");
     let carol_task = tokio::spawn(async move { m_carol.acquire().await.map(|g| (g, m_carol)) });
-    let latch2 = LeaderLatch::start(&bob, &format!("{root}/election"), "scheduler-2")
-        .await
-        .unwrap();
+    let latch2 = LeaderLatch::new(&bob, &format!("{root}/election"), "scheduler-2").unwrap();
+    latch2.start().await.unwrap();
     blocking(|| browser.wait_text(&waiters, WITHIN, |t| t == "carol"));
     let participants = format!("[data-election=\"{root}/election\"]");
     blocking(|| browser.wait_text(&participants, WITHIN, |t| t.contains("scheduler-2")));

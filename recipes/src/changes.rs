@@ -64,6 +64,52 @@ impl<T: Clone + Send + Sync + 'static> Changes<T> {
     }
 }
 
+impl<T: Send + 'static> Changes<T> {
+    /// Like [`filtered`](Self::filtered) for a handle that outlives its last value (a closed
+    /// latch, a failed observer): `step` maps each value to an item, says to skip it, or ends
+    /// the stream (after a last item, or without one). Once ended it stays ended (polling it
+    /// again yields `None`).
+    pub(crate) fn until<V, F>(mut rx: watch::Receiver<V>, step: F) -> Self
+    where
+        V: Send + Sync + 'static,
+        F: FnMut(&V) -> Step<T> + Send + 'static,
+    {
+        rx.mark_changed();
+        let stream = futures::stream::unfold(Some((rx, step)), |state| async move {
+            let (mut rx, mut step) = state?;
+            loop {
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+                let s = step(&rx.borrow_and_update());
+                match s {
+                    Step::Item(v) => return Some((v, Some((rx, step)))),
+                    Step::Last(v) => return Some((v, None)),
+                    Step::Skip => {}
+                    Step::End => return None,
+                }
+            }
+        })
+        .fuse()
+        .boxed();
+        Changes {
+            inner: Mutex::new(stream),
+        }
+    }
+}
+
+/// What [`Changes::until`] makes of one value.
+pub(crate) enum Step<T> {
+    /// Yield this item.
+    Item(T),
+    /// Yield this item, then end.
+    Last(T),
+    /// Yield nothing for this value.
+    Skip,
+    /// End without an item.
+    End,
+}
+
 impl<T> Changes<T> {
     /// The next value, `Ok(None)` once the stream ended, or [`Error::Timeout`] when nothing
     /// changes within `d`.

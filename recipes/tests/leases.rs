@@ -44,11 +44,10 @@ async fn a_frozen_leader_knows_on_its_first_call() {
     let ens = testing::shared().expect("zookeeper");
     let c = common::client(&ens.connect_string(), 2000).await;
     let root = common::root("lease-leader");
-    let latch = LeaderLatch::start(&c, &format!("{root}/election"), "solo")
-        .await
-        .unwrap();
+    let latch = LeaderLatch::new(&c, &format!("{root}/election"), "solo").unwrap();
+    latch.start().await.unwrap();
     latch
-        .wait_leader(Some(Duration::from_secs(10)))
+        .wait_leader_timeout(Duration::from_secs(10))
         .await
         .unwrap();
     assert!(latch.is_leader());
