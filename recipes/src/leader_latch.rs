@@ -335,6 +335,23 @@ impl LeaderLatch {
             }
             let mut done = self.shared.done.subscribe();
             let t = self.client.timeout();
+            // Resign here rather than after the task wakes: step down, then delete our node
+            // (the next candidate waits for exactly this write). The task, told to stop, makes
+            // no new node; it sees ours gone and only finishes.
+            let node = lock(&self.shared.node).clone();
+            if let Some(node) = node {
+                self.shared.publish(LatchState::Closed);
+                let policy = zkr::RetryPolicy::default().max_elapsed(t);
+                match self.client.retry(&policy, || self.client.delete(&node, None)).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_no_node() || e.is_session_lost() => {}
+                    Err(e) => tracing::warn!(error = %e, "could not delete our latch node; it goes with the session"),
+                }
+                let mut held = lock(&self.shared.node);
+                if held.as_deref() == Some(node.as_str()) {
+                    *held = None;
+                }
+            }
             let _ = tokio::time::timeout(t, done.wait_for(|d| *d)).await;
             Ok(())
         }

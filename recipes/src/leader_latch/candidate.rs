@@ -239,7 +239,9 @@ impl Task {
 
     /// Joins with backoff until it works; `None` when stopped or the client is closed.
     async fn join(&mut self, stale: &mut Option<String>) -> Option<Joined> {
-        let mut delay = Duration::from_millis(20);
+        let mut backoff =
+            zkr::RetryPolicy::exponential(Duration::from_millis(20), Duration::from_secs(2))
+                .backoff();
         loop {
             if self.stopped() {
                 return None;
@@ -260,10 +262,9 @@ impl Task {
                 Err(e) => {
                     tracing::warn!(error = %e, "could not join the election; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
+                        _ = backoff.wait() => {}
                         _ = self.stop.wait_for(|s| *s) => return None,
                     }
-                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
             }
         }
@@ -593,9 +594,13 @@ impl Task {
             }
             Exit::Close => {
                 self.shared.publish(LatchState::Closed);
+                // `close` deleted the node itself (and forgot it) unless we were dropped.
+                let deleted = lock(&self.shared.node).as_deref() != Some(guard.path());
+                if deleted {
+                    guard.disarm();
                 // Delete first: the next candidate waits for exactly this write. Dropping the
                 // watches afterwards costs nothing (the delete fired ours on the server).
-                if let Err(e) = guard.remove().await {
+                } else if let Err(e) = guard.remove().await {
                     tracing::warn!(error = %e, "could not delete our latch node; it goes with the session");
                 }
                 drop(phase);
