@@ -186,13 +186,13 @@ async fn cli_services_and_queue_watch() {
     ]);
     let l = next_json(&mut lines).await;
     assert_eq!(l["instances"], serde_json::json!([]), "{l}");
-    let reg = zkr_recipes::Registration::register(
+    let reg = zkr_recipes::Registration::new(
         &admin,
         &services,
         zkr_recipes::ServiceInstance::new("svc", "i1"),
     )
-    .await
     .unwrap();
+    reg.start().await.unwrap();
     let l = next_json(&mut lines).await;
     assert_eq!(l["instances"].as_array().map(|a| a.len()), Some(1), "{l}");
     assert_eq!(l["instances"][0]["id"], "i1", "{l}");
@@ -204,7 +204,7 @@ async fn cli_services_and_queue_watch() {
     reg.unregister().await.unwrap();
 
     let queue = format!("{base}/queue");
-    let q = zkr_recipes::WorkQueue::open(&admin, &queue).await.unwrap();
+    let q = zkr_recipes::WorkQueue::new(&admin, &queue).unwrap();
     let (mut child, mut lines) = spawn_lines(&[
         "--zk", &zk, "queue", "status", &queue, "--watch", "--count", "2",
     ]);
