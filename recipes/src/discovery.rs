@@ -50,6 +50,7 @@ use zkr::Client;
 use crate::child_cache::{read_children, ChildCache};
 use crate::error::{Error, Result};
 use crate::registration::ServiceInstance;
+use crate::sync::lock;
 
 type Snapshot = Option<Arc<Vec<ServiceInstance>>>;
 
@@ -81,10 +82,6 @@ impl std::fmt::Debug for Discovery {
             .field("dir", &self.dir)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `{base}/{name}`, after checking both.

@@ -63,6 +63,7 @@ use zkr::{Client, CreateMode, SessionId, SessionState};
 
 use crate::changes::{Changes, Step};
 use crate::error::{Error, Result};
+use crate::sync::lock;
 
 /// Curator's `ServiceType`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -244,10 +245,6 @@ impl std::fmt::Debug for Registration {
 
 fn conn_retry() -> zkr::RetryPolicy {
     zkr::RetryPolicy::exponential(Duration::from_millis(20), Duration::from_millis(500))
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Clears the `started` flag when a `start` does not complete (failed or dropped), so that it
