@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{blocking, client, expect_state, init_tracing, root};
+use common::{blocking, client, expect_state, init_tracing, poll_at_most, root};
 use serde_json::{json, Value};
 use zkr::{CreateMode, SessionState};
 use zkr_recipes::discovery::Discovery;
@@ -357,6 +357,55 @@ async fn an_unregister_dropped_mid_way_still_removes_the_instance() {
         tokio::time::timeout(T, other.wait_gone(&path))
             .await
             .expect("the instance goes although unregister was dropped")
+            .unwrap();
+    }
+    c.close().await;
+    other.close().await;
+}
+
+/// `unregister` dropped at each of its await points in turn still removes the instance (the
+/// drop finishes the job), and so does dropping a `start` at each of its await points along
+/// with its registration. Run until each call completes within the polls allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregister_or_start_dropped_at_every_await_point_leaves_no_instance() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let base = root("reg-dropped-each");
+    let c = client(&ens.connect_string(), 10_000).await;
+    let other = client(&ens.connect_string(), 10_000).await;
+    for polls in 0.. {
+        assert!(polls < 100, "unregister never completed");
+        let reg = register(&c, &base, ServiceInstance::new("api", &format!("u{polls}"))).await;
+        let path = reg.path().to_string();
+        let finished = poll_at_most(reg.unregister(), polls).await;
+        if let Some(r) = &finished {
+            assert!(r.is_ok(), "{r:?}");
+        }
+        tokio::time::timeout(T, other.wait_gone(&path))
+            .await
+            .unwrap_or_else(|_| panic!("unregister dropped after {polls} polls left the node"))
+            .unwrap();
+        if finished.is_some() {
+            break;
+        }
+    }
+    for polls in 0.. {
+        assert!(polls < 100, "start never completed");
+        let reg = Registration::new(&c, &base, ServiceInstance::new("api", &format!("s{polls}")))
+            .unwrap();
+        let path = reg.path().to_string();
+        let finished = poll_at_most(reg.start(), polls).await;
+        if let Some(r) = finished {
+            r.unwrap();
+            assert!(other.exists(&path).await.unwrap().is_some());
+            reg.unregister().await.unwrap();
+            assert!(other.exists(&path).await.unwrap().is_none());
+            break;
+        }
+        drop(reg);
+        tokio::time::timeout(T, other.wait_gone(&path))
+            .await
+            .unwrap_or_else(|_| panic!("start dropped after {polls} polls left the node"))
             .unwrap();
     }
     c.close().await;

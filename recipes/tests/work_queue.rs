@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{client, expect_state, init_tracing, root};
+use common::{client, expect_state, init_tracing, poll_at_most, root};
 use serde_json::json;
 use zkr::SessionState;
 use zkr_recipes::work_queue::{TaskState, WorkQueue};
@@ -267,6 +267,113 @@ async fn finishing_calls_dropped_mid_way_leave_no_stuck_claim() {
         // Nothing stays claimed: every task is pending or completed.
         coord
             .wait_for_timeout(|s| s.count(TaskState::Running) == 0, T)
+            .await
+            .unwrap();
+    }
+    c.close().await;
+}
+
+/// `complete`, `fail` and `release` dropped at each of their await points in turn: the claim
+/// always goes, and the task ends up finished (the multi ran) or back in the queue (the claim
+/// was given back), never stuck as claimed. Run until each call completes within the polls
+/// allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finishing_calls_dropped_at_every_await_point_leave_no_stuck_claim() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let r = root("wq-dropped-each");
+    let c = client(&ens.connect_string(), 10_000).await;
+    let q = WorkQueue::new(&c, &r).unwrap();
+    let mut worker = q.worker("w").unwrap();
+    type Call = std::pin::Pin<Box<dyn std::future::Future<Output = zkr_recipes::Result<()>>>>;
+    for op in ["complete", "fail", "release"] {
+        let expected = match op {
+            "complete" => TaskState::Completed,
+            "fail" => TaskState::Failed,
+            _ => TaskState::Pending,
+        };
+        for polls in 0.. {
+            assert!(polls < 100, "{op} never completed");
+            q.put(&json!({ "op": op, "polls": polls })).await.unwrap();
+            let task = worker.claim_timeout(T).await.unwrap();
+            let id = task.id().to_string();
+            let claim = task.fence().path.clone();
+            let call: Call = match op {
+                "complete" => Box::pin(task.complete(json!(polls))),
+                "fail" => Box::pin(task.fail("dropped")),
+                _ => Box::pin(task.release()),
+            };
+            let finished = poll_at_most(call, polls).await;
+            if let Some(r) = &finished {
+                assert!(r.is_ok(), "{op}: {r:?}");
+            }
+            tokio::time::timeout(T, c.wait_gone(&claim))
+                .await
+                .unwrap_or_else(|_| panic!("{op} dropped after {polls} polls left its claim"))
+                .unwrap();
+            // Once the claim is gone nothing changes any more: read the outcome.
+            let s = q.snapshot().await.unwrap();
+            let state = s.get(&id).unwrap().state;
+            if finished.is_some() {
+                assert_eq!(state, expected, "{op} returned Ok");
+                break;
+            }
+            assert!(
+                state == expected || state == TaskState::Pending,
+                "{op} dropped after {polls} polls: {state:?}"
+            );
+        }
+    }
+    // Nothing is stuck: every task still pending can be claimed and completed.
+    loop {
+        let s = q.snapshot().await.unwrap();
+        assert_eq!(s.count(TaskState::Running), 0);
+        if s.count(TaskState::Pending) == 0 {
+            break;
+        }
+        worker
+            .claim_timeout(T)
+            .await
+            .unwrap()
+            .complete(json!("late"))
+            .await
+            .unwrap();
+    }
+    c.close().await;
+}
+
+/// A claim dropped at each of its await points in turn (also after its create was sent) leaves
+/// no claim behind: every task can still be claimed and completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_dropped_at_every_await_point_leaves_no_claim() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let r = root("wq-dropped-claim");
+    let c = client(&ens.connect_string(), 10_000).await;
+    let q = WorkQueue::new(&c, &r).unwrap();
+    let mut worker = q.worker("w").unwrap();
+    let mut put = 0;
+    for polls in 0.. {
+        assert!(polls < 100, "claim never completed");
+        q.put(&json!({ "polls": polls })).await.unwrap();
+        put += 1;
+        if let Some(task) = poll_at_most(worker.claim(), polls).await {
+            task.unwrap().complete(json!(polls)).await.unwrap();
+            break;
+        }
+    }
+    // A claim left behind would keep its task from being claimed until the session ends.
+    loop {
+        let s = q.snapshot().await.unwrap();
+        assert_eq!(s.tasks.len(), put);
+        if s.count(TaskState::Completed) == put {
+            break;
+        }
+        worker
+            .claim_timeout(T)
+            .await
+            .unwrap()
+            .complete(json!("late"))
             .await
             .unwrap();
     }
