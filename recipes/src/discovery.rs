@@ -48,7 +48,7 @@ use tokio::task::JoinHandle;
 use zkr::Client;
 
 use crate::child_cache::{read_children, ChildCache};
-use crate::error::{Error, Result};
+use crate::error::{check_segment, Error, Result};
 use crate::registration::ServiceInstance;
 use crate::sync::lock;
 
@@ -86,11 +86,7 @@ impl std::fmt::Debug for Discovery {
 
 /// `{base}/{name}`, after checking both.
 fn service_dir(base: &str, name: &str) -> Result<String> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(Error::Invalid(format!(
-            "service name {name:?} must be one path segment"
-        )));
-    }
+    check_segment("service name", name)?;
     zkr::path::validate_path(base, false)?;
     Ok(zkr::path::join(base, name))
 }

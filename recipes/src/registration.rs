@@ -62,7 +62,7 @@ use tracing::Instrument;
 use zkr::{Client, CreateMode, SessionId, SessionState};
 
 use crate::changes::{Changes, Step};
-use crate::error::{Error, Result};
+use crate::error::{check_segment, Error, Result};
 use crate::sync::lock;
 
 /// Curator's `ServiceType`.
@@ -175,15 +175,6 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-fn check_segment(what: &str, s: &str) -> Result<()> {
-    if s.is_empty() || s.contains('/') || s == "." || s == ".." {
-        return Err(Error::Invalid(format!(
-            "{what} {s:?} must be one non-empty path segment"
-        )));
-    }
-    Ok(())
 }
 
 /// Where a registration stands; see [`Registration::state`].
