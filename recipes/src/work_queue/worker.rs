@@ -501,6 +501,9 @@ impl ClaimedTask {
     }
 
     /// Completes when the session holding the claim ends.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits.
     pub async fn lost(&self) {
         let mut rx = self.client().state_receiver();
         loop {
