@@ -163,7 +163,7 @@ impl Coordinator {
         let claims = ChildCache::new(&q.client, &q.dir("claims"), true)?;
         let done = ChildCache::new(&q.client, &q.dir("done"), false)?;
         let (tx, rx) = watch::channel::<Shared>(None);
-        let span = tracing::info_span!("zkr.queue.coordinator", root = %q.root);
+        let span = tracing::info_span!("zkr.work_queue.coordinator", root = %q.root);
         let task = tokio::spawn(coordinate(tasks, claims, done, tx).instrument(span));
         let stream = crate::wait::loaded_snapshots(rx.clone());
         Ok(Coordinator { rx, stream, task })

@@ -142,7 +142,7 @@ impl WorkQueue {
     pub async fn put(&self, payload: &Value) -> Result<String> {
         let data = serde_json::to_vec(payload).map_err(|e| json_err(&self.root, e))?;
         let path = self.node("tasks", TASK_PREFIX);
-        let span = tracing::info_span!("zkr.queue.put", root = %self.root);
+        let span = tracing::info_span!("zkr.work_queue.put", root = %self.root);
         async {
             self.ensure_dirs().await?;
             let created = self
@@ -175,7 +175,7 @@ impl WorkQueue {
     /// # Cancel safety
     /// Cancel-safe: it only reads.
     pub async fn snapshot(&self) -> Result<QueueSnapshot> {
-        let span = tracing::info_span!("zkr.queue.snapshot", root = %self.root);
+        let span = tracing::info_span!("zkr.work_queue.snapshot", root = %self.root);
         async {
             let tasks = read_children(&self.client, &self.dir("tasks")).await?;
             let claims = read_children(&self.client, &self.dir("claims")).await?;

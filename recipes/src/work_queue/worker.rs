@@ -143,8 +143,7 @@ impl Worker {
     /// Cancel-safe: a claim whose create was sent when the future is dropped is given back in
     /// the background (its task returns to the queue).
     pub async fn try_claim(&mut self) -> Result<Option<ClaimedTask>> {
-        let span =
-            tracing::info_span!("zkr.queue.try_claim", worker = %self.id, root = %self.queue.root);
+        let span = tracing::info_span!("zkr.work_queue.try_claim", worker = %self.id, root = %self.queue.root);
         async {
             // The first call needs the initial listings.
             if self.listed != (true, true) {
@@ -211,7 +210,7 @@ impl Worker {
         timeout: Duration,
     ) -> Result<ClaimedTask> {
         let span =
-            tracing::info_span!("zkr.queue.claim", worker = %self.id, root = %self.queue.root);
+            tracing::info_span!("zkr.work_queue.claim", worker = %self.id, root = %self.queue.root);
         async {
             loop {
                 match self.attempt().await {
@@ -550,7 +549,7 @@ impl ClaimedTask {
     /// # Cancel safety
     /// Dropped mid-way, the report may or may not have been written; the claim is unaffected.
     pub async fn progress(&self, percent: f64, message: &str) -> Result<()> {
-        let span = tracing::debug_span!("zkr.queue.progress", task = %self.id, percent);
+        let span = tracing::debug_span!("zkr.work_queue.progress", task = %self.id, percent);
         async {
             let seq = self.issued.fetch_add(1, AtomicOrdering::SeqCst) + 1;
             let p = Progress {
@@ -619,7 +618,7 @@ impl ClaimedTask {
     /// Cancel-safe: dropped mid-way, the claim is given back in the background, exactly as if
     /// the task had been dropped.
     pub async fn release(mut self) -> Result<()> {
-        let span = tracing::info_span!("zkr.queue.release", task = %self.id);
+        let span = tracing::info_span!("zkr.work_queue.release", task = %self.id);
         async {
             let r = match self.pin().await {
                 Ok(client) => match &self.claim {
@@ -641,7 +640,7 @@ impl ClaimedTask {
     }
 
     async fn finish(mut self, state: &str, result: Value, error: Option<String>) -> Result<()> {
-        let span = tracing::info_span!("zkr.queue.finish", task = %self.id, state);
+        let span = tracing::info_span!("zkr.work_queue.finish", task = %self.id, state);
         let outcome = Outcome {
             worker: self.progress.worker.clone(),
             token: self.progress.token.clone(),
