@@ -442,8 +442,19 @@ impl Drop for Registration {
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
                 h.spawn(async move {
-                    if let Err(e) = unregister_inner(&shared).await {
-                        tracing::warn!(error = %e, path = %shared.path, "unregister on drop failed");
+                    loop {
+                        match unregister_inner(&shared).await {
+                            Ok(()) => return,
+                            // Cut off for longer than the retries last: the node may live on
+                            // with its session, so keep trying (a closed client ends this).
+                            Err(e) if e.is_zk(|z| z.is_retryable()) => {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, path = %shared.path, "unregister on drop failed");
+                                return;
+                            }
+                        }
                     }
                 });
             }

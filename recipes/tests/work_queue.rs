@@ -379,3 +379,55 @@ async fn a_claim_dropped_at_every_await_point_leaves_no_claim() {
     }
     c.close().await;
 }
+
+/// A claim dropped while its worker is cut off for longer than the operation timeout is still
+/// given back once the same session reconnects (the background give-back keeps trying while
+/// the session lives), so the task does not stay claimed by a live but idle session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_dropped_while_cut_off_is_given_back_after_the_reconnect() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let r = root("wq-dropped-cut");
+    let admin = client(&ens.connect_string(), 10_000).await;
+    let q = WorkQueue::new(&admin, &r).unwrap();
+    let id = q.put(&json!("job")).await.unwrap();
+    let proxy = FaultProxy::for_ensemble(ens).unwrap();
+    let c = zkr::Client::builder(&proxy.connect_string())
+        .session_timeout(Duration::from_secs(10))
+        .operation_timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .unwrap();
+    let mut worker = WorkQueue::new(&c, &r).unwrap().worker("w").unwrap();
+    let task = worker.claim_timeout(T).await.unwrap();
+    assert_eq!(task.id(), id);
+    let claim = task.fence().path.clone();
+    let mut states = c.states();
+    proxy.cut();
+    expect_state(&mut states, T, "Suspended", |s| {
+        matches!(s, SessionState::Suspended { .. })
+    })
+    .await;
+    drop(task);
+    // Several operation timeouts go by while cut off.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        admin.exists(&claim).await.unwrap().is_some(),
+        "still cut off"
+    );
+    proxy.heal();
+    expect_state(&mut states, T, "Reconnected", |s| {
+        matches!(s, SessionState::Reconnected { .. })
+    })
+    .await;
+    tokio::time::timeout(T, admin.wait_gone(&claim))
+        .await
+        .expect("the claim is given back after the reconnect")
+        .unwrap();
+    assert_eq!(
+        q.snapshot().await.unwrap().get(&id).map(|t| t.state),
+        Some(TaskState::Pending)
+    );
+    c.close().await;
+    admin.delete_recursive(&r).await.unwrap();
+}

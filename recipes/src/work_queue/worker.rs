@@ -387,7 +387,7 @@ impl Claim {
         }
     }
 
-    /// Gives the claim back in the background (as long as its session lives).
+    /// Gives the claim back in the background, trying again while its session lives.
     fn give_back_in_background(self) {
         let Ok(h) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(path = %self.path, "claim dropped outside a runtime; it goes with the session");
@@ -396,12 +396,19 @@ impl Claim {
         h.spawn(async move {
             loop {
                 match self.client.pinned().await {
-                    Ok(c) if c.epoch() == Some(self.epoch) => {
-                        if let Err(e) = self.give_back(&c).await {
-                            tracing::warn!(path = %self.path, error = %e, "giving back a claim failed");
+                    Ok(c) if c.epoch() == Some(self.epoch) => match self.give_back(&c).await {
+                        Ok(()) => return,
+                        Err(e) if e.is_zk(|z| matches!(z, zkr::Error::Closed)) => return,
+                        // Cut off for longer than the operation timeout: the claim stays ours
+                        // as long as the session lives, so try again (until it ends).
+                        Err(e) if e.is_zk(|z| z.is_retryable()) => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
                         }
-                        return;
-                    }
+                        Err(e) => {
+                            tracing::warn!(path = %self.path, error = %e, "giving back a claim failed");
+                            return;
+                        }
+                    },
                     // Our session is still current but not usable right now: try again.
                     Err(e)
                         if !matches!(e, zkr::Error::Closed)
