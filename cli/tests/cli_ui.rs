@@ -285,7 +285,7 @@ async fn ui_shows_locks_config_and_recipes_live_in_a_browser() {
         .unwrap();
     let latch = LeaderLatch::new(&admin, &format!("{root}/election"), "scheduler-1").unwrap();
     latch.start().await.unwrap();
-    let _reg = Registration::register(
+    let _reg = Registration::new(
         &admin,
         &format!("{root}/services"),
         ServiceInstance::new("api", "api-1")
@@ -293,19 +293,17 @@ async fn ui_shows_locks_config_and_recipes_live_in_a_browser() {
             .port(8443)
             .payload(json!({"zone": "eu-1"})),
     )
-    .await
     .unwrap();
-    let queue = WorkQueue::open(&admin, &format!("{root}/jobs"))
-        .await
-        .unwrap();
+    _reg.start().await.unwrap();
+    let queue = WorkQueue::new(&admin, &format!("{root}/jobs")).unwrap();
     for i in 0..3 {
         queue
             .put(&json!({"resize": format!("img-{i}.png")}))
             .await
             .unwrap();
     }
-    let mut worker = queue.worker("worker-7").await.unwrap();
-    let task = worker.claim(Duration::from_secs(10)).await.unwrap();
+    let mut worker = queue.worker("worker-7").unwrap();
+    let task = worker.claim_timeout(Duration::from_secs(10)).await.unwrap();
     task.progress(40.0, "resizing").await.unwrap();
 
     // The view connects through a fault proxy, to show its own session state moving.

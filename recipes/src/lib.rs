@@ -88,6 +88,7 @@
 
 pub mod atomic_counter;
 mod changes;
+mod child_cache;
 pub mod config;
 pub mod config_tree;
 pub mod discovery;
@@ -121,7 +122,7 @@ pub use leader_latch::{LatchState, LeaderLatch};
 pub use leader_observer::{LeaderObserver, ObserverState, Participant};
 pub use leader_selector::{LeaderSelector, Leadership, SelectorHandle};
 pub use mutex::{Mutex, MutexGuard};
-pub use registration::{Registration, RegistrationStatus, ServiceInstance};
+pub use registration::{Registration, RegistrationState, ServiceInstance, ServiceType};
 pub use rwlock::RwLock;
 pub use semaphore::{Lease, Semaphore};
 pub use sequential_ids::SequentialIds;
@@ -130,5 +131,6 @@ pub use tree_cache::{
     TreeCache,
 };
 pub use work_queue::{
-    ClaimedTask, Coordinator, QueueSnapshot, TaskState, TaskView, WorkQueue, Worker,
+    ClaimedTask, Coordinator, Outcome, Progress, QueueSnapshot, TaskState, TaskView, WorkQueue,
+    Worker,
 };

@@ -576,3 +576,46 @@ async fn a_release_dropped_mid_way_still_frees_the_lock() {
     c.close().await;
     other.close().await;
 }
+
+/// `MutexGuard::release` dropped at each of its await points in turn still frees the lock (the
+/// guard's drop deletes the node). Run until a release completes within the polls allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_dropped_at_every_await_point_still_frees_the_lock() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let c = client(&ens.connect_string(), 10_000).await;
+    let other = client(&ens.connect_string(), 10_000).await;
+    let path = root("dropped-release-each");
+    let mutex = Mutex::new(&c, &path).unwrap();
+    for polls in 0.. {
+        assert!(polls < 100, "release never completed");
+        let g = mutex
+            .acquire_timeout(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let node = g.fence().path.clone();
+        let finished = poll_at_most(g.release(), polls).await;
+        if let Some(r) = &finished {
+            assert!(r.is_ok(), "{r:?}");
+        }
+        tokio::time::timeout(Duration::from_secs(10), other.wait_gone(&node))
+            .await
+            .unwrap_or_else(|_| panic!("release dropped after {polls} polls left the lock node"))
+            .unwrap();
+        if finished.is_some() {
+            break;
+        }
+    }
+    // And the lock is free for someone else.
+    Mutex::new(&other, &path)
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("the lock is free")
+        .release()
+        .await
+        .unwrap();
+    c.close().await;
+    other.close().await;
+}

@@ -163,23 +163,23 @@ async fn every_recipe_works_in_a_creator_only_namespace() {
     let blocks = zkr_recipes::IdBlocks::new(&c, "/ids/blocks", 10).unwrap();
     blocks.next().await.unwrap();
 
-    let reg = zkr_recipes::Registration::register(
+    let reg = zkr_recipes::Registration::new(
         &c,
         "/services",
         zkr_recipes::ServiceInstance::new("api", "i1"),
     )
-    .await
     .unwrap();
+    reg.start().await.unwrap();
     let found = zkr_recipes::Discovery::instances(&c, "/services", "api")
         .await
         .unwrap();
     assert_eq!(found.len(), 1);
     drop(reg);
 
-    let q = zkr_recipes::WorkQueue::open(&c, "/queue").await.unwrap();
+    let q = zkr_recipes::WorkQueue::new(&c, "/queue").unwrap();
     q.put(&serde_json::json!({"job": 1})).await.unwrap();
-    let mut w = q.worker("w1").await.unwrap();
-    let task = w.claim(t).await.unwrap();
+    let mut w = q.worker("w1").unwrap();
+    let task = w.claim_timeout(t).await.unwrap();
     task.complete(serde_json::json!("done")).await.unwrap();
 
     // Every node the recipes made is creator-only.

@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use zkr::{Client, CreateMode};
-use zkr_recipes::{ConfigTree, Discovery, Mutex, Registration, ServiceInstance};
+use zkr_recipes::{ConfigTree, Discovery, Mutex, ServiceInstance};
 
+use super::registration::register;
 use super::{fan_out, ms, round, Bench, BenchError, Latencies, Report};
 
 /// Workload names.
@@ -688,17 +689,20 @@ async fn discovery_step(
     watcher
         .ensure_containers(&format!("{base}/{SERVICE}"))
         .await?;
-    let mut disc = Discovery::watch(watcher, &base, SERVICE).map_err(err)?;
+    let mut disc = Discovery::new(watcher, &base, SERVICE).map_err(err)?;
+    disc.start().map_err(err)?;
     disc.next_timeout(CONVERGE_TIMEOUT).await.map_err(err)?; // the (empty) initial set
     let all: BTreeSet<String> = (0..n).map(inst_id).collect();
 
     let start = Instant::now();
     let seen_all = {
-        let mut d = Discovery::watch(watcher, &base, SERVICE).map_err(err)?;
+        let d = Discovery::new(watcher, &base, SERVICE).map_err(err)?;
+        d.start().map_err(err)?;
         tokio::spawn(async move {
-            d.wait_until(CONVERGE_TIMEOUT, |s| {
-                s.len() == all.len() && s.iter().all(|i| all.contains(&i.id))
-            })
+            d.wait_for_timeout(
+                |s| s.len() == all.len() && s.iter().all(|i| all.contains(&i.id)),
+                CONVERGE_TIMEOUT,
+            )
             .await
             .map(|_| Instant::now())
         })
@@ -711,7 +715,7 @@ async fn discovery_step(
                 .address("10.0.0.1")
                 .port(8000 + (i % 1000) as u16)
                 .payload(json!({"zone": format!("z{}", i % 3), "weight": i % 10}));
-            Registration::register(&c, &base, inst).await
+            register(&c, &base, inst).await
         }
     })
     .await?;
@@ -725,7 +729,7 @@ async fn discovery_step(
         _ => None,
     };
     let main_ok = disc
-        .wait_until(CONVERGE_TIMEOUT, |s| s.len() == n)
+        .wait_for_timeout(|s| s.len() == n, CONVERGE_TIMEOUT)
         .await
         .is_ok();
     let rss1 = rss_kb();
@@ -733,7 +737,7 @@ async fn discovery_step(
     // Every registering session closes at once; their ephemeral nodes go with them.
     let start = Instant::now();
     let closes = futures::future::join_all(clients.iter().map(|c| c.close()));
-    let gone = disc.wait_until(CONVERGE_TIMEOUT, |s| s.is_empty());
+    let gone = disc.wait_for_timeout(|s| s.is_empty(), CONVERGE_TIMEOUT);
     let (_, gone) = futures::join!(closes, gone);
     let close_converge = gone.ok().map(|_| start.elapsed());
     drop(registrations);

@@ -48,7 +48,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
-use zkr_recipes::{CacheSnapshot, CacheState, CachedNode, TreeCache};
+use zkr_recipes::{CacheSnapshot, CacheState, CachedNode, Outcome, Progress, TreeCache};
 
 use super::{CliError, Ctx};
 
@@ -561,29 +561,28 @@ fn queue_view(snap: &CacheSnapshot, root: &str) -> QueueView {
         .collect();
     names.sort();
     names.dedup();
-    let json = |n: &CachedNode| serde_json::from_slice::<Value>(&n.data).unwrap_or(Value::Null);
-    let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     let rows = names
         .into_iter()
         .map(|name| {
             if let Some(d) = done.get(name) {
-                let v = json(d);
-                let state = str_of(&v, "state").unwrap_or_else(|| "completed".into());
+                let o = serde_json::from_slice::<Outcome>(&d.data).ok();
                 TaskRow {
                     name: name.clone(),
                     percent: 100.0,
-                    worker: str_of(&v, "worker"),
-                    message: str_of(&v, "error"),
-                    state,
+                    state: o
+                        .as_ref()
+                        .map_or_else(|| "completed".into(), |o| o.state.clone()),
+                    worker: o.as_ref().map(|o| o.worker.clone()),
+                    message: o.and_then(|o| o.error),
                 }
             } else if let Some(c) = claims.get(name) {
-                let v = json(c);
+                let p = serde_json::from_slice::<Progress>(&c.data).ok();
                 TaskRow {
                     name: name.clone(),
                     state: "running".into(),
-                    worker: str_of(&v, "worker"),
-                    percent: v.get("percent").and_then(Value::as_f64).unwrap_or(0.0),
-                    message: str_of(&v, "message"),
+                    worker: p.as_ref().map(|p| p.worker.clone()),
+                    percent: p.as_ref().map_or(0.0, |p| p.percent),
+                    message: p.map(|p| p.message),
                 }
             } else {
                 TaskRow {
