@@ -289,9 +289,9 @@ async fn ui_shows_locks_config_and_recipes_live_in_a_browser() {
         &admin,
         &format!("{root}/services"),
         ServiceInstance::new("api", "api-1")
-            .address("10.0.0.7")
-            .port(8443)
-            .payload(json!({"zone": "eu-1"})),
+            .with_address("10.0.0.7")
+            .with_port(8443)
+            .with_payload(json!({"zone": "eu-1"})),
     )
     .unwrap();
     _reg.start().await.unwrap();

@@ -52,13 +52,13 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
     let reg_a = Registration::new(
         &ca,
         &base,
-        ServiceInstance::new("worker", "A").payload(json!({"busy": false})),
+        ServiceInstance::new("worker", "A").with_payload(json!({"busy": false})),
     )?;
     reg_a.start().await?;
     let reg_b = Registration::new(
         &cb,
         &base,
-        ServiceInstance::new("worker", "B").payload(json!({"busy": false})),
+        ServiceInstance::new("worker", "B").with_payload(json!({"busy": false})),
     )?;
     reg_b.start().await?;
     let seen = discovery.wait_for_timeout(|s| s.len() == 2, T).await?;

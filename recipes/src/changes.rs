@@ -164,6 +164,11 @@ impl<T: Clone + Send + Sync + 'static> Live<T> {
         }
     }
 
+    /// A receiver of the value (for streams built on it).
+    pub(crate) fn receiver(&self) -> watch::Receiver<T> {
+        self.rx.clone()
+    }
+
     /// The value now.
     pub(crate) fn current(&self) -> T {
         self.rx.borrow().clone()

@@ -47,6 +47,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use zkr::Client;
 
+use crate::changes::Changes;
 use crate::child_cache::{read_children, ChildCache};
 use crate::error::{check_segment, Error, Result};
 use crate::registration::ServiceInstance;
@@ -134,6 +135,13 @@ impl Discovery {
     /// The latest instance set, `None` before the first load completed (or before `start`).
     pub fn current(&self) -> Option<Vec<ServiceInstance>> {
         self.rx.borrow().as_ref().map(|s| s.as_ref().clone())
+    }
+
+    /// The latest instance set now (once loaded), then after every change (coalescing).
+    pub fn changes(&self) -> Changes<Vec<ServiceInstance>> {
+        Changes::filtered(self.rx.clone(), |s: &Snapshot| {
+            s.as_ref().map(|s| s.as_ref().clone())
+        })
     }
 
     /// The next instance set of the stream (the first one is the initial load), or

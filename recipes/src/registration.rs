@@ -41,9 +41,9 @@
 //! # async fn demo(client: zkr::Client) -> zkr_recipes::Result<()> {
 //! use zkr_recipes::{Registration, ServiceInstance};
 //! let instance = ServiceInstance::new("api", "api-1")
-//!     .address("10.0.0.5")
-//!     .port(8080)
-//!     .payload(serde_json::json!({"zone": "a"}));
+//!     .with_address("10.0.0.5")
+//!     .with_port(8080)
+//!     .with_payload(serde_json::json!({"zone": "a"}));
 //! let reg = Registration::new(&client, "/services", instance)?;
 //! reg.start().await?;
 //! reg.update(serde_json::json!({"zone": "a", "load": 0.7})).await?;
@@ -130,25 +130,25 @@ impl ServiceInstance {
     }
 
     /// Sets the address.
-    pub fn address(mut self, a: &str) -> Self {
+    pub fn with_address(mut self, a: &str) -> Self {
         self.address = Some(a.to_string());
         self
     }
 
     /// Sets the port.
-    pub fn port(mut self, p: u16) -> Self {
+    pub fn with_port(mut self, p: u16) -> Self {
         self.port = Some(p);
         self
     }
 
     /// Sets the TLS port.
-    pub fn ssl_port(mut self, p: u16) -> Self {
+    pub fn with_ssl_port(mut self, p: u16) -> Self {
         self.ssl_port = Some(p);
         self
     }
 
     /// Sets the payload.
-    pub fn payload(mut self, v: Value) -> Self {
+    pub fn with_payload(mut self, v: Value) -> Self {
         self.payload = v;
         self
     }

@@ -36,9 +36,9 @@ async fn node_is_curators_service_instance_json() {
     let base = root("reg-json");
     let c = client(&ens.connect_string(), 10_000).await;
     let inst = ServiceInstance::new("api", "a1")
-        .address("10.0.0.5")
-        .port(8080)
-        .payload(json!({"zone": "z1"}));
+        .with_address("10.0.0.5")
+        .with_port(8080)
+        .with_payload(json!({"zone": "z1"}));
     let reg = register(&c, &base, inst).await;
     assert_eq!(reg.path(), format!("{base}/api/a1"));
     let (data, stat) = c.get_data(reg.path()).await.unwrap();
@@ -100,13 +100,13 @@ async fn discovery_follows_adds_updates_and_removals() {
     let ra = register(
         &a,
         &base,
-        ServiceInstance::new("svc", "a").payload(json!(1)),
+        ServiceInstance::new("svc", "a").with_payload(json!(1)),
     )
     .await;
     let _rb = register(
         &b,
         &base,
-        ServiceInstance::new("svc", "b").payload(json!(1)),
+        ServiceInstance::new("svc", "b").with_payload(json!(1)),
     )
     .await;
     disc.wait_for_timeout(|s| s.len() == 2, T).await.unwrap();
@@ -139,14 +139,14 @@ async fn old_sessions_node_is_replaced() {
     let old = client(&ens.connect_string(), 10_000).await;
     let c = client(&ens.connect_string(), 10_000).await;
     let stale =
-        serde_json::to_vec(&ServiceInstance::new("svc", "x").payload(json!("stale"))).unwrap();
+        serde_json::to_vec(&ServiceInstance::new("svc", "x").with_payload(json!("stale"))).unwrap();
     old.create_with_parents(&format!("{base}/svc/x"), &stale, CreateMode::Ephemeral)
         .await
         .unwrap();
     let reg = register(
         &c,
         &base,
-        ServiceInstance::new("svc", "x").payload(json!("fresh")),
+        ServiceInstance::new("svc", "x").with_payload(json!("fresh")),
     )
     .await;
     let (d, st) = c.get_data(reg.path()).await.unwrap();
@@ -182,7 +182,7 @@ async fn back_after_session_loss_with_newest_payload() {
     let reg = register(
         &c,
         &base,
-        ServiceInstance::new("svc", "r1").payload(json!({"v": 1})),
+        ServiceInstance::new("svc", "r1").with_payload(json!({"v": 1})),
     )
     .await;
     disc.wait_for_timeout(|s| s.len() == 1, T).await.unwrap();

@@ -239,7 +239,7 @@ async fn config_sub(client: &Client, events: &Events) -> Result<(), String> {
 }
 
 async fn register(client: &Client, events: &Events, name: &str) -> Result<(), String> {
-    let instance = ServiceInstance::new(SERVICE, name).port(8080);
+    let instance = ServiceInstance::new(SERVICE, name).with_port(8080);
     let registration = Registration::new(client, SERVICES, instance).map_err(|e| e.to_string())?;
     // A failed start may be tried again.
     while let Err(e) = registration.start().await {

@@ -106,9 +106,9 @@ async fn run(
         let base = base.clone();
         async move {
             let inst = ServiceInstance::new(SERVICE, &id(i))
-                .address("10.0.0.1")
-                .port(8000 + (i % 1000) as u16)
-                .payload(json!({"zone": format!("z{}", i % 3), "weight": i % 10}));
+                .with_address("10.0.0.1")
+                .with_port(8000 + (i % 1000) as u16)
+                .with_payload(json!({"zone": format!("z{}", i % 3), "weight": i % 10}));
             let t = Instant::now();
             let r = register(&c, &base, inst).await;
             (t.elapsed(), r)

@@ -712,9 +712,9 @@ async fn discovery_step(
         let base = base.clone();
         async move {
             let inst = ServiceInstance::new(SERVICE, &inst_id(i))
-                .address("10.0.0.1")
-                .port(8000 + (i % 1000) as u16)
-                .payload(json!({"zone": format!("z{}", i % 3), "weight": i % 10}));
+                .with_address("10.0.0.1")
+                .with_port(8000 + (i % 1000) as u16)
+                .with_payload(json!({"zone": format!("z{}", i % 3), "weight": i % 10}));
             register(&c, &base, inst).await
         }
     })

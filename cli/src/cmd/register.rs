@@ -110,12 +110,12 @@ fn status_line(path: &str, s: RegistrationState) -> StatusLine<'_> {
 /// Runs `zkr register ...` until a signal. `payload` is the parsed `--data`.
 pub async fn register(ctx: &Ctx, args: &RegisterArgs, payload: Value) -> Result<(), CliError> {
     let _states = log_session_states(&ctx.client);
-    let mut inst = ServiceInstance::new(&args.name, &args.id).payload(payload);
+    let mut inst = ServiceInstance::new(&args.name, &args.id).with_payload(payload);
     if let Some(a) = &args.address {
-        inst = inst.address(a);
+        inst = inst.with_address(a);
     }
     if let Some(p) = args.port {
-        inst = inst.port(p);
+        inst = inst.with_port(p);
     }
     let reg = Registration::new(&ctx.client, &args.base, inst).map_err(recipe_err)?;
     reg.start().await.map_err(recipe_err)?;

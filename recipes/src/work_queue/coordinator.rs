@@ -10,12 +10,12 @@ use futures::{Stream, StreamExt};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tracing::Instrument;
 use zkr::Stat;
 
 use super::schema::{task_seq, Outcome, Progress, FAILED};
 use super::WorkQueue;
+use crate::changes::{Changes, Live};
 use crate::child_cache::ChildCache;
 use crate::error::Result;
 
@@ -140,9 +140,8 @@ type Shared = Option<Arc<QueueSnapshot>>;
 /// its watches.
 #[must_use = "the coordinator stops watching when dropped"]
 pub struct Coordinator {
-    rx: watch::Receiver<Shared>,
+    live: Live<Shared>,
     stream: crate::wait::Snapshots<QueueSnapshot>,
-    task: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -151,27 +150,29 @@ impl std::fmt::Debug for Coordinator {
     }
 }
 
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 impl Coordinator {
     pub(super) fn spawn(q: &WorkQueue) -> Result<Coordinator> {
         let tasks = ChildCache::new(&q.client, &q.dir("tasks"), false)?;
         let claims = ChildCache::new(&q.client, &q.dir("claims"), true)?;
         let done = ChildCache::new(&q.client, &q.dir("done"), false)?;
-        let (tx, rx) = watch::channel::<Shared>(None);
         let span = tracing::info_span!("zkr.work_queue.coordinator", root = %q.root);
-        let task = tokio::spawn(coordinate(tasks, claims, done, tx).instrument(span));
-        let stream = crate::wait::loaded_snapshots(rx.clone());
-        Ok(Coordinator { rx, stream, task })
+        let live = Live::spawn(None, |tx| {
+            coordinate(tasks, claims, done, tx).instrument(span)
+        });
+        let stream = crate::wait::loaded_snapshots(live.receiver());
+        Ok(Coordinator { live, stream })
     }
 
     /// The latest view, `None` before the first load completed.
     pub fn current(&self) -> Option<QueueSnapshot> {
-        self.rx.borrow().as_ref().map(|s| s.as_ref().clone())
+        self.live.current().map(|s| s.as_ref().clone())
+    }
+
+    /// The latest view now (once loaded), then after every change (coalescing).
+    pub fn changes(&self) -> Changes<QueueSnapshot> {
+        Changes::filtered(self.live.receiver(), |s: &Shared| {
+            s.as_ref().map(|s| s.as_ref().clone())
+        })
     }
 
     /// The next view of the stream (the first one is the initial load), or `Err(Timeout)` if
@@ -215,18 +216,13 @@ impl Coordinator {
         mut pred: impl FnMut(&QueueSnapshot) -> bool,
         timeout: Duration,
     ) -> Result<QueueSnapshot> {
-        crate::wait::wait_until(
-            &self.rx,
-            timeout,
-            "coordinator condition",
-            "coordinator",
-            |snap| {
+        self.live
+            .wait_until(timeout, "coordinator condition", "coordinator", |snap| {
                 snap.as_ref()
                     .filter(|s| pred(s))
                     .map(|s| s.as_ref().clone())
-            },
-        )
-        .await
+            })
+            .await
     }
 }
 
