@@ -173,8 +173,8 @@ where
         })
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &str {
+    /// The directory (its children are the keys).
+    pub fn path(&self) -> &str {
         &self.dir
     }
 

@@ -72,8 +72,8 @@ impl SequentialIds {
         })
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &str {
+    /// The directory the ID nodes are created in.
+    pub fn path(&self) -> &str {
         &self.dir
     }
 

@@ -480,8 +480,8 @@ impl TreeCache {
         Ok(())
     }
 
-    /// The root path.
-    pub fn root(&self) -> &str {
+    /// The root of the cached subtree.
+    pub fn path(&self) -> &str {
         &self.settings.root
     }
 
@@ -1091,14 +1091,14 @@ impl PathCache {
         self.tree.start()
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &str {
-        self.tree.root()
+    /// The directory whose children are cached.
+    pub fn path(&self) -> &str {
+        self.tree.path()
     }
 
     /// Name → node, now.
     pub fn current(&self) -> BTreeMap<String, Arc<CachedNode>> {
-        children_of(&self.tree.current(), self.tree.root())
+        children_of(&self.tree.current(), self.tree.path())
     }
 
     /// Waits for the first load and returns the children then.
@@ -1153,7 +1153,7 @@ impl PathCache {
         mut pick: impl FnMut(&BTreeMap<String, Arc<CachedNode>>) -> Option<R>,
         timeout: Duration,
     ) -> Result<R> {
-        let dir = self.tree.root().to_string();
+        let dir = self.tree.path().to_string();
         self.tree
             .wait_for_timeout(|s| pick(&children_of(s, &dir)), timeout)
             .await
@@ -1161,7 +1161,7 @@ impl PathCache {
 
     /// The children now, then every change of a child (the directory's own events left out).
     pub fn subscribe(&self) -> CacheSubscription {
-        let dir = self.tree.root().to_string();
+        let dir = self.tree.path().to_string();
         let inner = self.tree.subscribe();
         let s = inner
             .filter(move |u| {

@@ -436,7 +436,7 @@ pub fn build(
     let mut m = Model {
         session,
         cache: cache_status,
-        root: cache.root().to_string(),
+        root: cache.path().to_string(),
         seq: snap.seq(),
         generated_at: now_ms(),
         ..Model::default()
@@ -518,7 +518,7 @@ pub fn build(
             }
         }
         if m.tree.len() < TREE_LIMIT {
-            let depth = match cache.root() {
+            let depth = match cache.path() {
                 "/" if n.path == "/" => 0,
                 "/" => n.path.matches('/').count(),
                 r => n.path[r.len()..].matches('/').count(),

@@ -100,8 +100,8 @@ impl WorkQueue {
         })
     }
 
-    /// The root path.
-    pub fn root(&self) -> &str {
+    /// The queue's root path.
+    pub fn path(&self) -> &str {
         &self.root
     }
 
