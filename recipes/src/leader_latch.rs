@@ -10,8 +10,11 @@
 //! Exactly Apache Curator's `LeaderLatch` layout (protected names, marker `latch-`, node data =
 //! the participant id), so Java and Rust candidates share one election on the same path. The
 //! candidate whose node has the lowest sequence number (compared numerically and wrap-aware)
-//! leads; every other candidate watches only its predecessor (no herd effect) and re-evaluates
-//! when it goes, so a resigning leader hands over within one notification.
+//! leads; every other candidate watches its predecessor (no herd effect) and re-evaluates
+//! when it goes, so a resigning leader hands over within one notification. A candidate keeps
+//! the names ahead of it from its last listing, and the one third in line also watches the
+//! leader (one extra watch per election): when its predecessor goes, a candidate that already
+//! knows everyone before it is gone leads at once, without listing the election again.
 //!
 //! # Guarantees
 //! * At most one candidate believes it leads at any moment, provided clocks run at similar
@@ -138,6 +141,7 @@ impl LeaderLatch {
                 id: id.into(),
                 state_tx: watch::channel(LatchState::NotLeader).0,
                 node: Mutex::new(None),
+                closing: AtomicBool::new(false),
                 stop,
                 done,
             }),
@@ -328,16 +332,19 @@ impl LeaderLatch {
     pub async fn close(&self) -> Result<()> {
         let span = tracing::info_span!("zkr.leader_latch.close", path = %self.shared.path, id = %self.shared.id);
         async {
-            self.shared.stop.send_replace(true);
             if !self.started.load(Ordering::SeqCst) {
+                self.shared.stop.send_replace(true);
                 self.shared.publish(LatchState::Closed);
                 return Ok(());
             }
             let mut done = self.shared.done.subscribe();
             let t = self.client.timeout();
-            // Resign here rather than after the task wakes: step down, then delete our node
-            // (the next candidate waits for exactly this write). The task, told to stop, makes
-            // no new node; it sees ours gone and only finishes.
+            // Resign here rather than after waking the task: step down, then delete our node
+            // (the next candidate waits for exactly this write), then stop the task, which
+            // takes the deletion it sees for the resignation. Stopped on every exit, also when
+            // this future is dropped half-way (the task then deletes the node if need be).
+            self.shared.closing.store(true, Ordering::SeqCst);
+            let _stop = StopOnDrop(&self.shared);
             let node = lock(&self.shared.node).clone();
             if let Some(node) = node {
                 self.shared.publish(LatchState::Closed);
@@ -352,6 +359,7 @@ impl LeaderLatch {
                     *held = None;
                 }
             }
+            drop(_stop);
             let _ = tokio::time::timeout(t, done.wait_for(|d| *d)).await;
             Ok(())
         }
@@ -363,6 +371,15 @@ impl LeaderLatch {
 impl Drop for LeaderLatch {
     fn drop(&mut self) {
         self.shared.stop.send_replace(true);
+    }
+}
+
+/// Tells the latch's task to stop when dropped.
+struct StopOnDrop<'a>(&'a Shared);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.stop.send_replace(true);
     }
 }
 
@@ -394,6 +411,9 @@ struct Shared {
     id: String,
     state_tx: watch::Sender<LatchState>,
     node: Mutex<Option<String>>,
+    /// Set by `close` while it deletes our node itself: the deletion the task then sees is
+    /// the resignation, not a reason to rejoin.
+    closing: AtomicBool,
     /// Set by `close` and drop: the task resigns.
     stop: watch::Sender<bool>,
     /// Set when the task has ended.

@@ -105,6 +105,13 @@ impl Ahead {
     pub fn after_gone(self) -> Option<Vec<String>> {
         self.0
     }
+
+    /// Another contender ahead is known to be gone (seen deleted): it no longer counts.
+    pub fn forget(&mut self, name: &str) {
+        if let Some(v) = self.0.as_mut() {
+            v.retain(|n| n != name);
+        }
+    }
 }
 
 /// A created node, removed in the background on drop unless disarmed.

@@ -16,6 +16,7 @@
 //! Each transition is a small function of (phase, what happened) returning the next phase or
 //! the [`Exit`].
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,6 +119,10 @@ struct Pred {
     /// What we keep of the listing it was found in, to decide without listing again when it
     /// goes.
     ahead: Ahead,
+    /// Third in line, we also watch the leader (name and watch): when it goes, our
+    /// predecessor leads, and when that one goes too we know we are next without listing
+    /// again. One extra watch per election, on the leader's node, so no herd.
+    leader: Option<Box<(String, DataWatch)>>,
 }
 
 impl Phase {
@@ -171,6 +176,8 @@ enum Wake {
     State(Option<SessionState>),
     Own(Option<zkr::Result<zkr::DataEvent>>),
     Pred(Option<zkr::Result<zkr::DataEvent>>),
+    /// An event of the leader's node, watched from third in line.
+    Leader(Option<zkr::Result<zkr::DataEvent>>),
     Retry,
 }
 
@@ -180,6 +187,26 @@ fn connected_in(s: &SessionState, epoch: Option<u64>) -> bool {
         s,
         SessionState::Connected { .. } | SessionState::Reconnected { .. }
     ) && s.epoch() == epoch
+}
+
+/// An event of the leader's node, watched from third in line: once it is gone (or its watch
+/// fails), it no longer counts ahead of us and its watch is dropped.
+fn on_leader_event(mut phase: Phase, ev: Option<zkr::Result<zkr::DataEvent>>) -> Phase {
+    let gone = match &ev {
+        Some(Ok(ev)) => ev.node.is_none(),
+        // An error or the end of the stream: stop relying on it (we list again instead).
+        _ => true,
+    };
+    if let Some(p) = phase.pred_mut() {
+        if gone {
+            if let Some(leader) = p.leader.take() {
+                if matches!(ev, Some(Ok(_))) {
+                    p.ahead.forget(&leader.0);
+                }
+            }
+        }
+    }
+    phase
 }
 
 pub(super) struct Task {
@@ -421,21 +448,25 @@ impl Task {
                 Step::Exit(Exit::Rejoin)
             }
             Some(0) => {
-                drop(pred);
                 if connected_in(&self.client.state(), node.epoch) {
                     self.shared.publish(LatchState::Leader(node.fence.clone()));
                 } else {
                     // A state change is queued; it drives the next step.
                     self.step_down();
                 }
+                drop(pred);
                 Step::Wait(Phase::Leading, None)
             }
             Some(i) => {
                 self.step_down();
                 let ahead = Ahead::keep(&order, i, i - 1);
                 let p = zkr::path::join(&self.shared.path, &order[i - 1].name);
-                let watch = match pred {
-                    Some(pred) if pred.watch.path() == p => pred.watch,
+                let (kept, kept_leader) = match pred {
+                    Some(pred) => (Some(pred.watch), pred.leader),
+                    None => (None, None),
+                };
+                let watch = match kept {
+                    Some(w) if w.path() == p => w,
                     _ => match self.client.watch_data(&p) {
                         Ok(w) => w,
                         Err(e) => {
@@ -448,7 +479,36 @@ impl Task {
                         }
                     },
                 };
-                Step::Wait(Phase::Waiting(Pred { watch, ahead }), None)
+                let leader = (i == 2)
+                    .then(|| self.watch_leader(&order[0].name, kept_leader))
+                    .flatten();
+                Step::Wait(
+                    Phase::Waiting(Pred {
+                        watch,
+                        ahead,
+                        leader,
+                    }),
+                    None,
+                )
+            }
+        }
+    }
+
+    /// A watch on the leader `name` (kept from `kept` when it is the same node); `None` when it
+    /// cannot be set (we then list again when our predecessor goes, as without it).
+    fn watch_leader(
+        &self,
+        name: &str,
+        kept: Option<Box<(String, DataWatch)>>,
+    ) -> Option<Box<(String, DataWatch)>> {
+        match kept {
+            Some(k) if k.0 == name => Some(k),
+            _ => {
+                let path = zkr::path::join(&self.shared.path, name);
+                self.client
+                    .watch_data(&path)
+                    .ok()
+                    .map(|w| Box::new((name.to_string(), w)))
             }
         }
     }
@@ -460,13 +520,17 @@ impl Task {
         phase: &mut Phase,
         retry: Option<Duration>,
     ) -> Wake {
-        let pred = phase.pred_mut().map(|p| &mut p.watch);
+        let (pred, leader) = match phase.pred_mut() {
+            Some(p) => (Some(&mut p.watch), p.leader.as_mut().map(|l| &mut l.1)),
+            None => (None, None),
+        };
         tokio::select! {
             biased;
             _ = self.stop.wait_for(|s| *s) => Wake::Stop,
             s = self.states.next_state() => Wake::State(s),
             e = own.next_event() => Wake::Own(e),
             e = async { match pred { Some(w) => w.next_event().await, None => std::future::pending().await } } => Wake::Pred(e),
+            e = async { match leader { Some(w) => w.next_event().await, None => std::future::pending().await } } => Wake::Leader(e),
             _ = async { match retry { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => Wake::Retry,
         }
     }
@@ -488,11 +552,16 @@ impl Task {
                 if ev.stat().is_some_and(|st| st.czxid == node.czxid) {
                     return Ok(phase);
                 }
+                if self.shared.closing.load(Ordering::SeqCst) {
+                    // `close` deleted it: that is the resignation.
+                    return Err((Exit::Gone, None));
+                }
                 tracing::info!(node = %node.path, "our latch node was deleted; rejoining");
                 self.step_down();
                 Err((Exit::Rejoin, None))
             }
             Wake::Pred(Some(Ok(ev))) if ev.node.is_none() => Ok(self.on_pred_gone(node, phase)),
+            Wake::Leader(ev) => Ok(on_leader_event(phase, ev)),
             Wake::Pred(Some(Ok(_))) | Wake::Retry => Ok(phase),
             Wake::Own(Some(Err(e))) | Wake::Pred(Some(Err(e))) if e.is_auth_error() => {
                 tracing::error!(error = %e, "the election's ACL refuses us; the latch closes");
