@@ -11,6 +11,7 @@
 //! Closing: when the sender is dropped the receiver drains what is queued, then ends (`None`).
 //! When the receiver is dropped, sends fail, so the producer can forget the subscriber.
 
+use crate::sync::lock;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
@@ -33,7 +34,7 @@ struct Shared<T> {
 
 impl<T> Shared<T> {
     fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 }
 

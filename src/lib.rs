@@ -39,6 +39,7 @@ pub mod path;
 mod proto;
 mod retry;
 pub mod session;
+mod sync;
 mod types;
 pub mod watch;
 mod wire;
@@ -49,7 +50,7 @@ pub mod test_hooks;
 pub use client::{Client, ClientBuilder, SessionStates};
 pub use error::{Error, ErrorCode, Result};
 pub use proto::tls::TlsConfig;
-pub use retry::RetryPolicy;
+pub use retry::{Backoff, RetryPolicy};
 pub use session::{LostReason, SessionState};
 pub use types::{
     perms, Acl, AclProvider, ClientInfo, CreateMode, Op, OpResult, ReadOp, ReadResult, SessionId,

@@ -60,6 +60,32 @@ pub fn validate_path(path: &str, sequential: bool) -> Result<()> {
     Ok(())
 }
 
+/// Validates one path segment (a node name): non-empty, no `/`, not `.` or `..`, and only
+/// characters ZooKeeper allows. Recipes use it for keys, service names and ids that become
+/// node names.
+pub fn validate_segment(segment: &str) -> Result<()> {
+    let reason = if segment.is_empty() {
+        Some("a node name must not be empty")
+    } else if segment.contains('/') {
+        Some("a node name must not contain '/'")
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        return Err(Error::InvalidPath {
+            path: segment.to_string(),
+            reason,
+        });
+    }
+    validate_path(&format!("/{segment}"), false).map_err(|e| match e {
+        Error::InvalidPath { reason, .. } => Error::InvalidPath {
+            path: segment.to_string(),
+            reason,
+        },
+        e => e,
+    })
+}
+
 /// Rejects data that the server would refuse.
 pub fn validate_data(data: &[u8]) -> Result<()> {
     if data.len() > MAX_DATA_LEN {

@@ -95,6 +95,16 @@ impl RetryPolicy {
         d.mul_f64(f.max(0.0))
     }
 
+    /// The delays between attempts, jittered: for loops that wait between attempts of
+    /// something other than one fallible call (a reconnect, a lost compare-and-set, a watch
+    /// that keeps failing). Unbounded: the caller decides when to stop.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            delays: self.delays(),
+            policy: self.clone(),
+        }
+    }
+
     /// Runs `f` until it succeeds, fails with a non-retryable error, or the policy gives up
     /// (then the last error is returned).
     pub async fn run<T, F, Fut>(&self, f: F) -> Result<T>
@@ -136,6 +146,30 @@ impl RetryPolicy {
                 None => return Err(err),
             }
         }
+    }
+}
+
+/// The jittered delays of a [`RetryPolicy`] ([`RetryPolicy::backoff`]); never ends.
+#[derive(Debug)]
+pub struct Backoff {
+    delays: backon::ExponentialBackoff,
+    policy: RetryPolicy,
+}
+
+impl Backoff {
+    /// Sleeps for the next delay.
+    pub async fn wait(&mut self) {
+        if let Some(d) = self.next() {
+            tokio::time::sleep(d).await;
+        }
+    }
+}
+
+impl Iterator for Backoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.delays.next().unwrap_or(self.policy.max_delay);
+        Some(self.policy.jittered(d))
     }
 }
 
@@ -189,6 +223,8 @@ mod tests {
             p.clone().jitter(0.0).jittered(Duration::from_millis(100)),
             Duration::from_millis(100)
         );
+        let plain: Vec<Duration> = p.clone().jitter(0.0).backoff().take(6).collect();
+        assert!(plain[5].abs_diff(Duration::from_millis(80)) < Duration::from_millis(1));
     }
 
     #[tokio::test]

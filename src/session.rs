@@ -17,7 +17,7 @@
 //!   newest leader-confirmed request + T − a margin that covers how late a follower's reports
 //!   reach the leader (`docs/leases.md` derives it from ZooKeeper 3.8's session tracking).
 //!   Before the server can hand the session's ephemeral nodes to anyone else; zkr never waits
-//!   for the server to say so. [`Epoch::valid_until`] is that deadline, read at call time, so a
+//!   for the server to say so. `Epoch::valid_until` is that deadline, read at call time, so a
 //!   process that was paused knows on its first call that it may have lost everything.
 //! * A member that answers but does not confirm for T/2 is left: the session moves to the next
 //!   member while the lease lasts. Un-suspending re-checks the lease.
@@ -33,6 +33,8 @@
 //! An operation runs on the epoch it started in; if that epoch ends before the reply arrives the
 //! operation fails with [`Error::SessionLost`]. Nothing issued for session N runs as N+1.
 
+use crate::retry::RetryPolicy;
+use crate::sync::lock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -208,7 +210,7 @@ impl Epoch {
 
     /// The wire client, while the epoch lasts.
     pub fn wire(&self) -> Result<Wire> {
-        match &*self.wire.lock().unwrap_or_else(|e| e.into_inner()) {
+        match &*lock(&self.wire) {
             Some(w) => Ok(w.clone()),
             None => Err(self.lost_error()),
         }
@@ -223,7 +225,7 @@ impl Epoch {
         self.ended_notify.notify_waiters();
         // Close the session (even while operations of this epoch still hold handles: they
         // watch `ended` and abort) and drop our handle.
-        if let Some(w) = self.wire.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(w) = lock(&self.wire).take() {
             w.close();
         }
     }
@@ -292,17 +294,13 @@ pub(crate) struct Shared {
 impl Shared {
     /// The error for operations on a closed client: why it ended, or [`Error::Closed`].
     pub fn closed_error(&self) -> Error {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .unwrap_or(Error::Closed)
+        lock(&self.failure).clone().unwrap_or(Error::Closed)
     }
 
     /// Ends the client because of `e` (terminal, like `close`).
     fn fail(&self, e: Error) {
         tracing::error!(error = %e, "zkr: giving up; the client is closed");
-        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+        *lock(&self.failure) = Some(e);
         self.close();
         self.publish(SessionState::Closed);
     }
@@ -320,7 +318,7 @@ impl Shared {
         // Bounded: a subscriber that is kept but never read holds at most `CAPACITY` states,
         // the last of them the current one.
         let (tx, rx) = crate::fanout::channel(crate::fanout::CAPACITY);
-        let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hub = lock(&self.hub);
         let _ = tx.send_latest(hub.current);
         // Forget subscribers that went away (recipes subscribe per acquisition).
         hub.subscribers.retain(|t| !t.is_closed());
@@ -329,7 +327,7 @@ impl Shared {
     }
 
     fn publish(&self, state: SessionState) {
-        let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hub = lock(&self.hub);
         if hub.current == state {
             return;
         }
@@ -460,7 +458,8 @@ async fn supervise(weak: std::sync::Weak<Shared>, mut epoch: Arc<Epoch>, mut sta
         }
         drop(shared);
         // Open the next session with backoff until it works or the client is closed.
-        let mut delay = Duration::from_millis(50);
+        let mut backoff =
+            RetryPolicy::exponential(Duration::from_millis(50), Duration::from_secs(5)).backoff();
         let next = loop {
             let Some(shared) = weak.upgrade() else { return };
             if shared.is_closed() {
@@ -486,10 +485,7 @@ async fn supervise(weak: std::sync::Weak<Shared>, mut epoch: Arc<Epoch>, mut sta
                 }
             }
             drop(shared);
-            let jitter =
-                Duration::from_millis(rand::random::<u64>() % (delay.as_millis() as u64 + 1));
-            tokio::time::sleep(delay + jitter / 2).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            backoff.wait().await;
         };
         let Some(shared) = weak.upgrade() else { return };
         epoch = Arc::new(Epoch::new(n + 1, next.0, shared.cfg.server_tick));

@@ -1,5 +1,6 @@
 //! zkr's own ZooKeeper types: recipes and users never see the wire client's.
 
+use crate::sync::lock;
 use std::fmt;
 use std::time::Duration;
 
@@ -400,12 +401,12 @@ impl AuthStore {
 
     /// The credentials now.
     pub fn snapshot(&self) -> Credentials {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.0).clone()
     }
 
     /// Adds one (once: the same scheme and secret are kept a single time).
     pub fn add(&self, scheme: &str, data: &[u8]) {
-        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = lock(&self.0);
         if !c.0.iter().any(|(s, d)| s == scheme && d == data) {
             c.0.push((scheme.to_string(), data.to_vec()));
         }

@@ -24,6 +24,7 @@
 //! Errors that retrying cannot fix (e.g. no read permission) are yielded as `Err` items; the
 //! watch keeps trying afterwards. Streams end when the client is closed.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -122,7 +123,7 @@ struct Entry {
 
 impl Entry {
     fn lock(&self) -> std::sync::MutexGuard<'_, EntryState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     fn emit(&self, item: Item) {
@@ -143,7 +144,7 @@ pub(crate) struct Registry {
 fn lock_map(
     map: &Mutex<HashMap<Key, Arc<Entry>>>,
 ) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Entry>>> {
-    map.lock().unwrap_or_else(|e| e.into_inner())
+    lock(map)
 }
 
 impl Registry {
@@ -394,7 +395,7 @@ fn still_wanted(map: &Mutex<HashMap<Key, Arc<Entry>>>, entry: &Arc<Entry>) -> bo
 async fn drive(shared: Arc<Shared>, map: Arc<Mutex<HashMap<Key, Arc<Entry>>>>, entry: Arc<Entry>) {
     let span = tracing::debug_span!("zkr.watch", path = %entry.path, kind = ?entry.kind);
     let mut states = shared.state_receiver();
-    let mut error_delay = Duration::from_millis(100);
+    let mut backoff = error_backoff();
     'outer: loop {
         if !still_wanted(&map, &entry) {
             return;
@@ -422,7 +423,7 @@ async fn drive(shared: Arc<Shared>, map: Arc<Mutex<HashMap<Key, Arc<Entry>>>>, e
         let watch = match r {
             Ok(None) => continue,
             Ok(Some((snap, watch))) => {
-                error_delay = Duration::from_millis(100);
+                backoff = error_backoff();
                 let change = diff(entry.kind, entry.lock().last.as_deref(), &snap);
                 if let Some(change) = change {
                     tracing::debug!(parent: &span, ?change, "watch event");
@@ -436,10 +437,9 @@ async fn drive(shared: Arc<Shared>, map: Arc<Mutex<HashMap<Key, Arc<Entry>>>>, e
                 tracing::warn!(parent: &span, error = %e, "watch read failed");
                 entry.emit(Err(e));
                 tokio::select! {
-                    _ = tokio::time::sleep(error_delay) => {},
+                    _ = backoff.wait() => {},
                     _ = epoch.ended() => {},
                 }
-                error_delay = (error_delay * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -595,4 +595,9 @@ impl Stream for PersistentWatch {
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+/// Waits between reads that keep failing: from 100 ms doubling to 5 s.
+fn error_backoff() -> crate::Backoff {
+    crate::RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(5)).backoff()
 }

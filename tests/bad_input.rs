@@ -243,12 +243,10 @@ async fn extreme_durations_never_panic() {
     let sem = zkr_recipes::Semaphore::new(&c, &format!("{root}/sem"), 1).unwrap();
     let lease = sem.acquire_timeout(Duration::MAX).await.unwrap();
     drop(lease);
-    let q = zkr_recipes::WorkQueue::open(&c, &format!("{root}/queue"))
-        .await
-        .unwrap();
+    let q = zkr_recipes::WorkQueue::new(&c, &format!("{root}/queue")).unwrap();
     q.put(&serde_json::json!({"n": 1})).await.unwrap();
-    let mut w = q.worker("w").await.unwrap();
-    let task = w.claim(Duration::MAX).await.unwrap();
+    let mut w = q.worker("w").unwrap();
+    let task = w.claim_timeout(Duration::MAX).await.unwrap();
     task.complete(serde_json::json!(null)).await.unwrap();
     c.delete_recursive(root).await.unwrap();
     c.close().await;

@@ -186,13 +186,13 @@ async fn cli_services_and_queue_watch() {
     ]);
     let l = next_json(&mut lines).await;
     assert_eq!(l["instances"], serde_json::json!([]), "{l}");
-    let reg = zkr_recipes::Registration::register(
+    let reg = zkr_recipes::Registration::new(
         &admin,
         &services,
         zkr_recipes::ServiceInstance::new("svc", "i1"),
     )
-    .await
     .unwrap();
+    reg.start().await.unwrap();
     let l = next_json(&mut lines).await;
     assert_eq!(l["instances"].as_array().map(|a| a.len()), Some(1), "{l}");
     assert_eq!(l["instances"][0]["id"], "i1", "{l}");
@@ -204,7 +204,7 @@ async fn cli_services_and_queue_watch() {
     reg.unregister().await.unwrap();
 
     let queue = format!("{base}/queue");
-    let q = zkr_recipes::WorkQueue::open(&admin, &queue).await.unwrap();
+    let q = zkr_recipes::WorkQueue::new(&admin, &queue).unwrap();
     let (mut child, mut lines) = spawn_lines(&[
         "--zk", &zk, "queue", "status", &queue, "--watch", "--count", "2",
     ]);
@@ -219,5 +219,79 @@ async fn cli_services_and_queue_watch() {
         .unwrap()
         .unwrap();
     assert!(status.success());
+    admin.delete_recursive(&base).await.unwrap();
+}
+
+/// `zkr register` prints `registered` and keeps the instance while it runs; on SIGTERM it
+/// unregisters (prints `unregistered`, the node is gone) and exits 0. `zkr queue work --count 1`
+/// claims the queued task, completes it and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_register_and_queue_work() {
+    let zk = testing::shared().expect("zookeeper").connect_string();
+    let base = root("reg-work");
+    let admin = client(&zk, 10_000).await;
+
+    let services = format!("{base}/services");
+    let (mut child, mut lines) = spawn_lines(&[
+        "--zk", &zk, "register", "svc", "--id", "i1", "--base", &services,
+    ]);
+    let l = next_json(&mut lines).await;
+    assert_eq!(l["event"], "registered", "{l}");
+    let node = format!("{services}/svc/i1");
+    assert!(admin.exists(&node).await.unwrap().is_some());
+    // SIGTERM by pid (the child we started).
+    let pid = child.id().expect("running").to_string();
+    let kill = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(kill.success());
+    let l = next_json(&mut lines).await;
+    assert_eq!(l["event"], "unregistered", "{l}");
+    let status = tokio::time::timeout(T, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    assert!(admin.exists(&node).await.unwrap().is_none());
+
+    let queue = format!("{base}/queue");
+    let q = zkr_recipes::WorkQueue::new(&admin, &queue).unwrap();
+    let id = q.put(&serde_json::json!({"n": 1})).await.unwrap();
+    let (mut child, mut lines) = spawn_lines(&[
+        "--zk",
+        &zk,
+        "queue",
+        "work",
+        &queue,
+        "--worker",
+        "w1",
+        "--count",
+        "1",
+        "--steps",
+        "2",
+        "--step-ms",
+        "10",
+    ]);
+    let l = next_json(&mut lines).await;
+    assert_eq!(
+        (l["event"].as_str(), l["task"].as_str()),
+        (Some("claimed"), Some(id.as_str())),
+        "{l}"
+    );
+    let l = next_json(&mut lines).await;
+    assert_eq!(
+        (l["event"].as_str(), l["task"].as_str()),
+        (Some("completed"), Some(id.as_str())),
+        "{l}"
+    );
+    let status = tokio::time::timeout(T, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let s = q.snapshot().await.unwrap();
+    assert_eq!(s.count(zkr_recipes::TaskState::Completed), 1);
     admin.delete_recursive(&base).await.unwrap();
 }

@@ -284,30 +284,27 @@ async fn ui_shows_locks_config_and_recipes_live_in_a_browser() {
     cfg.publish(&json!({"pool": 8, "url": "postgres://db/app"}))
         .await
         .unwrap();
-    let latch = LeaderLatch::start(&admin, &format!("{root}/election"), "scheduler-1")
-        .await
-        .unwrap();
-    let _reg = Registration::register(
+    let latch = LeaderLatch::new(&admin, &format!("{root}/election"), "scheduler-1").unwrap();
+    latch.start().await.unwrap();
+    let _reg = Registration::new(
         &admin,
         &format!("{root}/services"),
         ServiceInstance::new("api", "api-1")
-            .address("10.0.0.7")
-            .port(8443)
-            .payload(json!({"zone": "eu-1"})),
+            .with_address("10.0.0.7")
+            .with_port(8443)
+            .with_payload(json!({"zone": "eu-1"})),
     )
-    .await
     .unwrap();
-    let queue = WorkQueue::open(&admin, &format!("{root}/jobs"))
-        .await
-        .unwrap();
+    _reg.start().await.unwrap();
+    let queue = WorkQueue::new(&admin, &format!("{root}/jobs")).unwrap();
     for i in 0..3 {
         queue
             .put(&json!({"resize": format!("img-{i}.png")}))
             .await
             .unwrap();
     }
-    let mut worker = queue.worker("worker-7").await.unwrap();
-    let task = worker.claim(Duration::from_secs(10)).await.unwrap();
+    let mut worker = queue.worker("worker-7").unwrap();
+    let task = worker.claim_timeout(Duration::from_secs(10)).await.unwrap();
     task.progress(40.0, "resizing").await.unwrap();
 
     // The view connects through a fault proxy, to show its own session state moving.
@@ -359,11 +356,7 @@ async fn ui_shows_locks_config_and_recipes_live_in_a_browser() {
          (page rendered it {rendered} ms after)"
     );
     let token = blocking(|| browser.text(&format!("[data-lock=\"{lock_path}\"] .token")));
-    assert_eq!(
-        token,
-        held.fencing_token().to_string(),
-        "fencing token shown"
-    );
+    assert_eq!(token, held.fence().token.to_string(), "fencing token shown");
 
     // Bob waits, then gets the lock when Alice releases it.
     let bob_task = tokio::spawn(async move {
@@ -428,9 +421,8 @@ async fn ui_shows_locks_config_and_recipes_live_in_a_browser() {
     let carol = Client::connect(&connect).await.unwrap();
     let m_carol = Mutex::new(&carol, &lock_path).unwrap().with_data(b"carol");
     let carol_task = tokio::spawn(async move { m_carol.acquire().await.map(|g| (g, m_carol)) });
-    let latch2 = LeaderLatch::start(&bob, &format!("{root}/election"), "scheduler-2")
-        .await
-        .unwrap();
+    let latch2 = LeaderLatch::new(&bob, &format!("{root}/election"), "scheduler-2").unwrap();
+    latch2.start().await.unwrap();
     blocking(|| browser.wait_text(&waiters, WITHIN, |t| t == "carol"));
     let participants = format!("[data-election=\"{root}/election\"]");
     blocking(|| browser.wait_text(&participants, WITHIN, |t| t.contains("scheduler-2")));

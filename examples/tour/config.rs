@@ -45,7 +45,7 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
     let sub_a = Config::<Limits>::new(&direct, &path)?.subscribe()?;
     let mut sub_b = Config::<Limits>::new(&cut_off, &path)?.subscribe()?;
     for (name, sub) in [("A", &sub_a), ("B", &sub_b)] {
-        let v = sub.wait_for(WAIT, |_| true).await?;
+        let v = sub.wait_for_timeout(|_| true, WAIT).await?;
         t.say(format!(
             "subscriber {name} got it pushed: {:?} (version {}, stale: {})",
             v.value, v.version, v.stale
@@ -55,7 +55,7 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
     t.say("cutting subscriber B's TCP connection");
     proxy.cut();
     wait_event(&mut sub_b, |e| matches!(e, ConfigEvent::Stale)).await?;
-    let kept = sub_b.latest().ok_or("no value")?;
+    let kept = sub_b.current().ok_or("no value")?;
     t.say(format!(
         "B keeps serving its last good value {:?}, flagged stale: {}",
         kept.value, kept.stale
@@ -73,7 +73,7 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
         })
         .await?;
     t.say("the publisher published two more versions (rps 200, then 300)");
-    let v = sub_a.wait_for(WAIT, |v| v.value.rps == 300).await?;
+    let v = sub_a.wait_for_timeout(|v| v.value.rps == 300, WAIT).await?;
     t.say(format!(
         "subscriber A sees rps {} (version {})",
         v.value.rps, v.version
@@ -82,7 +82,7 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
     t.say("healing B's connection");
     proxy.heal();
     let v = sub_b
-        .wait_for(WAIT, |v| v.value.rps == 300 && !v.stale)
+        .wait_for_timeout(|v| v.value.rps == 300 && !v.stale, WAIT)
         .await?;
     t.say(format!(
         "subscriber B converged after healing: {:?} (version {}, stale: {})",
@@ -95,7 +95,7 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
     if let ConfigEvent::Invalid { error, .. } = ev {
         t.say(format!("B reports it as an error event: {error}"));
     }
-    let kept = sub_b.latest().ok_or("no value")?;
+    let kept = sub_b.current().ok_or("no value")?;
     t.say(format!("and keeps the last good value: {:?}", kept.value));
     publisher
         .publish(&Limits {
@@ -103,7 +103,7 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
             burst: 40,
         })
         .await?;
-    let v = sub_b.wait_for(WAIT, |v| v.value.rps == 400).await?;
+    let v = sub_b.wait_for_timeout(|v| v.value.rps == 400, WAIT).await?;
     t.say(format!(
         "a good value again is taken at once: rps {}",
         v.value.rps
@@ -125,7 +125,7 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
             let (seq, counter, blocks) = (seq?, counter?, blocks?);
             let s = seq.next_batch(3).await?;
             let c = counter.increment().await?;
-            let b = blocks.next_n(3).await?;
+            let b = blocks.next_batch(3).await?;
             Ok::<_, zkr_recipes::Error>((i, s, c, b))
         }
     });

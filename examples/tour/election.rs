@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use zkr::Client;
-use zkr_recipes::leader_latch;
-use zkr_recipes::leader_selector::{LeaderSelector, SelectorHandle};
+use zkr_recipes::SelectorHandle;
+use zkr_recipes::{leader_observer, Changes, LeaderObserver, LeaderSelector, Participant};
 
 use crate::{Res, Timeline, Tour};
 
@@ -20,18 +20,17 @@ fn worker(
     client: &Client,
     path: &str,
     name: &'static str,
-) -> (SelectorHandle, tokio::task::JoinHandle<()>) {
-    let selector = LeaderSelector::builder(client, path)
-        .id(name)
-        .grace(Duration::from_millis(100))
-        .build();
+) -> Res<(SelectorHandle, tokio::task::JoinHandle<()>)> {
+    let selector = LeaderSelector::new(client, path)?
+        .with_id(name)
+        .with_grace(Duration::from_millis(100));
     let handle = selector.handle();
     let task = tokio::spawn(async move {
         let r = selector
             .run(|leadership| async move {
                 t.say(format!(
                     "{name}: I lead (fencing epoch {}); doing leader work",
-                    leadership.fence().epoch
+                    leadership.fence().token
                 ));
                 leadership.lost().await;
                 t.say(format!("{name}: leadership lost; stopping leader work"));
@@ -41,16 +40,16 @@ fn worker(
             t.say(format!("{name}: left the election: {e}"));
         }
     });
-    (handle, task)
+    Ok((handle, task))
 }
 
-async fn next_leader(t: &Timeline, obs: &mut leader_latch::LeaderWatch) -> Res<Option<String>> {
-    let p = obs.next_timeout(T).await?.ok_or("observer ended")??;
+async fn next_leader(t: &Timeline, obs: &mut Changes<Option<Participant>>) -> Res<Option<String>> {
+    let p = obs.next_timeout(T).await?.ok_or("observer ended")?;
     let id = p.as_ref().map(|p| p.id.clone());
     match &p {
         Some(p) => t.say(format!(
             "observer: {} leads (fencing epoch {})",
-            p.id, p.epoch
+            p.id, p.token
         )),
         None => t.say("observer: nobody leads"),
     }
@@ -61,7 +60,7 @@ async fn next_leader(t: &Timeline, obs: &mut leader_latch::LeaderWatch) -> Res<O
 async fn in_line(t: &Timeline, admin: &Client, path: &str, n: usize) -> Res<()> {
     let deadline = Instant::now() + T;
     loop {
-        let line: Vec<String> = leader_latch::participants(admin, path)
+        let line: Vec<String> = leader_observer::participants(admin, path)
             .await?
             .into_iter()
             .map(|p| p.id)
@@ -84,7 +83,9 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
     let t: &'static Timeline = Box::leak(Box::new(Timeline(t.0)));
     t.say("── Chapter: master election (leader latch, run-while-leader, observe) ──");
     let path = format!("{root}/election");
-    let mut obs = leader_latch::observe(admin, &path)?;
+    let observer = LeaderObserver::new(admin, &path)?;
+    observer.start()?;
+    let mut obs = observer.changes();
     next_leader(t, &mut obs).await?;
 
     // w1 and w3 connect directly; w2 goes through the fault proxy.
@@ -100,11 +101,11 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
         .session_timeout(Duration::from_secs(3))
         .connect()
         .await?;
-    let (h1, w1) = worker(t, &c1, &path, "w1");
+    let (h1, w1) = worker(t, &c1, &path, "w1")?;
     next_leader(t, &mut obs).await?;
-    let (h2, w2) = worker(t, &c2, &path, "w2");
+    let (h2, w2) = worker(t, &c2, &path, "w2")?;
     in_line(t, admin, &path, 2).await?;
-    let (h3, w3) = worker(t, &c3, &path, "w3");
+    let (h3, w3) = worker(t, &c3, &path, "w3")?;
     in_line(t, admin, &path, 3).await?;
 
     t.say("w1's process dies (its client goes away without resigning)");

@@ -34,7 +34,7 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
                     version: Some(stat.version),
                 }])
                 .await?;
-                log.push((g.fencing_token(), n + 1));
+                log.push((g.fence().token, n + 1));
                 g.release().await?;
             }
             c.close().await;
@@ -76,8 +76,8 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
     g.lost().await;
     let told = std::time::Instant::now();
     t.say(format!(
-        "holder told: lock lost (is_held = {})",
-        g.is_held()
+        "holder told: lock lost (is_lost = {})",
+        g.is_lost()
     ));
     let (got, g2) = waiter.await?;
     let g2 = g2?;

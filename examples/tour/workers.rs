@@ -47,20 +47,21 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
         .session_timeout(Duration::from_secs(10))
         .connect()
         .await?;
-    let mut discovery = Discovery::watch(admin, &base, "worker")?;
-    let reg_a = Registration::register(
+    let discovery = Discovery::new(admin, &base, "worker")?;
+    discovery.start()?;
+    let reg_a = Registration::new(
         &ca,
         &base,
-        ServiceInstance::new("worker", "A").payload(json!({"busy": false})),
-    )
-    .await?;
-    let reg_b = Registration::register(
+        ServiceInstance::new("worker", "A").with_payload(json!({"busy": false})),
+    )?;
+    reg_a.start().await?;
+    let reg_b = Registration::new(
         &cb,
         &base,
-        ServiceInstance::new("worker", "B").payload(json!({"busy": false})),
-    )
-    .await?;
-    let seen = discovery.wait_until(T, |s| s.len() == 2).await?;
+        ServiceInstance::new("worker", "B").with_payload(json!({"busy": false})),
+    )?;
+    reg_b.start().await?;
+    let seen = discovery.wait_for_timeout(|s| s.len() == 2, T).await?;
     t.say(format!(
         "workers registered at {base}/worker/{{A,B}}; discovery sees {:?}",
         seen.iter().map(|i| &i.id).collect::<Vec<_>>()
@@ -71,26 +72,29 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
         String::from_utf8_lossy(&raw)
     ));
 
-    let producer = WorkQueue::open(admin, &qroot).await?;
+    let producer = WorkQueue::new(admin, &qroot)?;
     let coordinator = producer.coordinator()?;
     let t1 = producer.put(&json!({"resize": "cat.png"})).await?;
     let t2 = producer.put(&json!({"resize": "dog.png"})).await?;
     t.say(format!("a producer put two tasks: {t1}, {t2}"));
 
-    let mut wa = WorkQueue::open(&ca, &qroot).await?.worker("A").await?;
-    let mut wb = WorkQueue::open(&cb, &qroot).await?.worker("B").await?;
-    let task_a = wa.claim(T).await?;
+    let mut wa = WorkQueue::new(&ca, &qroot)?.worker("A")?;
+    let mut wb = WorkQueue::new(&cb, &qroot)?.worker("B")?;
+    let task_a = wa.claim_timeout(T).await?;
     reg_a
         .update(json!({"busy": true, "task": task_a.id()}))
         .await?;
     task_a.progress(40.0, "resizing").await?;
-    let task_b = wb.claim(T).await?;
+    let task_b = wb.claim_timeout(T).await?;
     task_b.progress(10.0, "starting").await?;
     let s = coordinator
-        .wait_until(T, |s| {
-            s.count(TaskState::Running) == 2
-                && s.get(task_a.id()).and_then(|x| x.percent) == Some(40.0)
-        })
+        .wait_for_timeout(
+            |s| {
+                s.count(TaskState::Running) == 2
+                    && s.get(task_a.id()).and_then(|x| x.percent) == Some(40.0)
+            },
+            T,
+        )
         .await?;
     t.say(format!(
         "A claimed {}, B claimed {}; the coordinator sees: {}",
@@ -102,7 +106,7 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
         .complete(json!({"thumbnail": "dog-small.png"}))
         .await?;
     let s = coordinator
-        .wait_until(T, |s| s.count(TaskState::Completed) == 1)
+        .wait_for_timeout(|s| s.count(TaskState::Completed) == 1, T)
         .await?;
     t.say(format!("B completed its task: {}", describe(&s)));
 
@@ -112,7 +116,7 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
     reg_a
         .update(json!({"busy": false, "note": "restarted"}))
         .await?;
-    let next = wb.claim(T).await?;
+    let next = wb.claim_timeout(T).await?;
     t.say(format!(
         "A's claim vanished with its session; B claimed {} (the same task: {})",
         next.id(),
@@ -131,16 +135,19 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
         late.err().map(|e| e.to_string()).unwrap_or_default()
     ));
     let s = coordinator
-        .wait_until(T, |s| s.count(TaskState::Completed) == 2)
+        .wait_for_timeout(|s| s.count(TaskState::Completed) == 2, T)
         .await?;
     t.say(format!("the coordinator's final view: {}", describe(&s)));
 
-    reg_a.wait_registered(T).await?;
+    reg_a.wait_registered_timeout(T).await?;
     let seen = discovery
-        .wait_until(T, |s| {
-            s.iter()
-                .any(|i| i.id == "A" && i.payload.get("note").is_some())
-        })
+        .wait_for_timeout(
+            |s| {
+                s.iter()
+                    .any(|i| i.id == "A" && i.payload.get("note").is_some())
+            },
+            T,
+        )
         .await?;
     let a = seen.iter().find(|i| i.id == "A").map(|i| i.payload.clone());
     t.say(format!(
@@ -149,7 +156,7 @@ pub async fn chapter(tour: &Tour<'_>) -> Res<()> {
     ));
     reg_a.unregister().await?;
     reg_b.unregister().await?;
-    discovery.wait_until(T, |s| s.is_empty()).await?;
+    discovery.wait_for_timeout(|s| s.is_empty(), T).await?;
     t.say("both workers unregistered; discovery sees none");
     ca.close().await;
     cb.close().await;

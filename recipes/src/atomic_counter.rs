@@ -44,6 +44,7 @@ use zkr::{Client, CreateMode, Stat};
 
 use crate::config::policy;
 use crate::error::{Error, Result};
+use crate::sync::lock;
 
 /// The result of a successful change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,16 +69,6 @@ pub struct AtomicCounter {
     /// Value and version this handle (and its clones) wrote last: the next change first tries
     /// a compare-and-set at that version without reading.
     cache: Arc<std::sync::Mutex<Option<(i64, i32)>>>,
-}
-
-/// A random number in `0..=max` (std's per-process random hasher keys, mixed with a counter).
-fn jitter(max: u64) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(N.fetch_add(1, Ordering::Relaxed));
-    h.finish() % max.saturating_add(1).max(1)
 }
 
 /// Decodes Curator's layout: 8 bytes big-endian, empty = 0.
@@ -113,19 +104,19 @@ impl AtomicCounter {
     }
 
     /// At most `n` compare-and-set tries per change (then [`Error::Busy`]).
-    pub fn max_tries(mut self, n: u32) -> Self {
+    pub fn with_max_tries(mut self, n: u32) -> Self {
         self.max_tries = n.max(1);
         self
     }
 
     /// At most `d` per change (then [`Error::Timeout`]).
-    pub fn timeout(mut self, d: Duration) -> Self {
+    pub fn with_timeout(mut self, d: Duration) -> Self {
         self.max_elapsed = d;
         self
     }
 
     /// Backoff after a lost compare-and-set: from `base`, doubling up to `max`, with jitter.
-    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+    pub fn with_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.backoff_base = base;
         self.backoff_max = max.max(base);
         self
@@ -151,8 +142,15 @@ impl AtomicCounter {
     }
 
     /// The current value (fresh: `sync` + `getData`).
+    ///
+    /// # Errors
+    /// [`Error::Payload`] if the node holds something else than a counter; [`Error::Zk`]
+    /// when the read fails after its retries.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a read.
     pub async fn get(&self) -> Result<i64> {
-        let span = tracing::debug_span!("atomic_counter.get", path = %self.path);
+        let span = tracing::debug_span!("zkr.atomic_counter.get", path = %self.path);
         async {
             let pol = policy(self.client.timeout());
             match self
@@ -200,20 +198,11 @@ impl AtomicCounter {
     }
 
     fn set_cache(&self, v: Option<(i64, i32)>) {
-        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = v;
+        *lock(&self.cache) = v;
     }
 
     fn take_cache(&self) -> Option<(i64, i32)> {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-
-    fn delay(&self, tries: u32) -> Duration {
-        let exp = self
-            .backoff_base
-            .saturating_mul(1u32 << tries.saturating_sub(1).min(16));
-        let cap = exp.min(self.backoff_max);
-        let nanos = cap.as_nanos().min(u64::MAX as u128) as u64;
-        Duration::from_nanos(jitter(nanos))
+        lock(&self.cache).take()
     }
 
     /// Applies `f` to the current value by compare-and-set, retrying with backoff while others
@@ -221,6 +210,8 @@ impl AtomicCounter {
     async fn update(&self, mut f: impl FnMut(i64) -> Option<i64>) -> Result<Option<AtomicValue>> {
         let start = Instant::now();
         let mut tries = 0u32;
+        let mut backoff =
+            zkr::RetryPolicy::exponential(self.backoff_base, self.backoff_max).backoff();
         loop {
             tries += 1;
             // Fast path: what this handle wrote last, if nobody changed it since (the version
@@ -254,13 +245,21 @@ impl AtomicCounter {
                     after: self.max_elapsed,
                 });
             }
-            tokio::time::sleep(self.delay(tries)).await;
+            backoff.wait().await;
         }
     }
 
     /// Adds `delta` (wrapping on overflow, like Java's `long`).
+    ///
+    /// # Errors
+    /// [`Error::Busy`] after `with_max_tries` lost compare-and-sets, [`Error::Timeout`]
+    /// after `with_timeout`; [`Error::Zk`] for errors retrying cannot fix.
+    ///
+    /// # Cancel safety
+    /// If dropped, the change may or may not have been applied (at most once): the value
+    /// tells.
     pub async fn add(&self, delta: i64) -> Result<AtomicValue> {
-        let span = tracing::debug_span!("atomic_counter.add", path = %self.path, delta);
+        let span = tracing::debug_span!("zkr.atomic_counter.add", path = %self.path, delta);
         async {
             self.update(|v| Some(v.wrapping_add(delta)))
                 .await?
@@ -271,19 +270,37 @@ impl AtomicCounter {
     }
 
     /// Adds 1.
+    ///
+    /// # Errors
+    /// As [`add`](Self::add).
+    ///
+    /// # Cancel safety
+    /// As [`add`](Self::add).
     pub async fn increment(&self) -> Result<AtomicValue> {
         self.add(1).await
     }
 
     /// Subtracts 1.
+    ///
+    /// # Errors
+    /// As [`add`](Self::add).
+    ///
+    /// # Cancel safety
+    /// As [`add`](Self::add).
     pub async fn decrement(&self) -> Result<AtomicValue> {
         self.add(-1).await
     }
 
     /// Sets the value to `new` only if it is `expected` now. `Ok(false)` if it is not (one read
     /// and at most one write; no retry).
+    ///
+    /// # Errors
+    /// [`Error::Zk`] when the read or the write fails.
+    ///
+    /// # Cancel safety
+    /// If dropped, the write may or may not have been applied.
     pub async fn compare_and_set(&self, expected: i64, new: i64) -> Result<bool> {
-        let span = tracing::debug_span!("atomic_counter.cas", path = %self.path, expected, new);
+        let span = tracing::debug_span!("zkr.atomic_counter.cas", path = %self.path, expected, new);
         async {
             let (cur, stat) = self.read().await?;
             if cur != expected {
@@ -296,8 +313,14 @@ impl AtomicCounter {
     }
 
     /// Sets the value to `new` unconditionally (retried until it is written).
+    ///
+    /// # Errors
+    /// As [`add`](Self::add).
+    ///
+    /// # Cancel safety
+    /// As [`add`](Self::add).
     pub async fn force_set(&self, new: i64) -> Result<AtomicValue> {
-        let span = tracing::debug_span!("atomic_counter.force_set", path = %self.path, new);
+        let span = tracing::debug_span!("zkr.atomic_counter.force_set", path = %self.path, new);
         async {
             self.update(|_| Some(new))
                 .await?

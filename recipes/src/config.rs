@@ -11,14 +11,21 @@
 //!   is still at the data version the caller read (compare-and-set).
 //! * [`Config::get`] is a *fresh* pull: `sync` and `getData` pipelined in one round trip, so it
 //!   sees every publish that completed before it was called.
-//! * [`Config::subscribe`] pushes: a [`ConfigSubscription`] holds a `tokio::sync::watch`
-//!   receiver of the latest [`Versioned`] value and is a `Stream` of [`ConfigEvent`]s. It always
-//!   converges to the latest published value; quick successive versions may coalesce into one
-//!   event. Changes are recognised by `mzxid` (and `czxid`), never by the data version alone, so
+//! * [`Config::subscribe`] pushes: a [`ConfigSubscription`] always knows the latest good
+//!   [`Versioned`] value ([`current`](ConfigSubscription::current),
+//!   [`changes`](ConfigSubscription::changes), [`wait_for`](ConfigSubscription::wait_for)) and
+//!   is a `Stream` of [`ConfigEvent`]s. It always converges to the latest published value; quick
+//!   successive versions may coalesce into one event. Changes are recognised by `mzxid` (and `czxid`), never by the data version alone, so
 //!   a node deleted and re-created at the same version, or a data version that wrapped around,
 //!   is still seen as a new value, and an old read arriving late never replaces a newer value.
 //! * A payload that is not valid JSON for `T` is reported as [`ConfigEvent::Invalid`]; the last
 //!   good value stays in force.
+//!
+//! # Delivery
+//! * `current()` and `changes()` are **coalescing**: they never lag and never grow.
+//! * The event `Stream` is **bounded** (1,024 events). A reader that falls that far behind
+//!   loses the oldest undelivered events and then gets [`ConfigEvent::Lagged`] with the number
+//!   lost, before newer events; `current()` is the latest value at any time.
 //!
 //! # Suspended / Reconnected / Lost
 //! On `Suspended`, `Connecting` or `Lost` the subscription keeps serving the last good value,
@@ -43,7 +50,7 @@
 //! let config: Config<Db> = Config::new(&client, "/app/db")?;
 //! config.publish(&Db { url: "postgres://db1".into(), pool: 8 }).await?;
 //! let mut sub = config.subscribe()?;
-//! let v = sub.wait_for(Duration::from_secs(5), |v| v.value.pool == 8).await?;
+//! let v = sub.wait_for_timeout(|v| v.value.pool == 8, Duration::from_secs(5)).await?;
 //! println!("pool {} (version {}, stale: {})", v.value.pool, v.version, v.stale);
 //! # Ok(()) }
 //! ```
@@ -60,6 +67,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use zkr::{Client, CreateMode, DataWatch, RetryPolicy, SessionState, Stat};
 
+use crate::changes::{Changes, EventSender, Live};
 use crate::error::{Error, Result};
 
 /// Capacity of a subscription's event queue; events beyond it are dropped while the consumer
@@ -104,6 +112,12 @@ pub enum ConfigEvent<T> {
     Stale,
     /// Connected again and the value was re-read: it is current.
     Fresh,
+    /// The reader fell more than the queue's capacity behind: this many events were lost.
+    /// The latest value is in [`ConfigSubscription::current`].
+    Lagged {
+        /// How many events were lost.
+        missed: u64,
+    },
 }
 
 /// A typed config value on one znode. Cheap to clone.
@@ -190,9 +204,17 @@ where
 
     /// Publishes `value` (creating the node and its parents if needed); returns the new stat.
     /// Retried on connection loss (the write is idempotent).
+    ///
+    /// # Errors
+    /// [`Error::Payload`] if `value` does not encode; [`Error::Zk`] when ZooKeeper refuses the
+    /// write (`NoAuth`, data too large) or the retries ran out (the client's session timeout).
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the write applied or not; a publish is idempotent, so
+    /// publishing again is safe.
     pub async fn publish(&self, value: &T) -> Result<Stat> {
         let data = encode(&self.path, value)?;
-        let span = tracing::debug_span!("config.publish", path = %self.path, len = data.len());
+        let span = tracing::debug_span!("zkr.config.publish", path = %self.path, len = data.len());
         async {
             let pol = policy(self.client.timeout());
             let stat = self
@@ -227,9 +249,15 @@ where
     /// created). Fails with `zkr::Error::BadVersion` / `NodeExists` (wrapped) if someone else
     /// published meanwhile. On connection loss the outcome is checked by re-reading: if the
     /// node holds exactly our payload at `version + 1`, the write is ours.
+    ///
+    /// # Errors
+    /// As [`publish`](Self::publish), plus the compare-and-set failures above.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the write applied or not; [`get`](Self::get) tells.
     pub async fn publish_cas(&self, value: &T, expected: Option<i32>) -> Result<Stat> {
         let data = encode(&self.path, value)?;
-        let span = tracing::debug_span!("config.publish_cas", path = %self.path, ?expected);
+        let span = tracing::debug_span!("zkr.config.publish_cas", path = %self.path, ?expected);
         async {
             let r = match expected {
                 Some(v) => self.client.set_data(&self.path, &data, Some(v)).await,
@@ -265,8 +293,14 @@ where
     }
 
     /// Deletes the node (nothing published afterwards). No error if it does not exist.
+    ///
+    /// # Errors
+    /// [`Error::Zk`] when ZooKeeper refuses the delete or the retries ran out.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the node deleted or not; unpublishing again is safe.
     pub async fn unpublish(&self) -> Result<()> {
-        let span = tracing::debug_span!("config.unpublish", path = %self.path);
+        let span = tracing::debug_span!("zkr.config.unpublish", path = %self.path);
         async {
             let pol = policy(self.client.timeout());
             self.client
@@ -284,9 +318,16 @@ where
     }
 
     /// Fresh pull of the current value (`sync` + `getData` in one round trip); `None` when
-    /// nothing is published. A payload that does not decode is an [`Error::Payload`].
+    /// nothing is published.
+    ///
+    /// # Errors
+    /// [`Error::Payload`] for a payload that does not decode; [`Error::Zk`] when the read
+    /// fails after its retries (the client's session timeout).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a read.
     pub async fn get(&self) -> Result<Option<Versioned<T>>> {
-        let span = tracing::debug_span!("config.get", path = %self.path);
+        let span = tracing::debug_span!("zkr.config.get", path = %self.path);
         async {
             let pol = policy(self.client.timeout());
             match self
@@ -304,13 +345,14 @@ where
     }
 
     /// [`get`](Self::get) with a deadline.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `d`; otherwise as [`get`](Self::get).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a read.
     pub async fn get_timeout(&self, d: Duration) -> Result<Option<Versioned<T>>> {
-        tokio::time::timeout(d, self.get())
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "config get",
-                after: d,
-            })?
+        crate::wait::timed(d, "config get", self.get()).await?
     }
 
     /// Subscribes: the returned subscription receives the current value first, then every
@@ -318,23 +360,24 @@ where
     /// called inside a Tokio runtime.
     pub fn subscribe(&self) -> Result<ConfigSubscription<T>> {
         let watch = self.client.watch_data(&self.path)?;
-        let (latest_tx, latest_rx) = watch::channel(None);
-        let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
-        let driver = Driver {
-            client: self.client.clone(),
-            path: self.path.clone(),
-            latest: latest_tx,
-            events: ev_tx,
-            high: i64::MIN,
-            stale: false,
-            seen_any: false,
-        };
-        let span = tracing::debug_span!("config.subscribe", path = %self.path);
-        let task = tokio::spawn(driver.run(watch).instrument(span));
+        let (ev_tx, ev_rx) =
+            EventSender::channel(EVENT_QUEUE, |missed| ConfigEvent::Lagged { missed });
+        let span = tracing::debug_span!("zkr.config.subscribe", path = %self.path);
+        let latest = Live::spawn(None, |latest| {
+            let driver = Driver {
+                client: self.client.clone(),
+                path: self.path.clone(),
+                latest,
+                events: ev_tx,
+                high: i64::MIN,
+                stale: false,
+                seen_any: false,
+            };
+            driver.run(watch).instrument(span)
+        });
         Ok(ConfigSubscription {
-            latest: latest_rx,
+            latest,
             events: ev_rx,
-            task,
         })
     }
 }
@@ -343,7 +386,7 @@ struct Driver<T> {
     client: Client,
     path: String,
     latest: watch::Sender<Option<Versioned<T>>>,
-    events: mpsc::Sender<ConfigEvent<T>>,
+    events: EventSender<ConfigEvent<T>>,
     /// Highest mzxid applied (also across deletes): older reads arriving late are ignored.
     high: i64,
     stale: bool,
@@ -351,10 +394,8 @@ struct Driver<T> {
 }
 
 impl<T: DeserializeOwned + Clone + Send + Sync + 'static> Driver<T> {
-    fn emit(&self, ev: ConfigEvent<T>) {
-        if self.events.try_send(ev).is_err() {
-            tracing::debug!("config event dropped: the consumer lags");
-        }
+    fn emit(&mut self, ev: ConfigEvent<T>) {
+        self.events.emit(ev);
     }
 
     fn apply(&mut self, node: Option<(&[u8], &Stat)>) {
@@ -470,56 +511,66 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> Driver<T> {
     }
 }
 
-/// A live subscription to a [`Config`]: a `Stream` of [`ConfigEvent`]s plus a `watch`
-/// receiver of the latest value. Dropping it stops it.
+/// A live subscription to a [`Config`]: a `Stream` of [`ConfigEvent`]s (bounded, see the module
+/// doc) plus the latest value ([`current`](Self::current), [`changes`](Self::changes)).
+/// Dropping it stops it.
 #[must_use = "the subscription stops when dropped"]
 pub struct ConfigSubscription<T> {
-    latest: watch::Receiver<Option<Versioned<T>>>,
+    latest: Live<Option<Versioned<T>>>,
     events: mpsc::Receiver<ConfigEvent<T>>,
-    task: tokio::task::JoinHandle<()>,
 }
 
-impl<T> Drop for ConfigSubscription<T> {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl<T: Clone> ConfigSubscription<T> {
+impl<T: Clone + Send + Sync + 'static> ConfigSubscription<T> {
     /// The latest good value (`None`: nothing published, or nothing read yet).
-    pub fn latest(&self) -> Option<Versioned<T>> {
-        self.latest.borrow().clone()
+    pub fn current(&self) -> Option<Versioned<T>> {
+        self.latest.current()
     }
 
-    /// A `watch` receiver of the latest good value (coalescing; never lags).
-    pub fn receiver(&self) -> watch::Receiver<Option<Versioned<T>>> {
-        self.latest.clone()
+    /// The latest good value now, then after every change (coalescing: never lags).
+    pub fn changes(&self) -> Changes<Option<Versioned<T>>> {
+        self.latest.changes()
     }
 
-    /// The next event; `None` once the client is closed.
-    pub async fn next_event(&mut self) -> Option<ConfigEvent<T>> {
-        self.events.recv().await
-    }
-
-    /// The next event, or [`Error::Timeout`] if none arrives within `d`.
+    /// The next event, `Ok(None)` once the client is closed, or [`Error::Timeout`] if none
+    /// arrives within `d`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `d`.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: an event is only taken from the queue when it is returned.
     pub async fn next_timeout(&mut self, d: Duration) -> Result<Option<ConfigEvent<T>>> {
         crate::wait::timed(d, "config event", self.events.recv()).await
     }
 
     /// Waits until the latest value satisfies `pred` (checked on the current value first).
-    pub async fn wait_for(
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the subscription's task ended (the client was closed).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only reads the latest value.
+    pub async fn wait_for(&self, pred: impl FnMut(&Versioned<T>) -> bool) -> Result<Versioned<T>> {
+        self.wait_for_timeout(pred, Duration::MAX).await
+    }
+
+    /// [`wait_for`](Self::wait_for) for at most `d`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `d`; [`Error::Closed`] as `wait_for`.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only reads the latest value.
+    pub async fn wait_for_timeout(
         &self,
-        d: Duration,
         mut pred: impl FnMut(&Versioned<T>) -> bool,
+        d: Duration,
     ) -> Result<Versioned<T>> {
-        crate::wait::wait_until(
-            &self.latest,
-            d,
-            "config value",
-            "config subscription",
-            |v| v.as_ref().filter(|v| pred(v)).cloned(),
-        )
-        .await
+        self.latest
+            .wait_until(d, "config value", "config subscription", |v| {
+                v.as_ref().filter(|v| pred(v)).cloned()
+            })
+            .await
     }
 }
 

@@ -5,8 +5,9 @@
 //! [`crate::config`]). Keys are the child names; grandchildren are ignored.
 //!
 //! # Guarantees
-//! * [`ConfigTree::subscribe`] keeps a `tokio::sync::watch` receiver of a [`TreeSnapshot`] (the
-//!   whole map) and is a `Stream` of [`TreeEvent`]s. It is built on one
+//! * [`ConfigTree::subscribe`] keeps the whole map as a [`TreeSnapshot`]
+//!   ([`current`](TreeSubscription::current), [`changes`](TreeSubscription::changes),
+//!   [`wait_for`](TreeSubscription::wait_for)) and is a `Stream` of [`TreeEvent`]s. It is built on one
 //!   [`zkr::Client::watch_children`] of the directory plus one [`zkr::Client::watch_data`] per
 //!   key, all re-armed and re-read across reconnects and new sessions, so it converges to the
 //!   current map — including a key deleted and re-created while the client was disconnected
@@ -17,6 +18,12 @@
 //! * A key whose payload does not decode is reported as [`TreeEvent::Invalid`]; its last good
 //!   value stays in the map.
 //! * Per key, an older read arriving late never replaces a newer one (ordered by `mzxid`).
+//!
+//! # Delivery
+//! * `current()` and `changes()` are **coalescing**: they never lag and never grow.
+//! * The event `Stream` is **bounded** (1,024 events). A reader that falls that far behind
+//!   loses the oldest undelivered events and then gets [`TreeEvent::Lagged`] with the number
+//!   lost, before newer events; `current()` is the whole map at any time.
 //!
 //! # Suspended / Reconnected / Lost
 //! While disconnected the map is kept, flagged [`TreeSnapshot::stale`] (and each entry's
@@ -35,7 +42,9 @@
 //! let tree: ConfigTree<u32> = ConfigTree::new(&client, "/app/limits")?;
 //! tree.set("rps", &100).await?;
 //! let sub = tree.subscribe()?;
-//! let snap = sub.wait_for(Duration::from_secs(5), |s| s.entries.contains_key("rps")).await?;
+//! let snap = sub
+//!     .wait_for_timeout(|s| s.entries.contains_key("rps"), Duration::from_secs(5))
+//!     .await?;
 //! println!("{:?}", snap.entries.get("rps").map(|v| v.value));
 //! # Ok(()) }
 //! ```
@@ -53,6 +62,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use zkr::{Client, CreateMode, DataEvent, SessionState, Stat};
 
+use crate::changes::{Changes, EventSender, Live};
 use crate::config::{decode, encode, is_stale_state, policy, Versioned, EVENT_QUEUE};
 use crate::error::{Error, Result};
 
@@ -120,6 +130,12 @@ pub enum TreeEvent<T> {
     Stale,
     /// Connected again and the directory re-read: the map is current.
     Fresh,
+    /// The reader fell more than the queue's capacity behind: this many events were lost.
+    /// The whole map is in [`TreeSubscription::current`].
+    Lagged {
+        /// How many events were lost.
+        missed: u64,
+    },
 }
 
 /// A directory of typed config keys. Cheap to clone.
@@ -140,10 +156,7 @@ impl<T> Clone for ConfigTree<T> {
 }
 
 fn check_key(key: &str) -> Result<()> {
-    if key.is_empty() || key.contains('/') || key == "." || key == ".." {
-        return Err(Error::Invalid(format!("bad config key {key:?}")));
-    }
-    Ok(())
+    crate::error::check_segment("config key", key)
 }
 
 impl<T> ConfigTree<T>
@@ -160,17 +173,25 @@ where
         })
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &str {
+    /// The directory (its children are the keys).
+    pub fn path(&self) -> &str {
         &self.dir
     }
 
     /// Sets `key` to `value` (creating it and the directory if needed).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a key that is not one node name, [`Error::Payload`] if `value`
+    /// does not encode; [`Error::Zk`] when ZooKeeper refuses the write or the retries ran
+    /// out.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the write applied or not; setting again is safe.
     pub async fn set(&self, key: &str, value: &T) -> Result<Stat> {
         check_key(key)?;
         let path = zkr::path::join(&self.dir, key);
         let data = encode(&path, value)?;
-        let span = tracing::debug_span!("config_tree.set", dir = %self.dir, key);
+        let span = tracing::debug_span!("zkr.config_tree.set", dir = %self.dir, key);
         async {
             let pol = policy(self.client.timeout());
             let c = &self.client;
@@ -196,10 +217,17 @@ where
     }
 
     /// Removes `key` (no error if absent).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad key; [`Error::Zk`] when ZooKeeper refuses the delete or
+    /// the retries ran out.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the key removed or not; removing again is safe.
     pub async fn remove(&self, key: &str) -> Result<()> {
         check_key(key)?;
         let path = zkr::path::join(&self.dir, key);
-        let span = tracing::debug_span!("config_tree.remove", dir = %self.dir, key);
+        let span = tracing::debug_span!("zkr.config_tree.remove", dir = %self.dir, key);
         async {
             let pol = policy(self.client.timeout());
             self.client
@@ -219,8 +247,15 @@ where
     /// Fresh pull of the whole map (`sync`, list, then every key's data pipelined). Keys that
     /// vanish between the listing and the read are skipped; a key that does not decode is an
     /// error.
+    ///
+    /// # Errors
+    /// [`Error::Payload`] for a key whose payload does not decode; [`Error::Zk`] when the
+    /// reads fail after their retries.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: reads only.
     pub async fn get_all(&self) -> Result<BTreeMap<String, Versioned<T>>> {
-        let span = tracing::debug_span!("config_tree.get_all", dir = %self.dir);
+        let span = tracing::debug_span!("zkr.config_tree.get_all", dir = %self.dir);
         async {
             let (entries, _) = read_all::<T>(&self.client, &self.dir).await?;
             let mut out = BTreeMap::new();
@@ -238,25 +273,26 @@ where
     /// Subscribes to the whole map (must be called inside a Tokio runtime).
     pub fn subscribe(&self) -> Result<TreeSubscription<T>> {
         let children = self.client.watch_children(&self.dir)?;
-        let (snap_tx, snap_rx) = watch::channel(TreeSnapshot::default());
-        let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+        let (ev_tx, ev_rx) =
+            EventSender::channel(EVENT_QUEUE, |missed| TreeEvent::Lagged { missed });
         let (key_tx, key_rx) = mpsc::unbounded_channel();
-        let driver = TreeDriver {
-            client: self.client.clone(),
-            dir: self.dir.clone(),
-            snap: snap_tx,
-            events: ev_tx,
-            key_tx,
-            watchers: HashMap::new(),
-            high: HashMap::new(),
-            stale: false,
-        };
-        let span = tracing::debug_span!("config_tree.subscribe", dir = %self.dir);
-        let task = tokio::spawn(driver.run(children, key_rx).instrument(span));
+        let span = tracing::debug_span!("zkr.config_tree.subscribe", dir = %self.dir);
+        let snap = Live::spawn(TreeSnapshot::default(), |snap| {
+            let driver = TreeDriver {
+                client: self.client.clone(),
+                dir: self.dir.clone(),
+                snap,
+                events: ev_tx,
+                key_tx,
+                watchers: HashMap::new(),
+                high: HashMap::new(),
+                stale: false,
+            };
+            driver.run(children, key_rx).instrument(span)
+        });
         Ok(TreeSubscription {
-            snap: snap_rx,
+            snap,
             events: ev_rx,
-            task,
         })
     }
 }
@@ -301,7 +337,7 @@ struct TreeDriver<T> {
     client: Client,
     dir: String,
     snap: watch::Sender<TreeSnapshot<T>>,
-    events: mpsc::Sender<TreeEvent<T>>,
+    events: EventSender<TreeEvent<T>>,
     key_tx: mpsc::UnboundedSender<(String, zkr::Result<DataEvent>)>,
     watchers: HashMap<String, tokio::task::JoinHandle<()>>,
     /// Per key: highest mzxid applied and the czxid it belongs to (kept after removal, so a late
@@ -319,10 +355,8 @@ impl<T> Drop for TreeDriver<T> {
 }
 
 impl<T: DeserializeOwned + Clone + Send + Sync + 'static> TreeDriver<T> {
-    fn emit(&self, ev: TreeEvent<T>) {
-        if self.events.try_send(ev).is_err() {
-            tracing::debug!("config tree event dropped: the consumer lags");
-        }
+    fn emit(&mut self, ev: TreeEvent<T>) {
+        self.events.emit(ev);
     }
 
     fn watch_key(&mut self, key: &str) {
@@ -571,56 +605,69 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> TreeDriver<T> {
     }
 }
 
-/// A live subscription to a [`ConfigTree`]: a `Stream` of [`TreeEvent`]s plus a `watch`
-/// receiver of the whole map. Dropping it stops it.
+/// A live subscription to a [`ConfigTree`]: a `Stream` of [`TreeEvent`]s (bounded, see the
+/// module doc) plus the whole map ([`current`](Self::current), [`changes`](Self::changes)).
+/// Dropping it stops it.
 #[must_use = "the subscription stops when dropped"]
 pub struct TreeSubscription<T> {
-    snap: watch::Receiver<TreeSnapshot<T>>,
+    snap: Live<TreeSnapshot<T>>,
     events: mpsc::Receiver<TreeEvent<T>>,
-    task: tokio::task::JoinHandle<()>,
 }
 
-impl<T> Drop for TreeSubscription<T> {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl<T: Clone> TreeSubscription<T> {
+impl<T: Clone + Send + Sync + 'static> TreeSubscription<T> {
     /// The current map.
-    pub fn snapshot(&self) -> TreeSnapshot<T> {
-        self.snap.borrow().clone()
+    pub fn current(&self) -> TreeSnapshot<T> {
+        self.snap.current()
     }
 
-    /// A `watch` receiver of the map (coalescing; never lags).
-    pub fn receiver(&self) -> watch::Receiver<TreeSnapshot<T>> {
-        self.snap.clone()
+    /// The map now, then after every change (coalescing: never lags).
+    pub fn changes(&self) -> Changes<TreeSnapshot<T>> {
+        self.snap.changes()
     }
 
-    /// The next event; `None` once the client is closed.
-    pub async fn next_event(&mut self) -> Option<TreeEvent<T>> {
-        self.events.recv().await
-    }
-
-    /// The next event, or [`Error::Timeout`] if none arrives within `d`.
+    /// The next event, `Ok(None)` once the client is closed, or [`Error::Timeout`] if none
+    /// arrives within `d`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `d`.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: an event is only taken from the queue when it is returned.
     pub async fn next_timeout(&mut self, d: Duration) -> Result<Option<TreeEvent<T>>> {
         crate::wait::timed(d, "config tree event", self.events.recv()).await
     }
 
     /// Waits until the map satisfies `pred` (checked on the current map first).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the subscription's task ended (the client was closed).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only reads the current map.
     pub async fn wait_for(
         &self,
-        d: Duration,
-        mut pred: impl FnMut(&TreeSnapshot<T>) -> bool,
+        pred: impl FnMut(&TreeSnapshot<T>) -> bool,
     ) -> Result<TreeSnapshot<T>> {
-        crate::wait::wait_until(
-            &self.snap,
-            d,
-            "config tree",
-            "config tree subscription",
-            |s| pred(s).then(|| s.clone()),
-        )
-        .await
+        self.wait_for_timeout(pred, Duration::MAX).await
+    }
+
+    /// [`wait_for`](Self::wait_for) for at most `d`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `d`; [`Error::Closed`] as `wait_for`.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only reads the current map.
+    pub async fn wait_for_timeout(
+        &self,
+        mut pred: impl FnMut(&TreeSnapshot<T>) -> bool,
+        d: Duration,
+    ) -> Result<TreeSnapshot<T>> {
+        self.snap
+            .wait_until(d, "config tree", "config tree subscription", |s| {
+                pred(s).then(|| s.clone())
+            })
+            .await
     }
 }
 

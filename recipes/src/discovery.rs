@@ -6,304 +6,185 @@
 //! Curator `ServiceInstance`.
 //!
 //! # Guarantees
-//! * The first snapshot is yielded once every instance listed at start has been read; an
+//! * The first instance set is yielded once every instance listed at start has been read; an
 //!   instance whose node vanished between the listing and the read counts as gone, it never
 //!   stalls or fails the load. Nodes whose data is not a `ServiceInstance` are
 //!   skipped.
-//! * Afterwards a snapshot is yielded after every change (instances added, removed, payload
-//!   updated), coalesced: a slow consumer sees the latest set, never a stale one.
+//! * Afterwards a set is yielded after every change (instances added, removed, payload
+//!   updated).
 //! * Built on zkr's watches, so a change made while disconnected or during a new session is
 //!   still delivered once the client is back.
 //!
+//! # Delivery
+//! [`Discovery`] is a `Stream` of instance sets (sorted by id), **coalescing**: it holds only
+//! the latest set, so a slow consumer skips intermediate sets and sees the newest one, never a
+//! stale one; memory stays bounded. The stream ends when the client is closed.
+//!
 //! # Session states
-//! `Suspended`: the last snapshot stays (it may be stale until the reconnect). `Reconnected`
+//! `Suspended`: the last set stays (it may be stale until the reconnect). `Reconnected`
 //! and a new session (after `Lost`): every watch re-reads and any difference is yielded.
 //!
 //! ```no_run
 //! # async fn demo(client: zkr::Client) -> zkr_recipes::Result<()> {
 //! use futures::StreamExt;
-//! use zkr_recipes::discovery::Discovery;
-//! let mut services = Discovery::watch(&client, "/services", "api")?;
+//! use zkr_recipes::Discovery;
+//! let mut services = Discovery::new(&client, "/services", "api")?;
+//! services.start()?;
 //! while let Some(instances) = services.next().await {
 //!     println!("{} live instances", instances.len());
 //! }
 //! # Ok(()) }
 //! ```
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{FutureExt, Stream, StreamExt};
-use tokio::sync::{mpsc, watch};
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use zkr::{ChildrenEvent, ChildrenWatch, Client, Stat};
+use zkr::Client;
 
-use crate::error::{Error, Result};
+use crate::changes::Changes;
+use crate::child_cache::{read_children, ChildCache};
+use crate::error::{check_segment, Error, Result};
 use crate::registration::ServiceInstance;
-
-/// Data and stat of a child, `None` when it does not exist (any more).
-pub(crate) type NodeData = Option<(Vec<u8>, Stat)>;
-
-/// A cache of a directory's children and their data, built on a children watch plus either a
-/// data watch per child (`follow`) or one read per child (for immutable nodes). A child that
-/// vanishes before its read counts as gone, so a load never stalls or fails on it.
-pub(crate) struct ChildCache {
-    client: Client,
-    dir: String,
-    follow: bool,
-    children: ChildrenWatch,
-    tx: mpsc::UnboundedSender<(String, u64, NodeData)>,
-    rx: mpsc::UnboundedReceiver<(String, u64, NodeData)>,
-    readers: HashMap<String, (u64, JoinHandle<()>)>,
-    next_gen: u64,
-    listed: bool,
-    pending: HashSet<String>,
-    /// Children that exist, with their data.
-    pub nodes: BTreeMap<String, (Vec<u8>, Stat)>,
-    /// Bumped on every change of `nodes` (or of the first listing).
-    pub changes: u64,
-}
-
-impl Drop for ChildCache {
-    fn drop(&mut self) {
-        for (_, (_, h)) in self.readers.drain() {
-            h.abort();
-        }
-    }
-}
-
-impl ChildCache {
-    pub(crate) fn new(client: &Client, dir: &str, follow: bool) -> Result<ChildCache> {
-        let children = client.watch_children(dir)?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        Ok(ChildCache {
-            client: client.clone(),
-            dir: dir.to_string(),
-            follow,
-            children,
-            tx,
-            rx,
-            readers: HashMap::new(),
-            next_gen: 0,
-            listed: false,
-            pending: HashSet::new(),
-            nodes: BTreeMap::new(),
-            changes: 0,
-        })
-    }
-
-    /// The first listing arrived and every child of it has been read (or found gone).
-    pub(crate) fn loaded(&self) -> bool {
-        self.listed && self.pending.is_empty()
-    }
-
-    /// Waits for one change, applies it and everything else already queued. `false` once the
-    /// client is closed.
-    pub(crate) async fn step(&mut self) -> bool {
-        tokio::select! {
-            ev = self.children.next_event() => match ev {
-                None => return false,
-                Some(ev) => self.apply_children(ev),
-            },
-            Some(m) = self.rx.recv() => self.apply_data(m),
-        }
-        self.drain()
-    }
-
-    /// Applies what is queued without waiting. `false` once the client is closed.
-    pub(crate) fn drain(&mut self) -> bool {
-        loop {
-            let mut any = false;
-            match self.children.next_event().now_or_never() {
-                Some(None) => return false,
-                Some(Some(ev)) => {
-                    self.apply_children(ev);
-                    any = true;
-                }
-                None => {}
-            }
-            while let Ok(m) = self.rx.try_recv() {
-                self.apply_data(m);
-                any = true;
-            }
-            if !any {
-                return true;
-            }
-        }
-    }
-
-    fn apply_children(&mut self, ev: zkr::Result<ChildrenEvent>) {
-        let ev = match ev {
-            Ok(ev) => ev,
-            Err(e) => {
-                tracing::warn!(dir = %self.dir, error = %e, "children watch error");
-                return;
-            }
-        };
-        if !self.listed {
-            self.changes += 1;
-        }
-        self.listed = true;
-        let names: HashSet<String> = ev.children().unwrap_or(&[]).iter().cloned().collect();
-        let gone: Vec<String> = self
-            .readers
-            .keys()
-            .filter(|n| !names.contains(*n))
-            .cloned()
-            .collect();
-        for n in gone {
-            if let Some((_, h)) = self.readers.remove(&n) {
-                h.abort();
-            }
-            self.nodes.remove(&n);
-            self.pending.remove(&n);
-            self.changes += 1;
-        }
-        for n in names {
-            if self.readers.contains_key(&n) {
-                continue;
-            }
-            self.next_gen += 1;
-            let gen = self.next_gen;
-            let h = tokio::spawn(read_child(
-                self.client.clone(),
-                zkr::path::join(&self.dir, &n),
-                n.clone(),
-                gen,
-                self.follow,
-                self.tx.clone(),
-            ));
-            self.readers.insert(n.clone(), (gen, h));
-            self.pending.insert(n);
-        }
-    }
-
-    fn apply_data(&mut self, (name, gen, data): (String, u64, NodeData)) {
-        if self.readers.get(&name).map(|(g, _)| *g) != Some(gen) {
-            return; // a reader of a child that was removed meanwhile
-        }
-        self.pending.remove(&name);
-        self.changes += 1;
-        match data {
-            Some(d) => {
-                self.nodes.insert(name, d);
-            }
-            None => {
-                self.nodes.remove(&name);
-            }
-        }
-    }
-}
-
-async fn read_child(
-    client: Client,
-    path: String,
-    name: String,
-    gen: u64,
-    follow: bool,
-    tx: mpsc::UnboundedSender<(String, u64, NodeData)>,
-) {
-    if follow {
-        let mut w = match client.watch_data(&path) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(path, error = %e, "cannot watch a child");
-                let _ = tx.send((name, gen, None));
-                return;
-            }
-        };
-        while let Some(ev) = w.next_event().await {
-            match ev {
-                Ok(ev) => {
-                    if tx.send((name.clone(), gen, ev.node)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => tracing::warn!(path, error = %e, "child data watch error"),
-            }
-        }
-    } else {
-        let r = client
-            .retry(&zkr::RetryPolicy::default(), || client.get_data(&path))
-            .await;
-        let data = match r {
-            Ok(d) => Some(d),
-            Err(zkr::Error::NoNode { .. }) => None,
-            Err(e) => {
-                tracing::warn!(path, error = %e, "cannot read a child; treating it as gone");
-                None
-            }
-        };
-        let _ = tx.send((name, gen, data));
-    }
-}
+use crate::sync::lock;
 
 type Snapshot = Option<Arc<Vec<ServiceInstance>>>;
 
-/// The live instances of one service; see the [module docs](self). A `Stream` of instance
-/// sets (sorted by id). Dropping it stops every watch it holds.
+/// The live instances of one service; see the [module docs](self). Created idle by
+/// [`new`](Self::new), running after [`start`](Self::start). A `Stream` of instance sets
+/// (sorted by id, coalescing). Dropping it stops every watch it holds.
 #[must_use = "discovery stops watching when dropped"]
 pub struct Discovery {
+    client: Client,
+    dir: String,
     rx: watch::Receiver<Snapshot>,
+    /// The sender until `start` hands it to the background task.
+    tx: std::sync::Mutex<Option<watch::Sender<Snapshot>>>,
     stream: crate::wait::Snapshots<Vec<ServiceInstance>>,
-    task: JoinHandle<()>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Discovery {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = lock(&self.task).take() {
+            t.abort();
+        }
     }
 }
 
 impl std::fmt::Debug for Discovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Discovery").finish_non_exhaustive()
+        f.debug_struct("Discovery")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
+/// `{base}/{name}`, after checking both.
+fn service_dir(base: &str, name: &str) -> Result<String> {
+    check_segment("service name", name)?;
+    zkr::path::validate_path(base, false)?;
+    Ok(zkr::path::join(base, name))
+}
+
 impl Discovery {
-    /// Starts watching the instances of service `name` under `base`.
-    pub fn watch(client: &Client, base: &str, name: &str) -> Result<Discovery> {
-        if name.is_empty() || name.contains('/') {
-            return Err(Error::Invalid(format!(
-                "service name {name:?} must be one path segment"
-            )));
-        }
-        let dir = zkr::path::join(base, name);
-        let cache = ChildCache::new(client, &dir, true)?;
+    /// A discovery of the instances of service `name` under `base` (validated now; nothing is
+    /// read until [`start`](Self::start)).
+    pub fn new(client: &Client, base: &str, name: &str) -> Result<Discovery> {
+        let dir = service_dir(base, name)?;
         let (tx, rx) = watch::channel::<Snapshot>(None);
-        let span = tracing::info_span!("zkr.discovery", dir = %dir);
-        let task = tokio::spawn(tracing::Instrument::instrument(run(cache, tx), span));
         let stream = crate::wait::loaded_snapshots(rx.clone());
-        Ok(Discovery { rx, stream, task })
+        Ok(Discovery {
+            client: client.clone(),
+            dir,
+            rx,
+            tx: std::sync::Mutex::new(Some(tx)),
+            stream,
+            task: std::sync::Mutex::new(None),
+        })
     }
 
-    /// The latest instance set, `None` before the first load completed.
+    /// Starts watching in the background (the watches are set up and the first load runs
+    /// there). `Error::Invalid` if already started.
+    pub fn start(&self) -> Result<()> {
+        let mut tx_slot = lock(&self.tx);
+        let Some(tx) = tx_slot.take() else {
+            return Err(Error::Invalid(format!(
+                "discovery of {} is already started",
+                self.dir
+            )));
+        };
+        let cache = match ChildCache::new(&self.client, &self.dir, true) {
+            Ok(c) => c,
+            Err(e) => {
+                *tx_slot = Some(tx); // not started: may be tried again
+                return Err(e);
+            }
+        };
+        let span = tracing::info_span!("zkr.discovery", dir = %self.dir);
+        let task = tokio::spawn(tracing::Instrument::instrument(run(cache, tx), span));
+        *lock(&self.task) = Some(task);
+        Ok(())
+    }
+
+    /// The latest instance set, `None` before the first load completed (or before `start`).
     pub fn current(&self) -> Option<Vec<ServiceInstance>> {
         self.rx.borrow().as_ref().map(|s| s.as_ref().clone())
     }
 
-    /// The next instance set (the first one is the initial load), or `Err(Timeout)`.
+    /// The latest instance set now (once loaded), then after every change (coalescing).
+    pub fn changes(&self) -> Changes<Vec<ServiceInstance>> {
+        Changes::filtered(self.rx.clone(), |s: &Snapshot| {
+            s.as_ref().map(|s| s.as_ref().clone())
+        })
+    }
+
+    /// The next instance set of the stream (the first one is the initial load), or
+    /// `Err(Timeout)` if none comes within `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `timeout`.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a set not yet taken stays in the stream.
     pub async fn next_timeout(
         &mut self,
         timeout: Duration,
     ) -> Result<Option<Vec<ServiceInstance>>> {
-        tokio::time::timeout(timeout, self.stream.next())
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "discovery update",
-                after: timeout,
-            })
+        crate::wait::timed(timeout, "discovery update", self.stream.next()).await
     }
 
-    /// Waits until the instance set satisfies `pred`; returns that set.
-    pub async fn wait_until(
-        &mut self,
-        timeout: Duration,
+    /// Waits until the instance set satisfies `pred` (tried on the latest set first, then on
+    /// every new one); returns that set.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the discovery stops (the client was closed).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only reads.
+    pub async fn wait_for(
+        &self,
+        pred: impl FnMut(&[ServiceInstance]) -> bool,
+    ) -> Result<Vec<ServiceInstance>> {
+        self.wait_for_timeout(pred, Duration::MAX).await
+    }
+
+    /// [`wait_for`](Self::wait_for), giving up after `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `timeout`; [`Error::Closed`] if the discovery stops.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only reads.
+    pub async fn wait_for_timeout(
+        &self,
         mut pred: impl FnMut(&[ServiceInstance]) -> bool,
+        timeout: Duration,
     ) -> Result<Vec<ServiceInstance>> {
         crate::wait::wait_until(
             &self.rx,
@@ -319,38 +200,31 @@ impl Discovery {
         .await
     }
 
-    /// One-shot read of the live instances (no watch). Instances that vanish during the read
-    /// are left out (not an error).
+    /// One-shot read of the live instances of service `name` under `base` (no watch, no
+    /// `Discovery` needed). Instances that vanish during the read are left out (not an error),
+    /// as are nodes that do not hold a `ServiceInstance`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad `base` or `name`; [`Error::Zk`] if the reads fail after
+    /// retrying.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only reads.
     pub async fn instances(
         client: &Client,
         base: &str,
         name: &str,
     ) -> Result<Vec<ServiceInstance>> {
-        let dir = zkr::path::join(base, name);
+        let dir = service_dir(base, name)?;
         let span = tracing::info_span!("zkr.discovery.instances", dir = %dir);
         tracing::Instrument::instrument(
             async {
-                let policy = zkr::RetryPolicy::default();
-                let children = match client.retry(&policy, || client.get_children(&dir)).await {
-                    Ok(c) => c,
-                    Err(zkr::Error::NoNode { .. }) => return Ok(Vec::new()),
-                    Err(e) => return Err(e.into()),
-                };
-                let reads = children.iter().map(|c| {
-                    let p = zkr::path::join(&dir, c);
-                    let policy = &policy;
-                    async move {
-                        match client.retry(policy, || client.get_data(&p)).await {
-                            Ok((d, _)) => Ok(ServiceInstance::from_json(&p, &d).ok()),
-                            Err(zkr::Error::NoNode { .. }) => Ok(None),
-                            Err(e) => Err(Error::from(e)),
-                        }
-                    }
-                });
-                let mut v: Vec<ServiceInstance> = futures::future::try_join_all(reads)
+                let mut v: Vec<ServiceInstance> = read_children(client, &dir)
                     .await?
                     .into_iter()
-                    .flatten()
+                    .filter_map(|(c, (d, _))| {
+                        ServiceInstance::from_json(&zkr::path::join(&dir, &c), &d).ok()
+                    })
                     .collect();
                 v.sort_by(|a, b| a.id.cmp(&b.id));
                 Ok(v)

@@ -60,4 +60,84 @@ impl Error {
     pub fn is_zk(&self, f: impl Fn(&zkr::Error) -> bool) -> bool {
         matches!(self, Error::Zk(e) if f(e))
     }
+
+    /// Whether a wait or an operation ran out of time: a recipe's [`Error::Timeout`], or a
+    /// wrapped `zkr::Error::Timeout` (also inside a failed multi).
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Error::Timeout { .. } => true,
+            Error::Zk(e) => zk_is(e, &|e| matches!(e, zkr::Error::Timeout { .. })),
+            _ => false,
+        }
+    }
+
+    /// Whether the session the operation relied on is gone: a recipe's
+    /// [`Error::SessionLost`], or a wrapped `zkr::Error::SessionLost` (also inside a failed
+    /// multi). Whatever the operation held is no longer held.
+    pub fn is_session_lost(&self) -> bool {
+        match self {
+            Error::SessionLost { .. } => true,
+            Error::Zk(e) => zk_is(e, &|e| e.is_session_lost()),
+            _ => false,
+        }
+    }
+}
+
+/// Checks that `s` (a key, a service name, an id) is one valid node name; `what` names it in
+/// the error.
+pub(crate) fn check_segment(what: &str, s: &str) -> Result<()> {
+    zkr::path::validate_segment(s).map_err(|e| match e {
+        zkr::Error::InvalidPath { reason, .. } => {
+            Error::Invalid(format!("{what} {s:?} is not a valid node name: {reason}"))
+        }
+        e => Error::Zk(e),
+    })
+}
+
+/// `f(e)`, looking through `MultiFailed` to the operation that failed.
+fn zk_is(e: &zkr::Error, f: &dyn Fn(&zkr::Error) -> bool) -> bool {
+    match e {
+        zkr::Error::MultiFailed { source, .. } => zk_is(source, f),
+        e => f(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predicates_look_inside_wrapped_client_errors() {
+        let t = Error::Timeout {
+            what: "x",
+            after: Duration::ZERO,
+        };
+        assert!(t.is_timeout() && !t.is_session_lost());
+        let zt = Error::Zk(zkr::Error::Timeout {
+            op: "get",
+            after: Duration::ZERO,
+        });
+        assert!(zt.is_timeout());
+        let lost = Error::Zk(zkr::Error::MultiFailed {
+            index: 1,
+            source: Box::new(zkr::Error::SessionLost {
+                session: 1,
+                epoch: 2,
+            }),
+        });
+        assert!(lost.is_session_lost() && !lost.is_timeout());
+        assert!(Error::SessionLost { what: "x" }.is_session_lost());
+        assert!(!Error::Closed("x").is_timeout());
+    }
+
+    #[test]
+    fn one_segment_rule_for_keys_names_and_ids() {
+        assert!(check_segment("key", "rps").is_ok());
+        for bad in ["", ".", "..", "a/b", "nul\0", "\u{1}"] {
+            assert!(
+                matches!(check_segment("key", bad), Err(Error::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -17,7 +17,7 @@
 //! # Suspended / Reconnected / Lost
 //! IDs of the current block are handed out regardless of the connection (they were reserved
 //! already); reserving the next block waits for a connection (bounded by the counter's
-//! timeout, see [`crate::AtomicCounter::timeout`]).
+//! timeout, see [`crate::AtomicCounter::with_timeout`]).
 //!
 //! ```no_run
 //! # async fn demo(client: zkr::Client) -> zkr_recipes::Result<()> {
@@ -75,9 +75,9 @@ impl IdBlocks {
     }
 
     /// Gives up reserving a block after `d` (then [`Error::Timeout`]).
-    pub fn timeout(mut self, d: Duration) -> Self {
+    pub fn with_timeout(mut self, d: Duration) -> Self {
         self.timeout = d;
-        self.counter = self.counter.timeout(d);
+        self.counter = self.counter.with_timeout(d);
         self
     }
 
@@ -102,16 +102,30 @@ impl IdBlocks {
     }
 
     /// Reserves a fresh block now and returns it whole (the caller hands its IDs out).
+    ///
+    /// # Errors
+    /// As [`AtomicCounter::add`]: [`Error::Busy`] or [`Error::Timeout`] (after
+    /// `with_timeout`) when the counter stays contended.
+    ///
+    /// # Cancel safety
+    /// If dropped, a block may have been reserved and is then never handed out: IDs stay
+    /// unique, with a gap.
     pub async fn reserve_block(&self) -> Result<RangeInclusive<i64>> {
-        let span = tracing::debug_span!("id_blocks.reserve", path = %self.counter.path(), size = self.size);
+        let span = tracing::debug_span!("zkr.id_blocks.reserve", path = %self.counter.path(), size = self.size);
         self.reserve().instrument(span).await
     }
 
     /// The next ID: local while the current block lasts, one compare-and-set per block.
+    ///
+    /// # Errors
+    /// As [`reserve_block`](Self::reserve_block), when a new block is needed.
+    ///
+    /// # Cancel safety
+    /// As [`reserve_block`](Self::reserve_block).
     pub async fn next(&self) -> Result<i64> {
         let mut b = self.block.lock().await;
         if b.empty {
-            let span = tracing::debug_span!("id_blocks.reserve", path = %self.counter.path(), size = self.size);
+            let span = tracing::debug_span!("zkr.id_blocks.reserve", path = %self.counter.path(), size = self.size);
             let r = self.reserve().instrument(span).await?;
             b.next = *r.start();
             b.end = *r.end();
@@ -126,9 +140,15 @@ impl IdBlocks {
         Ok(id)
     }
 
-    /// `n` IDs (increasing), reserving as many blocks as needed. At most 1,048,576 IDs per
-    /// call ([`Error::Invalid`] beyond).
-    pub async fn next_n(&self, n: usize) -> Result<Vec<i64>> {
+    /// `n` IDs (increasing), reserving as many blocks as needed.
+    ///
+    /// # Errors
+    /// As [`reserve_block`](Self::reserve_block); [`Error::Invalid`] for more than 1,048,576
+    /// IDs in one call (before anything is sent).
+    ///
+    /// # Cancel safety
+    /// As [`reserve_block`](Self::reserve_block).
+    pub async fn next_batch(&self, n: usize) -> Result<Vec<i64>> {
         crate::sequential_ids::check_count(n)?;
         let mut out = Vec::with_capacity(n.min(4096));
         for _ in 0..n {

@@ -9,10 +9,10 @@
 //! calls the closure with a [`Leadership`] token (the [`Fence`] and a future that completes when
 //! leadership ends). Then:
 //! * **the closure returns**: we resign (our node is deleted, the next candidate takes over
-//!   within one notification) and, unless [`LeaderSelectorBuilder::requeue`] is `false`, join
+//!   within one notification) and, unless [`LeaderSelector::with_requeue`] is `false`, join
 //!   again at the back of the line;
 //! * **leadership is lost** (`Suspended` by default, `Lost`, or our node deleted): the token
-//!   fires at once; the closure's future gets [`LeaderSelectorBuilder::grace`] (default zero) to
+//!   fires at once; the closure's future gets [`LeaderSelector::with_grace`] (default zero) to
 //!   finish and is then dropped (cancelled). The candidate keeps its place: after `Reconnected`
 //!   with its node intact it leads again; after `Lost` it rejoins with a new node;
 //! * **[`SelectorHandle::interrupt`]**: the token fires, the closure's future is treated as
@@ -22,7 +22,7 @@
 //!   fires, we resign and `run` returns.
 //!
 //! # ActiveBreadCrumb (opt-in fencing of a previous active)
-//! With [`LeaderSelectorBuilder::active_breadcrumb`] the selector works like Hadoop's
+//! With [`LeaderSelector::with_active_breadcrumb`] the selector works like Hadoop's
 //! `ActiveStandbyElector`. The active keeps a *persistent* breadcrumb node (data = its id) at a
 //! path of the application's choosing:
 //! * a newly elected leader reads it first. If it names another participant, that participant
@@ -36,12 +36,12 @@
 //!
 //! ```no_run
 //! # async fn demo(client: zkr::Client) -> zkr_recipes::Result<()> {
-//! use zkr_recipes::leader_selector::LeaderSelector;
+//! use zkr_recipes::LeaderSelector;
 //!
-//! let selector = LeaderSelector::builder(&client, "/app/election").id("worker-1").build();
+//! let selector = LeaderSelector::new(&client, "/app/election")?.with_id("worker-1");
 //! selector
 //!     .run(|leadership| async move {
-//!         println!("leading with epoch {}", leadership.fence().epoch);
+//!         println!("leading with fencing token {}", leadership.fence().token);
 //!         // Do leader work until leadership is lost (or return to hand it over).
 //!         leadership.lost().await;
 //!     })
@@ -59,19 +59,8 @@ use tracing::Instrument;
 use zkr::Client;
 
 use crate::error::Result;
-use crate::leader_latch::{Fence, LatchState, LeaderLatch, StepDown};
-
-/// Builds a [`LeaderSelector`].
-#[derive(Clone, Debug)]
-pub struct LeaderSelectorBuilder {
-    client: Client,
-    path: String,
-    id: String,
-    step_down: StepDown,
-    requeue: bool,
-    grace: Duration,
-    breadcrumb: Option<Breadcrumb>,
-}
+use crate::hold::{Fence, LossPolicy};
+use crate::leader_latch::{LatchState, LeaderLatch};
 
 /// The fence step of the ActiveBreadCrumb mode: given the id of the previous active, resolves
 /// to whether it has been fenced (made harmless).
@@ -91,61 +80,6 @@ impl std::fmt::Debug for Breadcrumb {
     }
 }
 
-impl LeaderSelectorBuilder {
-    /// ActiveBreadCrumb mode (see the [module docs](self#activebreadcrumb-opt-in-fencing-of-a-previous-active)):
-    /// keep a persistent breadcrumb with our id at `path` while leading, and before leading
-    /// run `fence(previous id)` if the breadcrumb names another participant; take over only if
-    /// it resolves to `true`.
-    pub fn active_breadcrumb<F, Fut>(mut self, path: &str, fence: F) -> Self
-    where
-        F: Fn(String) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = bool> + Send + 'static,
-    {
-        let fence: FenceFn = Arc::new(move |id| Box::pin(fence(id)));
-        self.breadcrumb = Some(Breadcrumb {
-            path: path.to_string(),
-            fence,
-        });
-        self
-    }
-
-    /// Participant id (node data).
-    pub fn id(mut self, id: impl Into<String>) -> Self {
-        self.id = id.into();
-        self
-    }
-
-    /// When to give up leadership on connection trouble (default [`StepDown::Suspended`]).
-    pub fn step_down_on(mut self, s: StepDown) -> Self {
-        self.step_down = s;
-        self
-    }
-
-    /// Whether to join again after the closure returns (default `true`). With `false`, `run`
-    /// returns after the first term that ended by the closure returning.
-    pub fn requeue(mut self, requeue: bool) -> Self {
-        self.requeue = requeue;
-        self
-    }
-
-    /// How long the closure's future may keep running after leadership ended before it is
-    /// dropped (default zero: dropped at once).
-    pub fn grace(mut self, grace: Duration) -> Self {
-        self.grace = grace;
-        self
-    }
-
-    /// The selector (nothing happens until [`LeaderSelector::run`]).
-    pub fn build(self) -> LeaderSelector {
-        let (ctl_tx, _) = watch::channel(Control::default());
-        LeaderSelector {
-            b: self,
-            ctl: Arc::new(ctl_tx),
-            leading: Arc::new(watch::channel(None).0),
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Control {
     interrupts: u64,
@@ -153,10 +87,32 @@ struct Control {
 }
 
 /// Runs a closure while leader; see the [module docs](self).
+///
+/// [`new`](Self::new) only validates; options are chained `with_*` calls; [`run`](Self::run)
+/// takes part in the election.
 pub struct LeaderSelector {
-    b: LeaderSelectorBuilder,
+    client: Client,
+    path: String,
+    id: String,
+    loss_policy: LossPolicy,
+    requeue: bool,
+    grace: Duration,
+    breadcrumb: Option<Breadcrumb>,
     ctl: Arc<watch::Sender<Control>>,
     leading: Arc<watch::Sender<Option<Fence>>>,
+}
+
+impl std::fmt::Debug for LeaderSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderSelector")
+            .field("path", &self.path)
+            .field("id", &self.id)
+            .field("loss_policy", &self.loss_policy)
+            .field("requeue", &self.requeue)
+            .field("grace", &self.grace)
+            .field("breadcrumb", &self.breadcrumb)
+            .finish()
+    }
 }
 
 /// Controls a running [`LeaderSelector`] from elsewhere.
@@ -195,7 +151,7 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    /// This term's fence (stamp writes with `fence().epoch`).
+    /// This term's fence (stamp writes with `fence().token`).
     pub fn fence(&self) -> &Fence {
         &self.fence
     }
@@ -217,7 +173,13 @@ impl Leadership {
         self.client.lease_of(self.fence.session)
     }
 
-    /// Completes when leadership ends.
+    /// Completes when leadership ends (lost, interrupted or stopped).
+    ///
+    /// # Errors
+    /// None: it only completes.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only observes.
     pub async fn lost(&self) {
         let (mut latch, mut ended) = (self.latch.clone(), self.ended.clone());
         let fence = &self.fence;
@@ -229,17 +191,64 @@ impl Leadership {
 }
 
 impl LeaderSelector {
-    /// A builder for a selector on `path`.
-    pub fn builder(client: &Client, path: &str) -> LeaderSelectorBuilder {
-        LeaderSelectorBuilder {
+    /// A selector for the election at `path` (participant id empty, like Curator's default).
+    /// Validates the path; does no I/O (nothing happens until [`run`](Self::run)).
+    pub fn new(client: &Client, path: &str) -> Result<LeaderSelector> {
+        zkr::path::validate_path(path, false)?;
+        Ok(LeaderSelector {
             client: client.clone(),
             path: path.to_string(),
             id: String::new(),
-            step_down: StepDown::default(),
+            loss_policy: LossPolicy::default(),
             requeue: true,
             grace: Duration::ZERO,
             breadcrumb: None,
-        }
+            ctl: Arc::new(watch::channel(Control::default()).0),
+            leading: Arc::new(watch::channel(None).0),
+        })
+    }
+
+    /// Participant id (node data).
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// When to give up leadership on connection trouble (default [`LossPolicy::Suspended`]).
+    pub fn with_loss_policy(mut self, policy: LossPolicy) -> Self {
+        self.loss_policy = policy;
+        self
+    }
+
+    /// Whether to join again after the closure returns (default `true`). With `false`, `run`
+    /// returns after the first term that ended by the closure returning.
+    pub fn with_requeue(mut self, requeue: bool) -> Self {
+        self.requeue = requeue;
+        self
+    }
+
+    /// How long the closure's future may keep running after leadership ended before it is
+    /// dropped (default zero: dropped at once).
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// ActiveBreadCrumb mode (see the [module docs](self#activebreadcrumb-opt-in-fencing-of-a-previous-active)):
+    /// keep a persistent breadcrumb with our id at `path` while leading, and before leading
+    /// run `fence(previous id)` if the breadcrumb names another participant; take over only if
+    /// it resolves to `true`. The path is validated by [`run`](Self::run).
+    pub fn with_active_breadcrumb<F, Fut>(mut self, path: &str, fence: F) -> Self
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = bool> + Send + 'static,
+    {
+        let fence: FenceFn = Arc::new(move |id| Box::pin(fence(id)));
+        self.breadcrumb = Some(Breadcrumb {
+            path: path.to_string(),
+            fence,
+        });
+        self
     }
 
     /// A handle to interrupt or stop the selector while `run` runs.
@@ -251,32 +260,41 @@ impl LeaderSelector {
     }
 
     /// Takes part in the election until stopped, running `f` during each term of leadership.
-    /// Returns `Ok` when stopped (or, with `requeue(false)`, after the closure returned once);
-    /// `Err` only if the client was closed or the path is invalid.
+    /// Returns `Ok` when stopped (or, with `with_requeue(false)`, after the closure returned
+    /// once).
+    ///
+    /// # Errors
+    /// Only if the client was closed, the breadcrumb path is invalid, or the election's ACL
+    /// refuses us; other failures to join are retried with backoff.
+    ///
+    /// # Cancel safety
+    /// Dropping the future ends the current term (the closure's future is dropped) and resigns
+    /// in the background, like a stop.
     pub async fn run<F, Fut>(self, mut f: F) -> Result<()>
     where
         F: FnMut(Leadership) -> Fut,
         Fut: Future<Output = ()>,
     {
-        let span = tracing::info_span!("zkr.leader_selector", path = %self.b.path, id = %self.b.id);
+        let span = tracing::info_span!("zkr.leader_selector.run", path = %self.path, id = %self.id);
+        if let Some(bc) = &self.breadcrumb {
+            zkr::path::validate_path(&bc.path, false)?;
+        }
         async move {
-            let b = &self.b;
+            let b = &self;
             let mut ctl = self.ctl.subscribe();
             let mut delay = Duration::from_millis(20);
             loop {
                 if ctl.borrow().stopped {
                     return Ok(());
                 }
-                let start = LeaderLatch::builder(&b.client, &b.path)
-                    .id(b.id.clone())
-                    .step_down_on(b.step_down)
-                    .start();
+                let latch = LeaderLatch::new(&b.client, &b.path, b.id.clone())?
+                    .with_loss_policy(b.loss_policy);
                 let r = tokio::select! {
-                    r = start => r,
+                    r = latch.start() => r,
                     _ = wait_stopped(&mut ctl) => return Ok(()),
                 };
-                let latch = match r {
-                    Ok(l) => l,
+                match r {
+                    Ok(()) => {}
                     Err(e)
                         if e.is_zk(|z| {
                             matches!(z, zkr::Error::Closed | zkr::Error::InvalidPath { .. })
@@ -294,12 +312,12 @@ impl LeaderSelector {
                         delay = (delay * 2).min(Duration::from_secs(2));
                         continue;
                     }
-                };
+                }
                 delay = Duration::from_millis(20);
-                let mut state = latch.state_receiver();
+                let mut state = latch.state_rx();
                 loop {
                     let fence = tokio::select! {
-                        r = latch.wait_leader(None) => match r {
+                        r = latch.wait_leader() => match r {
                             Ok(f) => f,
                             Err(_) => break,
                         },
@@ -325,12 +343,12 @@ impl LeaderSelector {
                     let (ended_tx, ended_rx) = watch::channel(false);
                     let token = Leadership {
                         fence: fence.clone(),
-                        client: self.b.client.clone(),
-                        latch: latch.state_receiver(),
+                        client: self.client.clone(),
+                        latch: latch.state_rx(),
                         ended: ended_rx,
                     };
                     self.leading.send_replace(Some(fence.clone()));
-                    tracing::info!(epoch = fence.epoch, "term started");
+                    tracing::info!(token = fence.token, "term started");
                     let fut = f(token);
                     tokio::pin!(fut);
                     let end = tokio::select! {
@@ -345,8 +363,8 @@ impl LeaderSelector {
                     ended_tx.send_replace(true);
                     self.leading.send_replace(None);
                     tracing::info!(?end, "term ended");
-                    if end != End::Returned && !self.b.grace.is_zero() {
-                        let _ = tokio::time::timeout(self.b.grace, &mut fut).await;
+                    if end != End::Returned && !self.grace.is_zero() {
+                        let _ = tokio::time::timeout(self.grace, &mut fut).await;
                     }
                     if end != End::Lost {
                         if let Some(bc) = &b.breadcrumb {
@@ -358,7 +376,7 @@ impl LeaderSelector {
                         End::Lost => continue,
                         End::Returned => {
                             let _ = latch.close().await;
-                            if !self.b.requeue {
+                            if !self.requeue {
                                 return Ok(());
                             }
                             break;
@@ -424,7 +442,7 @@ async fn take_over(
         }
     };
     let check = Op::Check {
-        path: fence.node.clone(),
+        path: fence.path.clone(),
         version: None,
     };
     client
@@ -441,7 +459,7 @@ async fn clear_breadcrumb(client: &Client, bc: &Breadcrumb, id: &str, fence: &Fe
         if data == id.as_bytes() {
             let ops = [
                 Op::Check {
-                    path: fence.node.clone(),
+                    path: fence.path.clone(),
                     version: None,
                 },
                 Op::Delete {

@@ -10,33 +10,18 @@ use tokio::time::Instant;
 use zkr::{Client, SessionState, SessionStates, Stat};
 
 use crate::error::{Error, Result};
-use crate::sequence::{contenders, create_protected, parse_seq, Contender};
+pub(crate) use crate::hold::LossPolicy;
+use crate::sequence::{contenders, create_protected, parse_seq, Ahead, Contender};
 
 /// Every marker that names a contender on a lock path: Curator's mutex (`lock-`), kazoo's
 /// (`__lock__`), Curator's read/write lock (`__READ__`, `__WRIT__`).
 pub(crate) const LOCK_MARKERS: &[&str] = &["lock-", "__lock__"];
-
-/// How many contenders ahead of ours a waiter keeps from its listing through the wait (to
-/// decide without listing again when the one it waits for goes).
-const KEEP_AHEAD: usize = 64;
 
 /// What a predicate decides for our position in the queue.
 pub(crate) enum Decision {
     Acquired,
     /// Wait until the contender at this index is gone.
     WaitFor(usize),
-}
-
-/// When a held lock counts as lost.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LossPolicy {
-    /// As soon as the session is `Suspended` (Curator's standard policy): the connection is
-    /// gone or silent, so another client may acquire soon. The safe default.
-    #[default]
-    Suspended,
-    /// Only when the session is `Lost` (zkr decides `Lost` before the server can expire the
-    /// session, so the holder still learns first).
-    Lost,
 }
 
 /// A node we own in a lock queue.
@@ -105,26 +90,15 @@ pub(crate) async fn acquire(
                 return Ok(None);
             }
             Decision::WaitFor(i) => {
-                let pred_name = cs[i].name.clone();
-                let pred = zkr::path::join(dir, &pred_name);
-                // Sequence numbers only grow, so nodes created since the listing queue behind
-                // us, and other deletions only move us forward: if the contenders up to ours,
-                // without the node we wait for, say "acquired", it is — no need to list again.
-                // Only a short prefix is kept through the wait (a thousand waiters in one
-                // process would otherwise hold a thousand listings of a thousand names); a
-                // waiter further back lists again, which it would need to anyway.
-                let ahead: Option<Vec<String>> = (ours <= KEEP_AHEAD).then(|| {
-                    cs[..=ours]
-                        .iter()
-                        .filter(|c| c.name != pred_name)
-                        .map(|c| c.name.clone())
-                        .collect()
-                });
+                let pred = zkr::path::join(dir, &cs[i].name);
+                // If the contenders up to ours, without the one we wait for, say "acquired"
+                // once it is gone, it is: no need to list again (see `Ahead`).
+                let ahead = Ahead::keep(&cs, ours, i);
                 drop(cs);
                 drop(std::mem::take(&mut children));
                 tracing::debug!(waiting_for = %pred, "queued");
                 within(deadline, "lock acquire", wait_gone(&pinned, &pred)).await??;
-                if let Some(rest) = ahead {
+                if let Some(rest) = ahead.after_gone() {
                     let rest_cs = contenders(&rest, markers, our_seq);
                     if let Some(ours) = rest_cs.iter().position(|c| c.name == our_name) {
                         if matches!(decide(&rest_cs, ours), Decision::Acquired) {

@@ -26,18 +26,18 @@
 //! * Cancel-safe: dropping an `acquire` future at any point removes its node (in the
 //!   background); a [`MutexGuard`] releases on drop, or explicitly with
 //!   [`MutexGuard::release`], which reports the outcome.
-//! * Fencing: [`MutexGuard::fencing_token`] is the lock node's `czxid`, strictly increasing
+//! * Fencing: [`MutexGuard::fence`]'s token is the lock node's `czxid`, strictly increasing
 //!   across successive holders; [`MutexGuard::fenced_multi`] runs ZooKeeper writes that only
 //!   apply while our lock node exists.
 //!
 //! # Suspend, reconnect, loss
 //! The whole acquisition runs on one session ([`zkr::Client::pinned`]). If it ends while
-//! waiting, the acquire fails with [`Error::SessionLost`](crate::Error::SessionLost) and leaves
-//! nothing behind. While held, [`MutexGuard::is_held`] turns false and [`MutexGuard::lost`]
+//! waiting, the acquire fails with [`Error::SessionLost`] and leaves
+//! nothing behind. While held, [`MutexGuard::is_lost`] turns true and [`MutexGuard::lost`]
 //! completes as soon as the session is `Suspended` (default, Curator's policy) or only when it
 //! is `Lost` ([`LossPolicy::Lost`]). Both come before the server can expire the session, so
 //! the holder is told before anyone else can acquire. A lost hold stays lost: release and
-//! acquire again. Besides, [`MutexGuard::is_held`] is false once the session's lease
+//! acquire again. Besides, [`MutexGuard::is_lost`] is true once the session's lease
 //! ([`MutexGuard::valid_until`]) has run out, computed at the moment of the call: a process that
 //! was paused for longer learns it on its first call, before any task has run (see
 //! `docs/leases.md` in the repository). While someone waits on [`MutexGuard::lost`], the guard
@@ -47,7 +47,7 @@
 //! # async fn demo(client: zkr::Client) -> zkr_recipes::Result<()> {
 //! let mutex = zkr_recipes::Mutex::new(&client, "/locks/printer")?;
 //! let guard = mutex.acquire_timeout(std::time::Duration::from_secs(5)).await?;
-//! // ... exclusive work; check guard.is_held() before acting on shared state ...
+//! // ... exclusive work; check !guard.is_lost() before acting on shared state ...
 //! guard.release().await?;
 //! # Ok(()) }
 //! ```
@@ -56,9 +56,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::Instrument;
-use zkr::{Client, Op, OpResult};
+use zkr::{Client, Op, OpResult, SessionId};
 
 use crate::error::{Error, Result};
+use crate::hold::Fence;
 use crate::lock_internals::{
     self, Acquired, Decision, HoldMonitor, LossPolicy, Queue, LOCK_MARKERS,
 };
@@ -102,6 +103,13 @@ impl Mutex {
     }
 
     /// Waits until the lock is ours.
+    ///
+    /// # Errors
+    /// [`Error::SessionLost`] if the session ends while waiting (nothing is left behind);
+    /// [`Error::Zk`] for a ZooKeeper error that retrying cannot fix (e.g. `NoAuth`).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future removes our queue node (in the background).
     pub async fn acquire(&self) -> Result<MutexGuard> {
         self.acquire_inner(None, false)
             .await?
@@ -109,6 +117,13 @@ impl Mutex {
     }
 
     /// Waits at most `timeout`; on timeout nothing is held and nothing is left behind.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `timeout` (`Duration::MAX` waits forever); otherwise as
+    /// [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, as [`acquire`](Self::acquire).
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<MutexGuard> {
         self.acquire_inner(crate::wait::deadline_in(timeout), false)
             .await?
@@ -116,6 +131,12 @@ impl Mutex {
     }
 
     /// Takes the lock only if it is free right now.
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire); `Ok(None)` when someone else holds or waits for it.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future leaves no node behind.
     pub async fn try_acquire(&self) -> Result<Option<MutexGuard>> {
         self.acquire_inner(None, true).await
     }
@@ -145,6 +166,12 @@ impl Mutex {
     }
 
     /// The contenders' node names in queue order (the first holds the lock).
+    ///
+    /// # Errors
+    /// [`Error::Zk`] when the listing fails.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a read.
     pub async fn participants(&self) -> Result<Vec<String>> {
         let children = match self.client.get_children(&self.path).await {
             Ok(c) => c,
@@ -162,8 +189,7 @@ impl Mutex {
 #[must_use = "the lock is released when the guard is dropped; bind it (`let guard = ...`) to hold the lock"]
 pub struct MutexGuard {
     client: Client,
-    path: String,
-    token: i64,
+    fence: Fence,
     monitor: HoldMonitor,
     released: bool,
 }
@@ -171,8 +197,8 @@ pub struct MutexGuard {
 impl std::fmt::Debug for MutexGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MutexGuard")
-            .field("node", &self.path)
-            .field("token", &self.token)
+            .field("node", &self.fence.path)
+            .field("token", &self.fence.token)
             .finish()
     }
 }
@@ -182,9 +208,12 @@ impl MutexGuard {
         let epoch = a.client.epoch();
         MutexGuard {
             monitor: HoldMonitor::new(a.states, policy, epoch).watching_node(&a.client, &a.path),
+            fence: Fence {
+                token: a.stat.czxid,
+                path: a.path,
+                session: a.client.session_id().unwrap_or(SessionId(0)),
+            },
             client: a.client,
-            path: a.path,
-            token: a.stat.czxid,
             released: false,
         }
     }
@@ -196,29 +225,32 @@ impl MutexGuard {
         monitor: HoldMonitor,
     ) -> Self {
         MutexGuard {
+            fence: Fence {
+                token,
+                path,
+                session: client.session_id().unwrap_or(SessionId(0)),
+            },
             client,
-            path,
-            token,
             monitor,
             released: false,
         }
     }
 
-    /// Whether the lock is still held: false once the session was suspended (or lost, by
-    /// policy) since the acquisition, and false once the session's lease ran out
+    /// Whether the lock may no longer be held: true once the session was suspended (or lost,
+    /// by policy) since the acquisition, and true once the session's lease ran out
     /// ([`valid_until`](Self::valid_until)), checked at the moment of the call: a process that
-    /// was paused longer than the lease gets `false` on its first call, before any background
+    /// was paused longer than the lease gets `true` on its first call, before any background
     /// task has run.
-    pub fn is_held(&self) -> bool {
-        !self.released
-            && !self.client.is_pin_lost()
-            && std::time::Instant::now() < self.valid_until()
-            && !self.monitor.is_lost()
+    pub fn is_lost(&self) -> bool {
+        self.released
+            || self.client.is_pin_lost()
+            || std::time::Instant::now() >= self.valid_until()
+            || self.monitor.is_lost()
     }
 
     /// Until when the lock is certainly still ours: the lease of the session that holds it
     /// (see [`zkr::Client::valid_until`]). Act on the lock only before this instant, and stamp
-    /// writes with the [fencing token](Self::fencing_token) for what may arrive after it.
+    /// writes with the [fence](Self::fence)'s token for what may arrive after it.
     pub fn valid_until(&self) -> std::time::Instant {
         self.client
             .valid_until()
@@ -226,6 +258,9 @@ impl MutexGuard {
     }
 
     /// Completes when the lock may no longer be held.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits.
     pub async fn lost(&self) {
         tokio::select! {
             _ = self.monitor.lost() => {},
@@ -233,22 +268,25 @@ impl MutexGuard {
         }
     }
 
-    /// A token that strictly increases across successive holders (the lock node's `czxid`).
-    pub fn fencing_token(&self) -> i64 {
-        self.token
-    }
-
-    /// Our lock node's path.
-    pub fn node_path(&self) -> &str {
-        &self.path
+    /// The proof of holding: a token that strictly increases across successive holders (the
+    /// lock node's `czxid`), our lock node's path and the session that owns it.
+    pub fn fence(&self) -> &Fence {
+        &self.fence
     }
 
     /// Runs `ops` atomically, only if our lock node still exists (a check is prepended).
     /// Returns the results of `ops` (without the check's).
+    ///
+    /// # Errors
+    /// [`Error::SessionLost`] when our lock node is gone (the lock was lost);
+    /// `zkr::Error::MultiFailed` naming the failing op of `ops` otherwise.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have applied the transaction (all or nothing).
     pub async fn fenced_multi(&self, ops: &[Op]) -> Result<Vec<OpResult>> {
         let mut all = Vec::with_capacity(ops.len() + 1);
         all.push(Op::Check {
-            path: self.path.clone(),
+            path: self.fence.path.clone(),
             version: None,
         });
         all.extend_from_slice(ops);
@@ -269,13 +307,20 @@ impl MutexGuard {
         }
     }
 
-    /// Releases the lock. `Err(SessionLost)` if it had already been lost with the session.
+    /// Releases the lock.
+    ///
+    /// # Errors
+    /// [`Error::SessionLost`] if it had already been lost with the session.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: if the future is dropped before the delete finished, dropping the guard
+    /// deletes the node in the background, as if `release` had never been called.
     pub async fn release(mut self) -> Result<()> {
-        let span = tracing::debug_span!("zkr.mutex.release", node = %self.path);
+        let span = tracing::debug_span!("zkr.mutex.release", node = %self.fence.path);
         // `released` is set only once the delete has finished: if this future is dropped
         // before (under a timeout, say), or the delete failed, dropping the guard deletes the
         // node in the background instead of leaving it until the session ends.
-        let deleted = lock_internals::release_node(&self.client, &self.path)
+        let deleted = lock_internals::release_node(&self.client, &self.fence.path)
             .instrument(span)
             .await?;
         self.released = true;
@@ -292,7 +337,7 @@ impl Drop for MutexGuard {
         if !self.released {
             lock_internals::release_in_background(
                 self.client.clone(),
-                std::mem::take(&mut self.path),
+                std::mem::take(&mut self.fence.path),
             );
         }
     }

@@ -11,31 +11,41 @@
 //! Missing parents are created as container nodes (Curator's `creatingParentContainersIfNeeded`).
 //!
 //! # Guarantees
-//! * While the registration is alive and a session is up, the node exists, is owned by the
-//!   current session and carries the latest payload given to [`Registration::update`].
+//! * [`Registration::new`] only validates; [`Registration::start`] creates the node and returns
+//!   once it exists. From then on, while the registration is alive and a session is up, the
+//!   node exists, is owned by the current session and carries the latest payload given to
+//!   [`Registration::update`].
 //! * After a session loss the node is re-created in the next session with the **latest**
 //!   payload, never the one it was first registered with. If a node of an older session (or an
 //!   older process) is still there, it is deleted (version-checked) and re-created — never a
 //!   `NodeExists` error.
 //! * After [`Registration::unregister`] (or drop) the node is removed and never re-created,
 //!   even if the unregister raced a reconnect: the unregistered flag is checked under the same
-//!   lock that re-registration holds.
+//!   lock that re-registration holds. An `unregister` dropped mid-way leaves the removal to the
+//!   drop, exactly as if it had never been called.
+//!
+//! # State
+//! [`Registration::state`] is [`RegistrationState::Idle`] before `start`, then `Registered`,
+//! `Pending` (between sessions) and finally `Unregistered`. [`Registration::changes`] streams
+//! it, **coalescing** (a slow reader sees the latest state; memory stays bounded), and ends
+//! after `Unregistered`.
 //!
 //! # Session states
 //! * `Suspended`: nothing is done; the node lives as long as the session does.
 //! * `Reconnected`: the node is checked (re-created if someone deleted it) and a payload
 //!   update that could not be written while disconnected is written now.
-//! * `Lost`: the status becomes [`RegistrationStatus::Pending`]; on the next `Connected` the
+//! * `Lost`: the state becomes [`RegistrationState::Pending`]; on the next `Connected` the
 //!   node is re-created with the latest payload.
 //!
 //! ```no_run
 //! # async fn demo(client: zkr::Client) -> zkr_recipes::Result<()> {
-//! use zkr_recipes::registration::{Registration, ServiceInstance};
+//! use zkr_recipes::{Registration, ServiceInstance};
 //! let instance = ServiceInstance::new("api", "api-1")
-//!     .address("10.0.0.5")
-//!     .port(8080)
-//!     .payload(serde_json::json!({"zone": "a"}));
-//! let reg = Registration::register(&client, "/services", instance).await?;
+//!     .with_address("10.0.0.5")
+//!     .with_port(8080)
+//!     .with_payload(serde_json::json!({"zone": "a"}));
+//! let reg = Registration::new(&client, "/services", instance)?;
+//! reg.start().await?;
 //! reg.update(serde_json::json!({"zone": "a", "load": 0.7})).await?;
 //! reg.unregister().await?;
 //! # Ok(()) }
@@ -51,7 +61,9 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use zkr::{Client, CreateMode, SessionId, SessionState};
 
-use crate::error::{Error, Result};
+use crate::changes::{Changes, Step};
+use crate::error::{check_segment, Error, Result};
+use crate::sync::lock;
 
 /// Curator's `ServiceType`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -118,25 +130,25 @@ impl ServiceInstance {
     }
 
     /// Sets the address.
-    pub fn address(mut self, a: &str) -> Self {
+    pub fn with_address(mut self, a: &str) -> Self {
         self.address = Some(a.to_string());
         self
     }
 
     /// Sets the port.
-    pub fn port(mut self, p: u16) -> Self {
+    pub fn with_port(mut self, p: u16) -> Self {
         self.port = Some(p);
         self
     }
 
     /// Sets the TLS port.
-    pub fn ssl_port(mut self, p: u16) -> Self {
+    pub fn with_ssl_port(mut self, p: u16) -> Self {
         self.ssl_port = Some(p);
         self
     }
 
     /// Sets the payload.
-    pub fn payload(mut self, v: Value) -> Self {
+    pub fn with_payload(mut self, v: Value) -> Self {
         self.payload = v;
         self
     }
@@ -165,18 +177,11 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn check_segment(what: &str, s: &str) -> Result<()> {
-    if s.is_empty() || s.contains('/') || s == "." || s == ".." {
-        return Err(Error::Invalid(format!(
-            "{what} {s:?} must be one non-empty path segment"
-        )));
-    }
-    Ok(())
-}
-
-/// Where a registration stands.
+/// Where a registration stands; see [`Registration::state`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RegistrationStatus {
+pub enum RegistrationState {
+    /// Not started yet ([`Registration::start`] creates the node).
+    Idle,
     /// The node exists, owned by this session.
     Registered {
         /// The owning session.
@@ -186,7 +191,8 @@ pub enum RegistrationStatus {
     },
     /// The session was lost; the node will be re-created in the next one.
     Pending,
-    /// Unregistered (or dropped); the node is gone and never comes back.
+    /// Unregistered (or dropped, or the client was closed); the node is gone and never comes
+    /// back. Terminal.
     Unregistered,
 }
 
@@ -205,15 +211,17 @@ struct Shared {
     path: String,
     state: tokio::sync::Mutex<State>,
     unregistered: AtomicBool,
-    status: watch::Sender<RegistrationStatus>,
+    status: watch::Sender<RegistrationState>,
 }
 
-/// A registered service instance; see the [module docs](self). Dropping it unregisters in the
+/// A service instance registration; see the [module docs](self). Created idle by
+/// [`new`](Self::new), registered by [`start`](Self::start). Dropping it unregisters in the
 /// background.
 #[must_use = "the instance is unregistered when the registration is dropped; bind it to stay registered"]
 pub struct Registration {
     shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
+    started: AtomicBool,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     finished: bool,
 }
 
@@ -221,7 +229,7 @@ impl std::fmt::Debug for Registration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registration")
             .field("path", &self.shared.path)
-            .field("status", &*self.shared.status.borrow())
+            .field("state", &*self.shared.status.borrow())
             .finish()
     }
 }
@@ -230,22 +238,30 @@ fn conn_retry() -> zkr::RetryPolicy {
     zkr::RetryPolicy::exponential(Duration::from_millis(20), Duration::from_millis(500))
 }
 
+/// Clears the `started` flag when a `start` does not complete (failed or dropped), so that it
+/// may be called again.
+struct StartGuard<'a>(Option<&'a AtomicBool>);
+
+impl Drop for StartGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0 {
+            f.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
 impl Registration {
-    /// Registers `instance` under `{base}/{instance.name}/{instance.id}` and keeps it
-    /// registered (across reconnects and new sessions) until unregistered or dropped.
-    pub async fn register(
-        client: &Client,
-        base: &str,
-        instance: ServiceInstance,
-    ) -> Result<Registration> {
+    /// A registration of `instance` at `{base}/{instance.name}/{instance.id}`, validated now
+    /// (`base` a valid path, name and id single path segments); nothing is written until
+    /// [`start`](Self::start).
+    pub fn new(client: &Client, base: &str, instance: ServiceInstance) -> Result<Registration> {
         check_segment("service name", &instance.name)?;
         check_segment("instance id", &instance.id)?;
         zkr::path::validate_path(base, false)?;
         let path = zkr::path::join(&zkr::path::join(base, &instance.name), &instance.id);
-        let span = tracing::info_span!("zkr.registration.register", path = %path);
-        async move {
-            let (status, _) = watch::channel(RegistrationStatus::Pending);
-            let shared = Arc::new(Shared {
+        let (status, _) = watch::channel(RegistrationState::Idle);
+        Ok(Registration {
+            shared: Arc::new(Shared {
                 client: client.clone(),
                 path,
                 state: tokio::sync::Mutex::new(State {
@@ -256,20 +272,44 @@ impl Registration {
                 }),
                 unregistered: AtomicBool::new(false),
                 status,
-            });
-            {
-                let mut st = shared.state.lock().await;
-                establish(&shared, &mut st).await?;
-            }
-            let task = tokio::spawn(maintain(shared.clone()));
-            Ok(Registration {
-                shared,
-                task,
-                finished: false,
-            })
+            }),
+            started: AtomicBool::new(false),
+            task: std::sync::Mutex::new(None),
+            finished: false,
+        })
+    }
+
+    /// Creates the node (missing parents as containers) and keeps it registered, across
+    /// reconnects and new sessions, until unregistered or dropped. Returns once the node exists
+    /// in the current session.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] if already started; [`Error::Zk`] for an error retrying cannot fix
+    /// (e.g. `NoAuth`), [`Error::SessionLost`] if no session could be had. A failed `start`
+    /// may be called again.
+    ///
+    /// # Cancel safety
+    /// Dropped before it returns, the registration is not started (`start` may be called
+    /// again); a node it may already have created is adopted by the next `start`, or deleted
+    /// when the registration is dropped.
+    pub async fn start(&self) -> Result<()> {
+        if self.started.swap(true, Ordering::SeqCst) {
+            return Err(Error::Invalid(format!(
+                "registration {} is already started",
+                self.shared.path
+            )));
+        }
+        let mut guard = StartGuard(Some(&self.started));
+        let span = tracing::info_span!("zkr.registration.start", path = %self.shared.path);
+        async {
+            let mut st = self.shared.state.lock().await;
+            establish(&self.shared, &mut st).await
         }
         .instrument(span)
-        .await
+        .await?;
+        *lock(&self.task) = Some(tokio::spawn(maintain(self.shared.clone())));
+        guard.0 = None;
+        Ok(())
     }
 
     /// The node's path.
@@ -278,33 +318,58 @@ impl Registration {
     }
 
     /// The instance with the latest payload.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only reads (waiting for a registration step in progress).
     pub async fn instance(&self) -> ServiceInstance {
         self.shared.state.lock().await.instance.clone()
     }
 
-    /// The current status.
-    pub fn status(&self) -> RegistrationStatus {
+    /// The state now.
+    pub fn state(&self) -> RegistrationState {
         *self.shared.status.borrow()
     }
 
-    /// A receiver of status changes.
-    pub fn status_receiver(&self) -> watch::Receiver<RegistrationStatus> {
-        self.shared.status.subscribe()
+    /// The current state, then every change: **coalescing** (a slow reader skips to the latest
+    /// state; memory stays bounded). Ends after [`RegistrationState::Unregistered`].
+    pub fn changes(&self) -> Changes<RegistrationState> {
+        Changes::until(self.shared.status.subscribe(), |s| match s {
+            RegistrationState::Unregistered => Step::Last(*s),
+            s => Step::Item(*s),
+        })
     }
 
-    /// Waits until the node is registered in the current session (e.g. after a new session).
-    pub async fn wait_registered(&self, timeout: Duration) -> Result<RegistrationStatus> {
+    /// Waits until the node is registered in the current session (after `start`, or after a
+    /// new session); returns that [`RegistrationState::Registered`].
+    ///
+    /// # Errors
+    /// [`Error::Closed`] once unregistered (or the client was closed).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only reads.
+    pub async fn wait_registered(&self) -> Result<RegistrationState> {
+        self.wait_registered_timeout(Duration::MAX).await
+    }
+
+    /// [`wait_registered`](Self::wait_registered), giving up after `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `timeout`; [`Error::Closed`] once unregistered.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only reads.
+    pub async fn wait_registered_timeout(&self, timeout: Duration) -> Result<RegistrationState> {
         let mut rx = self.shared.status.subscribe();
         let fut = async {
             loop {
                 let s = *rx.borrow_and_update();
                 match s {
-                    RegistrationStatus::Registered { epoch, .. }
+                    RegistrationState::Registered { epoch, .. }
                         if Some(epoch) == self.shared.client.epoch() =>
                     {
                         return Ok(s)
                     }
-                    RegistrationStatus::Unregistered => return Err(Error::Closed("registration")),
+                    RegistrationState::Unregistered => return Err(Error::Closed("registration")),
                     _ => {}
                 }
                 if rx.changed().await.is_err() {
@@ -312,17 +377,20 @@ impl Registration {
                 }
             }
         };
-        tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "registration",
-                after: timeout,
-            })?
+        crate::wait::timed(timeout, "registration", fut).await?
     }
 
     /// Replaces the payload. Returns once the node carries it, or once it is certain the next
-    /// (re-)registration will write it (the session was lost meanwhile). Errors only on a
-    /// closed registration or a non-retryable ZooKeeper error.
+    /// (re-)registration will write it (the session was lost meanwhile, or the registration is
+    /// not started yet).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] once unregistered; [`Error::Zk`] for a ZooKeeper error retrying
+    /// cannot fix.
+    ///
+    /// # Cancel safety
+    /// Dropped mid-way, the new payload is kept (the next registration or reconnect writes
+    /// it) but may not be in the node yet.
     pub async fn update(&self, payload: Value) -> Result<()> {
         let span = tracing::info_span!("zkr.registration.update", path = %self.shared.path);
         async {
@@ -342,10 +410,19 @@ impl Registration {
     }
 
     /// Removes the node; it is never re-created afterwards.
+    ///
+    /// # Errors
+    /// [`Error::Zk`] if the delete fails after retrying; the registration's drop then tries
+    /// again in the background.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: the registration counts as finished only once the node is gone, so if this
+    /// future is dropped before, dropping the registration deletes the node in the background,
+    /// exactly as if `unregister` had never been called.
     pub async fn unregister(mut self) -> Result<()> {
-        self.task.abort();
-        // Marked finished only once the delete is done: dropped before (under a timeout, say)
-        // or failed, the registration's drop deletes the node in the background instead.
+        if let Some(t) = lock(&self.task).take() {
+            t.abort();
+        }
         let r = unregister_inner(&self.shared).await;
         self.finished = r.is_ok();
         r
@@ -354,7 +431,9 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = lock(&self.task).take() {
+            t.abort();
+        }
         if self.finished {
             return;
         }
@@ -363,8 +442,19 @@ impl Drop for Registration {
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
                 h.spawn(async move {
-                    if let Err(e) = unregister_inner(&shared).await {
-                        tracing::warn!(error = %e, path = %shared.path, "unregister on drop failed");
+                    loop {
+                        match unregister_inner(&shared).await {
+                            Ok(()) => return,
+                            // Cut off for longer than the retries last: the node may live on
+                            // with its session, so keep trying (a closed client ends this).
+                            Err(e) if e.is_zk(|z| z.is_retryable()) => {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, path = %shared.path, "unregister on drop failed");
+                                return;
+                            }
+                        }
                     }
                 });
             }
@@ -381,7 +471,10 @@ async fn unregister_inner(shared: &Shared) -> Result<()> {
     async {
         shared.unregistered.store(true, Ordering::SeqCst);
         let st = shared.state.lock().await;
-        shared.status.send_replace(RegistrationStatus::Unregistered);
+        shared.status.send_replace(RegistrationState::Unregistered);
+        if st.sessions.is_empty() {
+            return Ok(()); // never started: no node was ever created
+        }
         let client = &shared.client;
         let policy = zkr::RetryPolicy::default();
         // Delete the node if one of our sessions owns it (an older session's node may still
@@ -481,7 +574,7 @@ async fn establish(shared: &Shared, st: &mut State) -> Result<()> {
         }
         st.owner = Some((sid, epoch));
         st.dirty = false;
-        shared.status.send_replace(RegistrationStatus::Registered {
+        shared.status.send_replace(RegistrationState::Registered {
             session: sid,
             epoch,
         });
@@ -532,7 +625,7 @@ async fn maintain(shared: Arc<Shared>) {
         if std::mem::take(&mut first)
             && s.is_connected()
             && s.epoch().is_some()
-            && shared.status.borrow().eq(&RegistrationStatus::Registered {
+            && shared.status.borrow().eq(&RegistrationState::Registered {
                 session: s.session().unwrap_or(SessionId(0)),
                 epoch: s.epoch().unwrap_or(0),
             })
@@ -567,10 +660,10 @@ async fn maintain(shared: Arc<Shared>) {
                     return;
                 }
                 st.owner = None;
-                shared.status.send_replace(RegistrationStatus::Pending);
+                shared.status.send_replace(RegistrationState::Pending);
             }
             SessionState::Closed => {
-                shared.status.send_replace(RegistrationStatus::Unregistered);
+                shared.status.send_replace(RegistrationState::Unregistered);
                 return;
             }
             _ => {}

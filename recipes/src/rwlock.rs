@@ -73,28 +73,73 @@ impl RwLock {
     }
 
     /// Waits for a shared (read) lock.
+    ///
+    /// # Errors
+    /// [`Error::SessionLost`] if the session ends while waiting (nothing is left behind);
+    /// [`Error::Zk`] for a ZooKeeper error that retrying cannot fix (e.g. `NoAuth`).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future removes our queue node (in the background).
     pub async fn read(&self) -> Result<MutexGuard> {
         self.lock(false, None).await
     }
 
     /// Waits at most `timeout` for a read lock.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `timeout` (`Duration::MAX` waits forever); otherwise as
+    /// [`read`](Self::read).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, as [`read`](Self::read).
     pub async fn read_timeout(&self, timeout: Duration) -> Result<MutexGuard> {
         self.lock(false, crate::wait::deadline_in(timeout)).await
     }
 
     /// Waits for the exclusive (write) lock.
+    ///
+    /// # Errors
+    /// [`Error::SessionLost`] if the session ends while waiting (nothing is left behind);
+    /// [`Error::Zk`] for a ZooKeeper error that retrying cannot fix (e.g. `NoAuth`).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future removes our queue node (in the background).
     pub async fn write(&self) -> Result<MutexGuard> {
         self.lock(true, None).await
     }
 
     /// Waits at most `timeout` for the write lock.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `timeout` (`Duration::MAX` waits forever); otherwise as
+    /// [`write`](Self::write).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, as [`write`](Self::write).
     pub async fn write_timeout(&self, timeout: Duration) -> Result<MutexGuard> {
         self.lock(true, crate::wait::deadline_in(timeout)).await
     }
 
-    /// Takes a read (or write) lock only if it is available right now.
-    pub async fn try_lock(&self, write: bool) -> Result<Option<MutexGuard>> {
-        self.lock_inner(write, None, true).await
+    /// Takes a read lock only if it is available right now (no writer queued ahead).
+    ///
+    /// # Errors
+    /// As [`read`](Self::read); `Ok(None)` when a writer holds or waits for the lock.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future leaves no node behind.
+    pub async fn try_read(&self) -> Result<Option<MutexGuard>> {
+        self.lock_inner(false, None, true).await
+    }
+
+    /// Takes the write lock only if it is free right now.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write); `Ok(None)` when anyone holds or waits for the lock.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future leaves no node behind.
+    pub async fn try_write(&self) -> Result<Option<MutexGuard>> {
+        self.lock_inner(true, None, true).await
     }
 
     async fn lock(&self, write: bool, deadline: Option<Instant>) -> Result<MutexGuard> {

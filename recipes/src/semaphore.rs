@@ -19,8 +19,8 @@
 //! Lease nodes are ephemeral and cancel-safe (removed when an acquire is dropped), so leases of
 //! dead sessions and cancelled acquires never linger and never exhaust the semaphore.
 //!
-//! On `Suspended` / `Lost` a held [`Lease`] behaves like a [`MutexGuard`](crate::MutexGuard):
-//! `is_held()` turns false and `lost()` completes.
+//! On `Suspended` / `Lost` a held [`Lease`] behaves like a [`MutexGuard`]:
+//! `is_lost()` turns true and `lost()` completes.
 
 use std::time::Duration;
 
@@ -72,6 +72,13 @@ impl Semaphore {
     }
 
     /// Waits for a lease.
+    ///
+    /// # Errors
+    /// [`Error::SessionLost`] if the session ends while waiting (nothing is left behind);
+    /// [`Error::Zk`] for a ZooKeeper error that retrying cannot fix (e.g. `NoAuth`).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future removes our lease node and the internal lock node.
     pub async fn acquire(&self) -> Result<Lease> {
         self.acquire_inner(None, false)
             .await?
@@ -79,6 +86,13 @@ impl Semaphore {
     }
 
     /// Waits at most `timeout` for a lease.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `timeout` (`Duration::MAX` waits forever); otherwise as
+    /// [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, as [`acquire`](Self::acquire).
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Lease> {
         self.acquire_inner(crate::wait::deadline_in(timeout), false)
             .await?
@@ -86,11 +100,23 @@ impl Semaphore {
     }
 
     /// Takes a lease only if one is free right now.
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire); `Ok(None)` when all leases are taken.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future leaves no node behind.
     pub async fn try_acquire(&self) -> Result<Option<Lease>> {
         self.acquire_inner(None, true).await
     }
 
     /// Number of lease nodes now.
+    ///
+    /// # Errors
+    /// [`Error::Zk`] when the read fails.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a read.
     pub async fn lease_count(&self) -> Result<usize> {
         match self.client.get_children(&self.leases).await {
             Ok(c) => Ok(c.len()),
@@ -104,59 +130,78 @@ impl Semaphore {
         deadline: Option<Instant>,
         try_only: bool,
     ) -> Result<Option<Lease>> {
-        let span = tracing::debug_span!("zkr.semaphore.acquire", path = %self.leases, max = self.max_leases, try_only);
+        let span = tracing::debug_span!(
+            "zkr.semaphore.acquire",
+            path = %self.leases,
+            max = self.max_leases,
+            try_only
+        );
         async {
+            // Only the holder of the internal mutex adds a lease it does not hold yet.
             let lock = match (deadline, try_only) {
                 (_, true) => match self.mutex.try_acquire().await? {
                     Some(g) => g,
                     None => return Ok(None),
                 },
-                (Some(d), false) => self.mutex.acquire_timeout(d.saturating_duration_since(Instant::now())).await?,
+                (Some(d), false) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    self.mutex.acquire_timeout(left).await?
+                }
                 (None, false) => self.mutex.acquire().await?,
             };
-            let pinned = self.client.pinned().await?;
-            let states = pinned.states();
-            let r = async {
-                let (node, stat, mut children) = within(deadline, "semaphore acquire", create_protected(&pinned, &self.leases, "lease-", &[])).await??;
-                loop {
-                    if children.len() <= self.max_leases {
-                        let epoch = pinned.epoch();
-                        let path = node.disarm();
-                        let monitor = HoldMonitor::new(states, self.policy, epoch).watching_node(&pinned, &path);
-                        return Ok(Some(MutexGuard::from_parts(pinned.clone(), path, stat.czxid, monitor)));
-                    }
-                    if try_only {
-                        node.remove().await?;
-                        return Ok(None);
-                    }
-                    // Wait for the leases' children to change.
-                    let mut w = pinned.watch_children(&self.leases)?;
-                    let before = children.len();
-                    children = within(deadline, "semaphore acquire", async {
-                        loop {
-                            tokio::select! {
-                                ev = w.next() => match ev {
-                                    Some(Ok(ev)) => {
-                                        let now = ev.children().map(|c| c.to_vec()).unwrap_or_default();
-                                        if now.len() < before || now.len() <= self.max_leases {
-                                            return Ok(now);
-                                        }
-                                    }
-                                    Some(Err(e)) => return Err(Error::from(e)),
-                                    None => return Err(zkr::Error::Closed.into()),
-                                },
-                                _ = pinned.pin_lost() => return Err(Error::SessionLost { what: "semaphore acquire" }),
-                            }
-                        }
-                    })
-                    .await??;
-                }
-            }
-            .await;
+            let r = self.take_lease(deadline, try_only).await;
             let _ = lock.release().await;
             r
         }
         .instrument(span)
         .await
+    }
+
+    /// Steps 2 and 3 of the protocol, under the internal mutex.
+    async fn take_lease(&self, deadline: Option<Instant>, try_only: bool) -> Result<Option<Lease>> {
+        const WHAT: &str = "semaphore acquire";
+        let pinned = self.client.pinned().await?;
+        let states = pinned.states();
+        let create = create_protected(&pinned, &self.leases, "lease-", &[]);
+        let (node, stat, mut children) = within(deadline, WHAT, create).await??;
+        loop {
+            if children.len() <= self.max_leases {
+                let epoch = pinned.epoch();
+                let path = node.disarm();
+                let monitor =
+                    HoldMonitor::new(states, self.policy, epoch).watching_node(&pinned, &path);
+                let lease = MutexGuard::from_parts(pinned.clone(), path, stat.czxid, monitor);
+                return Ok(Some(lease));
+            }
+            if try_only {
+                node.remove().await?;
+                return Ok(None);
+            }
+            let wait = self.leases_change(&pinned, children.len());
+            children = within(deadline, WHAT, wait).await??;
+        }
+    }
+
+    /// Waits until the leases' children shrink below `before` or fit in `max_leases`; returns
+    /// them then.
+    async fn leases_change(&self, pinned: &Client, before: usize) -> Result<Vec<String>> {
+        let mut w = pinned.watch_children(&self.leases)?;
+        loop {
+            tokio::select! {
+                ev = w.next() => match ev {
+                    Some(Ok(ev)) => {
+                        let now = ev.children().map(|c| c.to_vec()).unwrap_or_default();
+                        if now.len() < before || now.len() <= self.max_leases {
+                            return Ok(now);
+                        }
+                    }
+                    Some(Err(e)) => return Err(Error::from(e)),
+                    None => return Err(zkr::Error::Closed.into()),
+                },
+                _ = pinned.pin_lost() => {
+                    return Err(Error::SessionLost { what: "semaphore acquire" });
+                }
+            }
+        }
     }
 }

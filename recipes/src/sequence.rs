@@ -72,6 +72,48 @@ pub(crate) fn contenders(
     v
 }
 
+/// How many contenders ahead of ours a waiter keeps from its listing through the wait.
+const KEEP_AHEAD: usize = 64;
+
+/// What a waiter keeps from its last listing while it waits for one contender ahead of it to
+/// go, so that it can decide without listing again when that one goes.
+///
+/// Sequence numbers only grow, so nodes created since the listing line up behind us, and other
+/// deletions only move us forward: if the contenders up to ours, without the one we waited for,
+/// already let us proceed (a lock acquired, leadership), we may. Only a short prefix is kept (a
+/// thousand waiters in one process would otherwise hold a thousand listings of a thousand
+/// names); a waiter further back lists again, which it would need to anyway.
+pub(crate) struct Ahead(Option<Vec<String>>);
+
+impl Ahead {
+    /// From `order` (a listing in queue order) with our contender at `ours`, waiting for the
+    /// one at `awaited`.
+    pub fn keep(order: &[Contender], ours: usize, awaited: usize) -> Ahead {
+        let gone = order.get(awaited).map(|c| c.name.as_str());
+        Ahead((ours <= KEEP_AHEAD).then(|| {
+            order
+                .iter()
+                .take(ours + 1)
+                .filter(|c| Some(c.name.as_str()) != gone)
+                .map(|c| c.name.clone())
+                .collect()
+        }))
+    }
+
+    /// Once the awaited contender is gone: the names that may still be ahead of ours, and ours
+    /// (`None`: too far back to tell; list again).
+    pub fn after_gone(self) -> Option<Vec<String>> {
+        self.0
+    }
+
+    /// Another contender ahead is known to be gone (seen deleted): it no longer counts.
+    pub fn forget(&mut self, name: &str) {
+        if let Some(v) = self.0.as_mut() {
+            v.retain(|n| n != name);
+        }
+    }
+}
+
 /// A created node, removed in the background on drop unless disarmed.
 pub(crate) struct NodeGuard {
     client: Client,
@@ -289,6 +331,21 @@ mod tests {
             .map(|c| c.seq)
             .collect();
         assert_eq!(order, vec![2147483646, 2147483647, i32::MIN, i32::MIN + 1]);
+    }
+
+    #[test]
+    fn ahead_keeps_the_prefix_without_the_awaited_one() {
+        let names: Vec<String> = (1..=4)
+            .map(|i| format!("_c_x-latch-000000000{i}"))
+            .collect();
+        let order = contenders(&names, &["latch-"], None);
+        // Third in line, waiting for the second: the first, and us, remain.
+        let rest = Ahead::keep(&order, 2, 1).after_gone().unwrap();
+        assert_eq!(rest, vec![names[0].clone(), names[2].clone()]);
+        // Far back: nothing is kept, the waiter lists again.
+        let many: Vec<String> = (0..100).map(|i| format!("_c_x-latch-{i:010}")).collect();
+        let order = contenders(&many, &["latch-"], None);
+        assert!(Ahead::keep(&order, 80, 79).after_gone().is_none());
     }
 
     #[test]

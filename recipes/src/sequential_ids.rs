@@ -51,7 +51,7 @@ const PREFIX: &str = "id-";
 /// Most sequential creates put in one `multi` transaction by [`SequentialIds::next_batch`].
 pub const BATCH_CHUNK: usize = 200;
 
-/// Most IDs one [`SequentialIds::next_batch`] (or [`crate::IdBlocks::next_n`]) call hands out:
+/// Most IDs one [`SequentialIds::next_batch`] (or [`crate::IdBlocks::next_batch`]) call hands out:
 /// beyond it a call is refused with [`Error::Invalid`] before anything is sent, instead of
 /// trying to hold (or create) an absurd number.
 pub(crate) const MAX_IDS_PER_CALL: usize = 1 << 20;
@@ -87,8 +87,8 @@ impl SequentialIds {
         })
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &str {
+    /// The directory the ID nodes are created in.
+    pub fn path(&self) -> &str {
         &self.dir
     }
 
@@ -139,8 +139,15 @@ impl SequentialIds {
     }
 
     /// The next ID.
+    ///
+    /// # Errors
+    /// [`Error::Zk`] when the create fails after its retries (e.g. `NoAuth`).
+    ///
+    /// # Cancel safety
+    /// If dropped, an ID may have been taken and is never returned: IDs stay unique, with a
+    /// gap; a node may be left for [`cleanup`](Self::cleanup).
     pub async fn next(&self) -> Result<i64> {
-        let span = tracing::debug_span!("sequential_ids.next", dir = %self.dir);
+        let span = tracing::debug_span!("zkr.sequential_ids.next", dir = %self.dir);
         async {
             loop {
                 self.ensure_dir().await?;
@@ -208,11 +215,17 @@ impl SequentialIds {
 
     /// `n` IDs, returned sorted. They are created by `multi` transactions of up to
     /// [`BATCH_CHUNK`] sequential creates each (all chunks in flight at once), each followed by
-    /// one `multi` deleting its nodes; returns once the nodes are deleted. At most 1,048,576
-    /// IDs per call ([`Error::Invalid`] beyond).
+    /// one `multi` deleting its nodes; returns once the nodes are deleted.
+    ///
+    /// # Errors
+    /// As [`next`](Self::next); [`Error::Invalid`] for more than 1,048,576 IDs in one call
+    /// (before anything is sent).
+    ///
+    /// # Cancel safety
+    /// As [`next`](Self::next).
     pub async fn next_batch(&self, n: usize) -> Result<Vec<i64>> {
         check_count(n)?;
-        let span = tracing::debug_span!("sequential_ids.next_batch", dir = %self.dir, n);
+        let span = tracing::debug_span!("zkr.sequential_ids.next_batch", dir = %self.dir, n);
         async {
             let mut out = Vec::with_capacity(n.min(4096));
             while out.len() < n {
@@ -238,8 +251,14 @@ impl SequentialIds {
     /// (`id-` prefix) are touched; call it when no other client is creating IDs right now, or
     /// accept that a concurrent client's node may be deleted before it does so itself (harmless:
     /// the ID is already handed out).
+    ///
+    /// # Errors
+    /// [`Error::Zk`] when listing or deleting fails.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: stopping half-way leaves the rest for the next call.
     pub async fn cleanup(&self) -> Result<usize> {
-        let span = tracing::debug_span!("sequential_ids.cleanup", dir = %self.dir);
+        let span = tracing::debug_span!("zkr.sequential_ids.cleanup", dir = %self.dir);
         async {
             let names = match self.client.get_children(&self.dir).await {
                 Ok(n) => n,

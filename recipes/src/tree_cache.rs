@@ -4,7 +4,7 @@
 //!
 //! # Znode layout
 //! Any: the cache reads the subtree at its root (the root itself included), down to
-//! [`TreeCacheBuilder::max_depth`] levels below it. It writes nothing.
+//! [`TreeCache::with_max_depth`] levels below it. It writes nothing.
 //!
 //! # How
 //! 1. A persistent recursive watch (`addWatch`, ZooKeeper 3.6+) is set on the root **before**
@@ -29,20 +29,20 @@
 //!   an older incarnation (`czxid`). As with any ZooKeeper watch, quick successive changes of one
 //!   node may coalesce into one event carrying the latest state.
 //! * **Bounded**: memory per node is its path, its stat and at most
-//!   [`TreeCacheBuilder::max_data_bytes`] of data (longer data is cut and flagged
+//!   [`TreeCache::with_max_data_bytes`] of data (longer data is cut and flagged
 //!   [`CachedNode::truncated`]). Fan-out is a bounded broadcast: a subscriber that falls more
-//!   than [`TreeCacheBuilder::event_capacity`] events behind is handed a fresh
+//!   than [`TreeCache::with_event_capacity`] events behind is handed a fresh
 //!   [`CacheUpdate::Snapshot`] instead of the events it missed, so it never holds memory for
 //!   others and never misses the final state.
 //!
 //! # Suspended / Reconnected / Lost
-//! On `Suspended` (or `Lost`) the cache keeps its content, its status becomes
-//! [`CacheStatus::Stale`] and [`CacheEvent::Stale`] is emitted. When the connection is replaced
+//! On `Suspended` (or `Lost`) the cache keeps its content, its state becomes
+//! [`CacheState::Stale`] and [`CacheEvent::Stale`] is emitted. When the connection is replaced
 //! (same session) or a new session starts, ZooKeeper does not carry the persistent watch over:
 //! the cache sets a new one, re-reads the whole subtree, diffs it as in step 2 (changes made
 //! while it was cut off become events; nodes deleted meanwhile are removed), and emits
 //! [`CacheEvent::Fresh`]. Errors it cannot retry away (e.g. `NoAuth` on the root) show as
-//! [`CacheStatus::Failing`]; it keeps trying, backing off up to 5 s.
+//! [`CacheState::Failing`]; it keeps trying, backing off up to 5 s.
 //!
 //! # Cancellation
 //! Dropping the [`TreeCache`] stops its task and removes its watch; subscriptions then end.
@@ -52,8 +52,9 @@
 //! use std::time::Duration;
 //! use futures::StreamExt;
 //! use zkr_recipes::tree_cache::{CacheUpdate, TreeCache};
-//! let cache = TreeCache::builder(&client, "/app").start()?;
-//! let snap = cache.wait_loaded(Duration::from_secs(10)).await?;
+//! let cache = TreeCache::new(&client, "/app")?;
+//! cache.start()?;
+//! let snap = cache.wait_loaded_timeout(Duration::from_secs(10)).await?;
 //! println!("{} nodes", snap.len());
 //! let mut updates = cache.subscribe();
 //! while let Some(u) = updates.next().await {
@@ -78,7 +79,9 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 use zkr::{Client, PersistentWatch, SessionState, Stat, WatchedEvent, WatchedEventKind};
 
+use crate::changes::Changes;
 use crate::error::{Error, Result};
+use crate::sync::lock;
 
 /// Reads kept in flight at once while loading or applying a burst of events.
 const READS_IN_FLIGHT: usize = 256;
@@ -265,7 +268,7 @@ pub enum CacheUpdate {
 
 /// Where the cache stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CacheStatus {
+pub enum CacheState {
     /// The first load has not completed.
     Loading,
     /// Loaded and following every change.
@@ -292,7 +295,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     fn snapshot(&self) -> CacheSnapshot {
@@ -362,115 +365,128 @@ impl Tx<'_> {
     }
 }
 
-/// Settings of a [`TreeCache`].
+/// The settings a [`TreeCache`] starts with.
 #[derive(Clone, Debug)]
-#[must_use = "call start() to run the cache"]
-pub struct TreeCacheBuilder {
+struct Settings {
     client: Client,
     root: String,
     max_depth: Option<usize>,
     max_data_bytes: usize,
-    event_capacity: usize,
 }
 
-impl TreeCacheBuilder {
-    /// Cache nodes down to `depth` levels below the root (0: the root only; 1: its children).
-    /// Default: unlimited.
-    pub fn max_depth(mut self, depth: usize) -> Self {
-        self.max_depth = Some(depth);
-        self
-    }
-
-    /// Keep at most `n` bytes of each node's data (0: stats only). Default 1 MiB, ZooKeeper's
-    /// own limit.
-    pub fn max_data_bytes(mut self, n: usize) -> Self {
-        self.max_data_bytes = n;
-        self
-    }
-
-    /// Events buffered for subscribers before a lagging one is handed a snapshot instead.
-    /// Default 4096.
-    pub fn event_capacity(mut self, n: usize) -> Self {
-        self.event_capacity = n.max(1);
-        self
-    }
-
-    /// Starts the cache (must be called inside a Tokio runtime): sets the watch and loads the
-    /// tree in the background; see [`TreeCache::wait_loaded`].
-    pub fn start(self) -> Result<TreeCache> {
-        zkr::path::validate_path(&self.root, false)?;
-        let (tx, _) = broadcast::channel(self.event_capacity);
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                nodes: Arc::new(BTreeMap::new()),
-                seq: 0,
-            }),
-            tx,
-        });
-        let (status_tx, status_rx) = watch::channel(CacheStatus::Loading);
-        let driver = Driver {
-            client: self.client,
-            root: self.root.clone(),
-            max_depth: self.max_depth,
-            max_data: self.max_data_bytes,
-            shared: shared.clone(),
-            status: status_tx,
-            loaded: false,
-        };
-        let span = tracing::debug_span!("zkr.tree_cache", root = %self.root);
-        let task = tokio::spawn(driver.run().instrument(span));
-        Ok(TreeCache {
-            shared,
-            status: status_rx,
-            root: self.root,
-            task,
-        })
-    }
-}
-
-/// A cache of a subtree; see the [module docs](self).
+/// A cache of a subtree; see the [module docs](self). Created with [`new`](Self::new),
+/// configured with the `with_*` methods, run with [`start`](Self::start).
 #[must_use = "dropping the cache stops it"]
 pub struct TreeCache {
+    settings: Settings,
     shared: Arc<Shared>,
-    status: watch::Receiver<CacheStatus>,
-    root: String,
-    task: JoinHandle<()>,
+    status: watch::Receiver<CacheState>,
+    /// Until `start`: the sending side of `status`, handed to the task.
+    idle: Mutex<Option<watch::Sender<CacheState>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for TreeCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TreeCache")
-            .field("root", &self.root)
-            .field("status", &*self.status.borrow())
+            .field("root", &self.settings.root)
+            .field("state", &*self.status.borrow())
             .finish()
     }
 }
 
 impl Drop for TreeCache {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = lock(&self.task).take() {
+            task.abort();
+        }
     }
 }
 
+fn new_shared(event_capacity: usize) -> Arc<Shared> {
+    let (tx, _) = broadcast::channel(event_capacity.max(1));
+    Arc::new(Shared {
+        state: Mutex::new(State {
+            nodes: Arc::new(BTreeMap::new()),
+            seq: 0,
+        }),
+        tx,
+    })
+}
+
 impl TreeCache {
-    /// Settings for a cache of the subtree at `root`.
-    pub fn builder(client: &Client, root: &str) -> TreeCacheBuilder {
-        TreeCacheBuilder {
-            client: client.clone(),
-            root: root.to_string(),
-            max_depth: None,
-            max_data_bytes: 1 << 20,
-            event_capacity: 4096,
-        }
+    /// A cache of the subtree at `root` (validated now; nothing is read before
+    /// [`start`](Self::start)). Defaults: unlimited depth, 1 MiB of data per node, 4096
+    /// buffered events.
+    pub fn new(client: &Client, root: &str) -> Result<TreeCache> {
+        zkr::path::validate_path(root, false)?;
+        let (status_tx, status) = watch::channel(CacheState::Loading);
+        Ok(TreeCache {
+            settings: Settings {
+                client: client.clone(),
+                root: root.to_string(),
+                max_depth: None,
+                max_data_bytes: 1 << 20,
+            },
+            shared: new_shared(4096),
+            status,
+            idle: Mutex::new(Some(status_tx)),
+            task: Mutex::new(None),
+        })
     }
 
-    /// The root path.
-    pub fn root(&self) -> &str {
-        &self.root
+    /// Cache nodes down to `depth` levels below the root (0: the root only; 1: its children).
+    /// Default: unlimited.
+    pub fn with_max_depth(mut self, depth: usize) -> Self {
+        self.settings.max_depth = Some(depth);
+        self
+    }
+
+    /// Keep at most `n` bytes of each node's data (0: stats only). Default 1 MiB, ZooKeeper's
+    /// own limit.
+    pub fn with_max_data_bytes(mut self, n: usize) -> Self {
+        self.settings.max_data_bytes = n;
+        self
+    }
+
+    /// Events buffered for subscribers before a lagging one is handed a snapshot instead
+    /// (at least 1). Default 4096. Set it before subscribing.
+    pub fn with_event_capacity(mut self, n: usize) -> Self {
+        self.shared = new_shared(n);
+        self
+    }
+
+    /// Starts the cache (must be called inside a Tokio runtime): sets the watch and loads the
+    /// tree in the background; see [`wait_loaded`](Self::wait_loaded).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] if the cache was already started.
+    pub fn start(&self) -> Result<()> {
+        let Some(status) = lock(&self.idle).take() else {
+            return Err(Error::Invalid("the tree cache is already started".into()));
+        };
+        let s = self.settings.clone();
+        let span = tracing::debug_span!("zkr.tree_cache", root = %s.root);
+        let driver = Driver {
+            client: s.client,
+            root: s.root,
+            max_depth: s.max_depth,
+            max_data: s.max_data_bytes,
+            shared: self.shared.clone(),
+            status,
+            loaded: false,
+        };
+        *lock(&self.task) = Some(tokio::spawn(driver.run().instrument(span)));
+        Ok(())
+    }
+
+    /// The root of the cached subtree.
+    pub fn path(&self) -> &str {
+        &self.settings.root
     }
 
     /// The tree now.
-    pub fn snapshot(&self) -> CacheSnapshot {
+    pub fn current(&self) -> CacheSnapshot {
         self.shared.snapshot()
     }
 
@@ -479,42 +495,78 @@ impl TreeCache {
         self.shared.lock().nodes.get(path).cloned()
     }
 
-    /// The status now.
-    pub fn status(&self) -> CacheStatus {
+    /// Where the cache stands now.
+    pub fn state(&self) -> CacheState {
         self.status.borrow().clone()
     }
 
-    /// A receiver of the status (coalescing).
-    pub fn status_receiver(&self) -> watch::Receiver<CacheStatus> {
-        self.status.clone()
+    /// The state now, then after every change (coalescing).
+    pub fn changes(&self) -> Changes<CacheState> {
+        Changes::new(self.status.clone())
     }
 
-    /// Waits for the first load; returns the tree then. `Error::Timeout` after `timeout`
-    /// (with the last error in [`CacheStatus::Failing`] seen through [`status`](Self::status)).
-    pub async fn wait_loaded(&self, timeout: Duration) -> Result<CacheSnapshot> {
+    /// Waits for the first load; returns the tree then.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the client was closed first. A cache that keeps failing (e.g.
+    /// `NoAuth` on the root) keeps waiting; use [`wait_loaded_timeout`](Self::wait_loaded_timeout)
+    /// and look at [`state`](Self::state).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits.
+    pub async fn wait_loaded(&self) -> Result<CacheSnapshot> {
+        self.wait_loaded_timeout(Duration::MAX).await
+    }
+
+    /// [`wait_loaded`](Self::wait_loaded) for at most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `timeout` (the last error, if any, is in
+    /// [`CacheState::Failing`]); [`Error::Closed`] as `wait_loaded`.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits.
+    pub async fn wait_loaded_timeout(&self, timeout: Duration) -> Result<CacheSnapshot> {
         crate::wait::wait_until(
             &self.status,
             timeout,
             "tree cache load",
             "tree cache",
-            |s| matches!(s, CacheStatus::Live | CacheStatus::Stale).then_some(()),
+            |s| matches!(s, CacheState::Live | CacheState::Stale).then_some(()),
         )
         .await?;
-        Ok(self.snapshot())
+        Ok(self.current())
     }
 
     /// Waits until `pick` returns `Some` for the tree (tried now, then after every event).
-    pub async fn wait_for<R>(
+    ///
+    /// # Errors
+    /// [`Error::Closed`] once the cache is dropped or the client closed.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits.
+    pub async fn wait_for<R>(&self, pick: impl FnMut(&CacheSnapshot) -> Option<R>) -> Result<R> {
+        self.wait_for_timeout(pick, Duration::MAX).await
+    }
+
+    /// [`wait_for`](Self::wait_for) for at most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `timeout`; [`Error::Closed`] as `wait_for`.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits.
+    pub async fn wait_for_timeout<R>(
         &self,
-        timeout: Duration,
         mut pick: impl FnMut(&CacheSnapshot) -> Option<R>,
+        timeout: Duration,
     ) -> Result<R> {
         let mut sub = self.subscribe();
         crate::wait::timed(timeout, "tree cache condition", async {
             while let Some(u) = sub.next().await {
                 let snap = match u {
                     CacheUpdate::Snapshot(s) => s,
-                    CacheUpdate::Event { .. } => self.snapshot(),
+                    CacheUpdate::Event { .. } => self.current(),
                 };
                 if let Some(r) = pick(&snap) {
                     return Ok(r);
@@ -526,7 +578,9 @@ impl TreeCache {
     }
 
     /// The tree now, then every change in order; see [`CacheUpdate`]. Ends when the cache is
-    /// dropped.
+    /// dropped. Delivery: bounded (see [`with_event_capacity`](Self::with_event_capacity)); a
+    /// subscriber that falls behind gets a fresh [`CacheUpdate::Snapshot`] instead of the events
+    /// it missed.
     pub fn subscribe(&self) -> CacheSubscription {
         let (snap, rx) = {
             let st = self.shared.lock();
@@ -582,6 +636,12 @@ pub struct CacheSubscription(Mutex<BoxStream<'static, CacheUpdate>>);
 
 impl CacheSubscription {
     /// The next update, `Error::Timeout` if none comes within `d`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `d`.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: an update is only taken when it is returned.
     pub async fn next_timeout(&mut self, d: Duration) -> Result<Option<CacheUpdate>> {
         crate::wait::timed(d, "tree cache update", self.next()).await
     }
@@ -598,6 +658,11 @@ impl Stream for CacheSubscription {
     }
 }
 
+/// Waits between tries after errors: from 100 ms doubling to 5 s.
+fn error_backoff() -> zkr::Backoff {
+    zkr::RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(5)).backoff()
+}
+
 /// A read node: data (cut) + stat, `None` if absent.
 type Read = Option<(Vec<u8>, bool, Stat)>;
 
@@ -607,7 +672,7 @@ struct Driver {
     max_depth: Option<usize>,
     max_data: usize,
     shared: Arc<Shared>,
-    status: watch::Sender<CacheStatus>,
+    status: watch::Sender<CacheState>,
     loaded: bool,
 }
 
@@ -655,7 +720,7 @@ impl Driver {
         }
     }
 
-    fn set_status(&self, s: CacheStatus) {
+    fn set_status(&self, s: CacheState) {
         self.status.send_if_modified(|cur| {
             if *cur == s {
                 false
@@ -667,15 +732,15 @@ impl Driver {
     }
 
     fn mark_stale(&self) {
-        if *self.status.borrow() == CacheStatus::Live {
-            self.set_status(CacheStatus::Stale);
+        if *self.status.borrow() == CacheState::Live {
+            self.set_status(CacheState::Stale);
             self.tx().emit(CacheEvent::Stale);
         }
     }
 
     async fn run(mut self) {
         let mut states = self.client.state_receiver();
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = error_backoff();
         'session: loop {
             if !wait_live(&mut states).await {
                 break;
@@ -683,7 +748,7 @@ impl Driver {
             let mut watch = match self.client.add_watch(&self.root, true).await {
                 Ok(w) => w,
                 Err(e) => {
-                    self.failed(e.into(), &mut delay).await;
+                    self.failed(e.into(), &mut backoff).await;
                     continue 'session;
                 }
             };
@@ -697,11 +762,11 @@ impl Driver {
                     }
                 }
                 if let Err(e) = self.reload().await {
-                    self.failed(e, &mut delay).await;
+                    self.failed(e, &mut backoff).await;
                     continue;
                 }
-                delay = Duration::from_millis(100);
-                self.set_status(CacheStatus::Live);
+                backoff = error_backoff();
+                self.set_status(CacheState::Live);
                 self.tx().emit(if self.loaded {
                     CacheEvent::Fresh
                 } else {
@@ -721,19 +786,18 @@ impl Driver {
                 }
             }
         }
-        self.set_status(CacheStatus::Closed);
+        self.set_status(CacheState::Closed);
     }
 
     /// Reports `e` and waits before the next try.
-    async fn failed(&self, e: Error, delay: &mut Duration) {
+    async fn failed(&self, e: Error, backoff: &mut zkr::Backoff) {
         if e.is_zk(|z| z.is_retryable()) {
             tracing::debug!(error = %e, "tree cache: retrying");
         } else {
             tracing::warn!(error = %e, "tree cache: failing, retrying");
-            self.set_status(CacheStatus::Failing(e));
+            self.set_status(CacheState::Failing(e));
         }
-        tokio::time::sleep(*delay).await;
-        *delay = (*delay * 2).min(Duration::from_secs(5));
+        backoff.wait().await;
     }
 
     async fn follow(
@@ -1023,58 +1087,93 @@ pub struct PathCache {
 }
 
 impl PathCache {
-    /// Starts caching the children of `dir` (must be called inside a Tokio runtime).
-    pub fn start(client: &Client, dir: &str) -> Result<PathCache> {
+    /// A cache of the children of `dir` (validated now; nothing is read before
+    /// [`start`](Self::start)).
+    pub fn new(client: &Client, dir: &str) -> Result<PathCache> {
         Ok(PathCache {
-            tree: TreeCache::builder(client, dir).max_depth(1).start()?,
+            tree: TreeCache::new(client, dir)?.with_max_depth(1),
         })
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &str {
-        self.tree.root()
+    /// Starts the cache in the background (inside a Tokio runtime).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] if the cache was already started.
+    pub fn start(&self) -> Result<()> {
+        self.tree.start()
+    }
+
+    /// The directory whose children are cached.
+    pub fn path(&self) -> &str {
+        self.tree.path()
     }
 
     /// Name → node, now.
-    pub fn children(&self) -> BTreeMap<String, Arc<CachedNode>> {
-        let snap = self.tree.snapshot();
-        snap.children(self.tree.root())
-            .into_iter()
-            .map(|n| (n.name().to_string(), n.clone()))
-            .collect()
+    pub fn current(&self) -> BTreeMap<String, Arc<CachedNode>> {
+        children_of(&self.tree.current(), self.tree.path())
     }
 
     /// Waits for the first load and returns the children then.
-    pub async fn wait_loaded(
+    ///
+    /// # Errors
+    /// As [`TreeCache::wait_loaded`].
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits.
+    pub async fn wait_loaded(&self) -> Result<BTreeMap<String, Arc<CachedNode>>> {
+        self.wait_loaded_timeout(Duration::MAX).await
+    }
+
+    /// [`wait_loaded`](Self::wait_loaded) for at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`TreeCache::wait_loaded_timeout`].
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits.
+    pub async fn wait_loaded_timeout(
         &self,
         timeout: Duration,
     ) -> Result<BTreeMap<String, Arc<CachedNode>>> {
-        self.tree.wait_loaded(timeout).await?;
-        Ok(self.children())
+        self.tree.wait_loaded_timeout(timeout).await?;
+        Ok(self.current())
     }
 
     /// Waits until `pick` returns `Some` for the children (tried now, then after every change).
+    ///
+    /// # Errors
+    /// As [`TreeCache::wait_for`].
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits.
     pub async fn wait_for<R>(
         &self,
-        timeout: Duration,
-        mut pick: impl FnMut(&BTreeMap<String, Arc<CachedNode>>) -> Option<R>,
+        pick: impl FnMut(&BTreeMap<String, Arc<CachedNode>>) -> Option<R>,
     ) -> Result<R> {
-        let dir = self.tree.root().to_string();
+        self.wait_for_timeout(pick, Duration::MAX).await
+    }
+
+    /// [`wait_for`](Self::wait_for) for at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`TreeCache::wait_for_timeout`].
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits.
+    pub async fn wait_for_timeout<R>(
+        &self,
+        mut pick: impl FnMut(&BTreeMap<String, Arc<CachedNode>>) -> Option<R>,
+        timeout: Duration,
+    ) -> Result<R> {
+        let dir = self.tree.path().to_string();
         self.tree
-            .wait_for(timeout, |s| {
-                let m = s
-                    .children(&dir)
-                    .into_iter()
-                    .map(|n| (n.name().to_string(), n.clone()))
-                    .collect();
-                pick(&m)
-            })
+            .wait_for_timeout(|s| pick(&children_of(s, &dir)), timeout)
             .await
     }
 
     /// The children now, then every change of a child (the directory's own events left out).
     pub fn subscribe(&self) -> CacheSubscription {
-        let dir = self.tree.root().to_string();
+        let dir = self.tree.path().to_string();
         let inner = self.tree.subscribe();
         let s = inner
             .filter(move |u| {
@@ -1088,15 +1187,28 @@ impl PathCache {
         CacheSubscription(Mutex::new(s))
     }
 
-    /// The status.
-    pub fn status(&self) -> CacheStatus {
-        self.tree.status()
+    /// Where the cache stands now.
+    pub fn state(&self) -> CacheState {
+        self.tree.state()
+    }
+
+    /// The state now, then after every change (coalescing).
+    pub fn changes(&self) -> Changes<CacheState> {
+        self.tree.changes()
     }
 
     /// The underlying tree cache (directory node included).
     pub fn tree(&self) -> &TreeCache {
         &self.tree
     }
+}
+
+/// The children of `dir` in `snap`, by name.
+fn children_of(snap: &CacheSnapshot, dir: &str) -> BTreeMap<String, Arc<CachedNode>> {
+    snap.children(dir)
+        .into_iter()
+        .map(|n| (n.name().to_string(), n.clone()))
+        .collect()
 }
 
 #[cfg(test)]

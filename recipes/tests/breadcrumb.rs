@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use zkr::Client;
-use zkr_recipes::leader_selector::LeaderSelector;
+use zkr_recipes::LeaderSelector;
 
 const T: Duration = Duration::from_secs(15);
 
@@ -41,16 +41,16 @@ fn candidate(
     resign: Option<oneshot::Receiver<()>>,
 ) -> tokio::task::JoinHandle<()> {
     let (calls, seen, ok) = (fencer.calls.clone(), fencer.seen.clone(), fencer.ok.clone());
-    let selector = LeaderSelector::builder(client, path)
-        .id(id)
-        .requeue(false)
-        .active_breadcrumb(crumb, move |previous| {
+    let selector = LeaderSelector::new(client, path)
+        .unwrap()
+        .with_id(id)
+        .with_requeue(false)
+        .with_active_breadcrumb(crumb, move |previous| {
             calls.fetch_add(1, Ordering::SeqCst);
             seen.lock().unwrap().push(previous);
             let ok = ok.load(Ordering::SeqCst);
             async move { ok }
-        })
-        .build();
+        });
     let id = id.to_string();
     let mut resign = resign;
     tokio::spawn(async move {

@@ -10,6 +10,7 @@
 
 mod common;
 
+use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -52,7 +53,7 @@ async fn expect_event<T: Clone + std::fmt::Debug>(
 ) -> ConfigEvent<T> {
     let mut seen = Vec::new();
     let r = tokio::time::timeout(T, async {
-        while let Some(ev) = sub.next_event().await {
+        while let Some(ev) = sub.next().await {
             seen.push(ev.clone());
             if pred(&ev) {
                 return Some(ev);
@@ -99,25 +100,29 @@ async fn publish_get_subscribe_and_compare_and_set() {
         ),
         "{stale_cas:?}"
     );
-    let got = sub.wait_for(T, |v| v.value == db(2)).await.unwrap();
+    let got = sub.wait_for_timeout(|v| v.value == db(2), T).await.unwrap();
     assert_eq!(got.mzxid, s1.mzxid);
 
     // A burst converges to the last value (intermediate versions may coalesce).
     for i in 10..40 {
         cfg.publish(&db(i)).await.unwrap();
     }
-    let last = sub.wait_for(T, |v| v.value == db(39)).await.unwrap();
+    let last = sub
+        .wait_for_timeout(|v| v.value == db(39), T)
+        .await
+        .unwrap();
     assert!(!last.stale);
     assert_eq!(cfg.get().await.unwrap().unwrap().value, db(39));
-    let rx = sub.receiver();
-    assert_eq!(rx.borrow().as_ref().map(|v| v.value.pool), Some(39));
+    let mut changes = sub.changes();
+    let now = changes.next().await.unwrap();
+    assert_eq!(now.as_ref().map(|v| v.value.pool), Some(39));
 
     cfg.unpublish().await.unwrap();
     expect_event(&mut sub, "Absent after unpublish", |e| {
         matches!(e, ConfigEvent::Absent)
     })
     .await;
-    assert_eq!(sub.latest(), None);
+    assert_eq!(sub.current(), None);
     c.delete_recursive(&root_of(&path)).await.unwrap();
 }
 
@@ -141,22 +146,22 @@ async fn change_while_cut_off_is_delivered_after_healing() {
     let (proxy, c) = proxied(4000).await;
     let cfg: Config<Db> = Config::new(&c, &path).unwrap();
     let mut sub = cfg.subscribe().unwrap();
-    sub.wait_for(T, |v| v.value == db(1)).await.unwrap();
+    sub.wait_for_timeout(|v| v.value == db(1), T).await.unwrap();
 
     proxy.cut();
     expect_event(&mut sub, "Stale", |e| matches!(e, ConfigEvent::Stale)).await;
-    let kept = sub.latest().unwrap();
+    let kept = sub.current().unwrap();
     assert_eq!(kept.value, db(1), "last good value kept while disconnected");
     assert!(kept.stale, "flagged stale");
     publisher.publish(&db(2)).await.unwrap();
     let s3 = publisher.publish(&db(3)).await.unwrap();
     // A pull while cut off fails (bounded) rather than returning old data as fresh.
     assert!(cfg.get_timeout(Duration::from_millis(300)).await.is_err());
-    assert_eq!(sub.latest().unwrap().value, db(1));
+    assert_eq!(sub.current().unwrap().value, db(1));
 
     proxy.heal();
     let v = sub
-        .wait_for(T, |v| v.value == db(3) && !v.stale)
+        .wait_for_timeout(|v| v.value == db(3) && !v.stale, T)
         .await
         .unwrap();
     assert_eq!((v.version, v.mzxid), (s3.version, s3.mzxid));
@@ -181,7 +186,10 @@ async fn recreate_at_same_version_and_expiry_are_not_missed() {
     let (proxy, c) = proxied(3000).await;
     let cfg: Config<Db> = Config::new(&c, &path).unwrap();
     let mut sub = cfg.subscribe().unwrap();
-    let first = sub.wait_for(T, |v| v.value.pool == 1).await.unwrap();
+    let first = sub
+        .wait_for_timeout(|v| v.value.pool == 1, T)
+        .await
+        .unwrap();
     assert_eq!(first.version, 0);
 
     proxy.cut();
@@ -192,7 +200,10 @@ async fn recreate_at_same_version_and_expiry_are_not_missed() {
         .await
         .unwrap();
     proxy.heal();
-    let v = sub.wait_for(T, |v| v.value.pool == 2).await.unwrap();
+    let v = sub
+        .wait_for_timeout(|v| v.value.pool == 2, T)
+        .await
+        .unwrap();
     assert_eq!(v.version, 0, "same version as before");
     assert_ne!(v.czxid, first.czxid, "told apart by czxid/mzxid");
     assert!(v.mzxid > first.mzxid);
@@ -211,7 +222,7 @@ async fn recreate_at_same_version_and_expiry_are_not_missed() {
     })
     .await;
     let v = sub
-        .wait_for(T, |v| v.value.pool == 3 && !v.stale)
+        .wait_for_timeout(|v| v.value.pool == 3 && !v.stale, T)
         .await
         .unwrap();
     assert_eq!(v.version, 1);
@@ -230,7 +241,7 @@ async fn bad_payload_keeps_last_good_value() {
     let cfg: Config<Db> = Config::new(&c, &path).unwrap();
     cfg.publish(&db(7)).await.unwrap();
     let mut sub = cfg.subscribe().unwrap();
-    sub.wait_for(T, |v| v.value == db(7)).await.unwrap();
+    sub.wait_for_timeout(|v| v.value == db(7), T).await.unwrap();
 
     let bad = c.set_data(&path, b"{not json", None).await.unwrap();
     let ev = expect_event(&mut sub, "Invalid", |e| {
@@ -246,7 +257,7 @@ async fn bad_payload_keeps_last_good_value() {
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        sub.latest().unwrap().value,
+        sub.current().unwrap().value,
         db(7),
         "last good value in force"
     );
@@ -260,10 +271,10 @@ async fn bad_payload_keeps_last_good_value() {
         matches!(e, ConfigEvent::Invalid { .. })
     })
     .await;
-    assert_eq!(sub.latest().unwrap().value, db(7));
+    assert_eq!(sub.current().unwrap().value, db(7));
 
     cfg.publish(&db(8)).await.unwrap();
-    sub.wait_for(T, |v| v.value == db(8)).await.unwrap();
+    sub.wait_for_timeout(|v| v.value == db(8), T).await.unwrap();
     c.delete_recursive(&base).await.unwrap();
 }
 
@@ -286,17 +297,17 @@ async fn tree_converges_after_cut_with_recreated_key() {
     let (proxy, c) = proxied(4000).await;
     let tree: ConfigTree<u32> = ConfigTree::new(&c, &dir).unwrap();
     let mut sub = tree.subscribe().unwrap();
-    let snap = sub.wait_for(T, |s| s.loaded).await.unwrap();
+    let snap = sub.wait_for_timeout(|s| s.loaded, T).await.unwrap();
     assert_eq!(snap.values(), map(&[("a", 1), ("b", 2), ("c", 3)]));
     let a_before = snap.entries["a"].clone();
 
     writer.set("c", &30).await.unwrap();
-    sub.wait_for(T, |s| s.values() == map(&[("a", 1), ("b", 2), ("c", 30)]))
+    sub.wait_for_timeout(|s| s.values() == map(&[("a", 1), ("b", 2), ("c", 30)]), T)
         .await
         .unwrap();
 
     proxy.cut();
-    sub.wait_for(T, |s| s.stale).await.unwrap();
+    sub.wait_for_timeout(|s| s.stale, T).await.unwrap();
     let a_path = format!("{dir}/a");
     admin.delete(&a_path, None).await.unwrap();
     admin
@@ -307,15 +318,16 @@ async fn tree_converges_after_cut_with_recreated_key() {
     writer.set("d", &4).await.unwrap();
     writer.set("c", &31).await.unwrap();
     assert_eq!(
-        sub.snapshot().values(),
+        sub.current().values(),
         map(&[("a", 1), ("b", 2), ("c", 30)]),
         "kept while disconnected"
     );
     proxy.heal();
     let snap = sub
-        .wait_for(T, |s| {
-            !s.stale && s.values() == map(&[("a", 100), ("c", 31), ("d", 4)])
-        })
+        .wait_for_timeout(
+            |s| !s.stale && s.values() == map(&[("a", 100), ("c", 31), ("d", 4)]),
+            T,
+        )
         .await
         .unwrap();
     let a = &snap.entries["a"];
@@ -328,7 +340,7 @@ async fn tree_converges_after_cut_with_recreated_key() {
         .await
         .unwrap();
     let r = tokio::time::timeout(T, async {
-        while let Some(ev) = sub.next_event().await {
+        while let Some(ev) = sub.next().await {
             if let TreeEvent::Invalid { key, .. } = ev {
                 return key;
             }
@@ -338,11 +350,11 @@ async fn tree_converges_after_cut_with_recreated_key() {
     .await
     .unwrap();
     assert_eq!(r, "d");
-    assert_eq!(sub.snapshot().entries["d"].value, 4);
+    assert_eq!(sub.current().entries["d"].value, 4);
     assert!(tree.get_all().await.is_err(), "a pull reports the bad key");
     writer.set("d", &5).await.unwrap();
     let all = sub
-        .wait_for(T, |s| s.values() == map(&[("a", 100), ("c", 31), ("d", 5)]))
+        .wait_for_timeout(|s| s.values() == map(&[("a", 100), ("c", 31), ("d", 5)]), T)
         .await
         .unwrap();
     assert_eq!(
@@ -381,13 +393,15 @@ async fn tree_first_load_completes_while_keys_vanish() {
         })
     };
     let sub = tree.subscribe().unwrap();
-    sub.wait_for(T, |s| s.loaded).await.unwrap();
+    sub.wait_for_timeout(|s| s.loaded, T).await.unwrap();
     deleter.await.unwrap();
     let truth: BTreeMap<String, u32> = (0..60u32)
         .filter(|i| i % 2 == 1)
         .map(|i| (format!("k{i:02}"), i))
         .collect();
-    sub.wait_for(T, |s| s.values() == truth).await.unwrap();
+    sub.wait_for_timeout(|s| s.values() == truth, T)
+        .await
+        .unwrap();
     c.close().await;
     admin.delete_recursive(&root_of(&dir)).await.unwrap();
 }

@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{blocking, client, init_tracing, member_of, root};
-use tokio::sync::watch;
+use futures::{FutureExt, StreamExt};
 use zkr::Client;
-use zkr_recipes::leader_latch::{self, LatchState, LeaderLatch, StepDown};
-use zkr_recipes::leader_selector::LeaderSelector;
+use zkr_recipes::{leader_observer, Changes, LatchState, LeaderLatch, LeaderObserver};
+use zkr_recipes::{LeaderSelector, LossPolicy};
 use zkr_testing::{self as testing, FaultProxy, ZkEnsemble};
 
 const T: Duration = Duration::from_secs(15);
@@ -22,7 +22,7 @@ const T: Duration = Duration::from_secs(15);
 /// Samples every candidate's belief continuously: never two leaders; distinct leaders' fencing
 /// epochs strictly increase.
 struct Sampler {
-    add: std::sync::mpsc::Sender<(String, watch::Receiver<LatchState>)>,
+    add: std::sync::mpsc::Sender<(String, Changes<LatchState>)>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<SampleReport>,
 }
@@ -36,20 +36,26 @@ struct SampleReport {
 
 impl Sampler {
     fn start() -> Sampler {
-        let (add, rx) = std::sync::mpsc::channel::<(String, watch::Receiver<LatchState>)>();
+        let (add, rx) = std::sync::mpsc::channel::<(String, Changes<LatchState>)>();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let task = tokio::spawn(async move {
-            let mut cands: Vec<(String, watch::Receiver<LatchState>)> = Vec::new();
+            // Each candidate's id, its changes and the latest state they showed.
+            let mut cands: Vec<(String, Changes<LatchState>, LatchState)> = Vec::new();
             let mut rep = SampleReport::default();
             let mut last: Option<(String, i64)> = None;
             while !stop2.load(Ordering::Acquire) {
-                while let Ok(c) = rx.try_recv() {
-                    cands.push(c);
+                while let Ok((id, ch)) = rx.try_recv() {
+                    cands.push((id, ch, LatchState::NotLeader));
+                }
+                for (_, ch, now) in &mut cands {
+                    while let Some(Some(s)) = ch.next().now_or_never() {
+                        *now = s;
+                    }
                 }
                 let leading: Vec<(String, i64)> = cands
                     .iter()
-                    .filter_map(|(id, rx)| rx.borrow().fence().map(|f| (id.clone(), f.epoch)))
+                    .filter_map(|(id, _, s)| s.fence().map(|f| (id.clone(), f.token)))
                     .collect();
                 rep.samples += 1;
                 if leading.len() > 1 {
@@ -75,9 +81,7 @@ impl Sampler {
     }
 
     fn watch(&self, latch: &LeaderLatch) {
-        let _ = self
-            .add
-            .send((latch.id().to_string(), latch.state_receiver()));
+        let _ = self.add.send((latch.id().to_string(), latch.changes()));
     }
 
     async fn finish(self) -> SampleReport {
@@ -95,11 +99,11 @@ impl Sampler {
 /// The leader's node exists, is owned by the leader's current session and is first in line.
 async fn assert_leader_node_sound(admin: &Client, latch: &LeaderLatch, c: &Client) {
     let fence = latch.fence().expect("leading");
-    let parts = leader_latch::participants(admin, latch.path())
+    let parts = leader_observer::participants(admin, latch.path())
         .await
         .unwrap();
     let first = parts.first().expect("a participant");
-    assert_eq!(first.node, fence.node, "the leader's node is first");
+    assert_eq!(first.path, fence.path, "the leader's node is first");
     assert_eq!(first.id, latch.id());
     assert_eq!(
         Some(first.session),
@@ -107,7 +111,7 @@ async fn assert_leader_node_sound(admin: &Client, latch: &LeaderLatch, c: &Clien
         "owned by its current session"
     );
     assert_eq!(fence.session, first.session);
-    assert_eq!(fence.epoch, first.epoch);
+    assert_eq!(fence.token, first.token);
 }
 
 async fn wait_any_leader<'a>(latches: &'a [&'a LeaderLatch], within: Duration) -> usize {
@@ -132,9 +136,8 @@ async fn candidates(
     let mut latches = Vec::new();
     for i in 0..n {
         let c = client(&ens.connect_string(), 10_000).await;
-        let l = LeaderLatch::start(&c, path, &format!("cand-{i}"))
-            .await
-            .unwrap();
+        let l = LeaderLatch::new(&c, path, format!("cand-{i}")).unwrap();
+        l.start().await.unwrap();
         sampler.watch(&l);
         clients.push(c);
         latches.push(l);
@@ -151,7 +154,7 @@ async fn latch_elects_hands_over_fast_and_reports_participants() {
     let sampler = Sampler::start();
     let (mut clients, mut latches) = candidates(ens, &path, 3, &sampler).await;
     let f0 = latches[0]
-        .wait_leader(Some(Duration::from_secs(5)))
+        .wait_leader_timeout(Duration::from_secs(5))
         .await
         .unwrap();
     assert!(!latches[1].is_leader() && !latches[2].is_leader());
@@ -171,13 +174,13 @@ async fn latch_elects_hands_over_fast_and_reports_participants() {
     assert_eq!(admin.get_data(&node).await.unwrap().0, b"cand-0");
 
     // Failover after close(), five rounds, a fresh candidate each round.
-    let mut epochs = vec![f0.epoch];
+    let mut epochs = vec![f0.token];
     let mut took = Vec::new();
     for next_id in 3..8 {
         let leader = latches.iter().position(|l| l.is_leader()).unwrap();
         let next = leader + 1;
         let mut ch = latches[next].changes();
-        assert_eq!(ch.next_change().await, Some(LatchState::NotLeader));
+        assert_eq!(ch.next().await, Some(LatchState::NotLeader));
         let t0 = Instant::now();
         latches[leader].close().await.unwrap();
         assert!(!latches[leader].is_leader());
@@ -188,11 +191,10 @@ async fn latch_elects_hands_over_fast_and_reports_participants() {
             other => panic!("expected leadership, got {other:?}"),
         };
         took.push(dt);
-        epochs.push(f.epoch);
+        epochs.push(f.token);
         let c = client(&ens.connect_string(), 10_000).await;
-        let l = LeaderLatch::start(&c, &path, &format!("cand-{next_id}"))
-            .await
-            .unwrap();
+        let l = LeaderLatch::new(&c, &path, format!("cand-{next_id}")).unwrap();
+        l.start().await.unwrap();
         sampler.watch(&l);
         clients.push(c);
         latches.push(l);
@@ -208,12 +210,12 @@ async fn latch_elects_hands_over_fast_and_reports_participants() {
     // wait_leader times out cleanly; closed latches say so.
     let last = latches.len() - 1;
     let e = latches[last]
-        .wait_leader(Some(Duration::from_millis(50)))
+        .wait_leader_timeout(Duration::from_millis(50))
         .await
         .unwrap_err();
     assert!(matches!(e, zkr_recipes::Error::Timeout { .. }), "{e}");
     assert!(matches!(
-        latches[0].wait_leader(None).await,
+        latches[0].wait_leader().await,
         Err(zkr_recipes::Error::Closed(_))
     ));
     let rep = sampler.finish().await;
@@ -221,7 +223,7 @@ async fn latch_elects_hands_over_fast_and_reports_participants() {
     for l in &latches {
         l.close().await.unwrap();
     }
-    assert!(leader_latch::participants(&admin, &path)
+    assert!(leader_observer::participants(&admin, &path)
         .await
         .unwrap()
         .is_empty());
@@ -240,7 +242,7 @@ async fn middle_candidate_leaving_promotes_nobody() {
     let sampler = Sampler::start();
     let (clients, latches) = candidates(ens, &path, 4, &sampler).await;
     latches[0]
-        .wait_leader(Some(Duration::from_secs(5)))
+        .wait_leader_timeout(Duration::from_secs(5))
         .await
         .unwrap();
     // cand-2 watches cand-1, cand-3 watches cand-2. Both middle ones leave: cand-3 sees its
@@ -264,7 +266,7 @@ async fn middle_candidate_leaving_promotes_nobody() {
         .unwrap();
     assert!(latches[0].is_leader());
     assert!(!latches[3].is_leader());
-    let parts = leader_latch::participants(&admin, &path).await.unwrap();
+    let parts = leader_observer::participants(&admin, &path).await.unwrap();
     let ids: Vec<&str> = parts.iter().map(|p| p.id.as_str()).collect();
     assert_eq!(ids, vec!["cand-0", "cand-3"]);
     // The leader leaves: cand-3, now watching it, takes over.
@@ -302,72 +304,59 @@ async fn observe_follows_the_leader() {
     let ens = testing::shared().expect("zookeeper");
     let path = format!("{}/election", root("latch-observe"));
     let watcher = client(&ens.connect_string(), 10_000).await;
-    let mut obs = leader_latch::observe(&watcher, &path).unwrap();
-    let first = obs.next_timeout(T).await.unwrap().unwrap().unwrap();
+    let observer = LeaderObserver::new(&watcher, &path).unwrap();
+    observer.start().unwrap();
+    let mut obs = observer.changes();
+    let first = obs.next_timeout(T).await.unwrap().unwrap();
     assert_eq!(first, None, "nobody leads yet");
     let a = client(&ens.connect_string(), 10_000).await;
     let b = client(&ens.connect_string(), 10_000).await;
-    let la = LeaderLatch::start(&a, &path, "a").await.unwrap();
-    let lb = LeaderLatch::start(&b, &path, "b").await.unwrap();
-    let p = obs
-        .next_timeout(T)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let la = LeaderLatch::new(&a, &path, "a").unwrap();
+    la.start().await.unwrap();
+    let lb = LeaderLatch::new(&b, &path, "b").unwrap();
+    lb.start().await.unwrap();
+    let p = obs.next_timeout(T).await.unwrap().unwrap().unwrap();
     assert_eq!(p.id, "a");
-    assert_eq!(Some(p.node.clone()), la.node());
+    assert_eq!(Some(p.path.clone()), la.node());
     la.close().await.unwrap();
-    let p2 = obs
-        .next_timeout(T)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let p2 = obs.next_timeout(T).await.unwrap().unwrap().unwrap();
     assert_eq!(p2.id, "b");
-    assert!(p2.epoch > p.epoch);
+    assert!(p2.token > p.token);
     // The leader's process dies (its session is closed): nobody leads.
     b.close().await;
-    assert_eq!(obs.next_timeout(T).await.unwrap().unwrap().unwrap(), None);
-    assert!(lb.wait_leader(Some(Duration::from_secs(1))).await.is_err());
+    assert_eq!(obs.next_timeout(T).await.unwrap().unwrap(), None);
+    assert!(lb
+        .wait_leader_timeout(Duration::from_secs(1))
+        .await
+        .is_err());
     watcher.delete_recursive(&root_of(&path)).await.unwrap();
 }
 
 /// A leader cut off from ZooKeeper steps down before anyone else is elected (default: on
-/// Suspended; with `StepDown::Lost` still before the server expires its session).
+/// Suspended; with `LossPolicy::Lost` still before the server expires its session).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_off_leader_steps_down_before_another_is_elected() {
     init_tracing();
     let ens = testing::shared().expect("zookeeper");
-    for policy in [StepDown::Suspended, StepDown::Lost] {
+    for policy in [LossPolicy::Suspended, LossPolicy::Lost] {
         let path = format!("{}/election", root("latch-cutoff"));
         let proxy = FaultProxy::for_ensemble(ens).unwrap();
         let a = client(&proxy.connect_string(), 3_000).await;
         let b = client(&ens.connect_string(), 3_000).await;
         let watcher = client(&ens.connect_string(), 3_000).await;
-        let la = LeaderLatch::builder(&a, &path)
-            .id("a")
-            .step_down_on(policy)
-            .start()
-            .await
-            .unwrap();
-        la.wait_leader(Some(T)).await.unwrap();
-        let lb = LeaderLatch::start(&b, &path, "b").await.unwrap();
-        let mut obs = leader_latch::observe(&watcher, &path).unwrap();
-        assert_eq!(
-            obs.next_timeout(T)
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap()
-                .unwrap()
-                .id,
-            "a"
-        );
+        let la = LeaderLatch::new(&a, &path, "a")
+            .unwrap()
+            .with_loss_policy(policy);
+        la.start().await.unwrap();
+        la.wait_leader_timeout(T).await.unwrap();
+        let lb = LeaderLatch::new(&b, &path, "b").unwrap();
+        lb.start().await.unwrap();
+        let observer = LeaderObserver::new(&watcher, &path).unwrap();
+        observer.start().unwrap();
+        let mut obs = observer.changes();
+        assert_eq!(obs.next_timeout(T).await.unwrap().unwrap().unwrap().id, "a");
         let mut cha = la.changes();
-        assert!(cha.next_change().await.unwrap().is_leader());
+        assert!(cha.next().await.unwrap().is_leader());
         let t0 = Instant::now();
         proxy.blackhole();
         // A learns first ...
@@ -381,16 +370,10 @@ async fn cut_off_leader_steps_down_before_another_is_elected() {
             "{policy:?}: b already leads when a steps down"
         );
         // ... then the server expires A's session and B is elected.
-        let p = obs
-            .next_timeout(T)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let p = obs.next_timeout(T).await.unwrap().unwrap().unwrap();
         let elected = t0.elapsed();
         assert_eq!(p.id, "b");
-        lb.wait_leader(Some(T)).await.unwrap();
+        lb.wait_leader_timeout(T).await.unwrap();
         eprintln!("{policy:?}: a stepped down after {demoted:?}, b elected after {elected:?}");
         assert!(demoted < elected);
         proxy.heal();
@@ -424,17 +407,19 @@ async fn reconnects_and_expiry_never_leave_a_stale_leader() {
     let a = client(&proxy.connect_string(), 4_000).await;
     let b = client(&ens.connect_string(), 4_000).await;
     let sampler = Sampler::start();
-    let la = LeaderLatch::start(&a, &path, "a").await.unwrap();
+    let la = LeaderLatch::new(&a, &path, "a").unwrap();
+    la.start().await.unwrap();
     sampler.watch(&la);
-    let f1 = la.wait_leader(Some(T)).await.unwrap();
-    let lb = LeaderLatch::start(&b, &path, "b").await.unwrap();
+    let f1 = la.wait_leader_timeout(T).await.unwrap();
+    let lb = LeaderLatch::new(&b, &path, "b").unwrap();
+    lb.start().await.unwrap();
     sampler.watch(&lb);
 
     // Two quick flaps. Each one is seen by the latch itself, in order: it steps down on
     // Suspended and, once reconnected and its node checked, leads again with the same node and
     // fence (no reset on reconnect).
     let mut ch = la.changes();
-    assert_eq!(ch.next_change().await, Some(LatchState::Leader(f1.clone())));
+    assert_eq!(ch.next().await, Some(LatchState::Leader(f1.clone())));
     for _ in 0..2 {
         proxy.drop_connections();
         assert_eq!(
@@ -456,8 +441,8 @@ async fn reconnects_and_expiry_never_leave_a_stale_leader() {
     a.expire_session_for_testing(&ens.connect_string(), &proxy)
         .await
         .unwrap();
-    let fb = lb.wait_leader(Some(T)).await.unwrap();
-    assert!(fb.epoch > f1.epoch);
+    let fb = lb.wait_leader_timeout(T).await.unwrap();
+    assert!(fb.token > f1.token);
     let deadline = Instant::now() + T;
     loop {
         let parts = lb.participants().await.unwrap();
@@ -469,18 +454,18 @@ async fn reconnects_and_expiry_never_leave_a_stale_leader() {
         assert!(Instant::now() < deadline, "a never rejoined: {parts:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(admin.exists(&f1.node).await.unwrap().is_none());
+    assert!(admin.exists(&f1.path).await.unwrap().is_none());
     lb.close().await.unwrap();
-    let f3 = la.wait_leader(Some(T)).await.unwrap();
+    let f3 = la.wait_leader_timeout(T).await.unwrap();
     assert_ne!(f3.session, old_session);
     assert_eq!(Some(f3.session), a.session_id());
-    assert!(f3.epoch > fb.epoch);
+    assert!(f3.token > fb.token);
     assert_leader_node_sound(&admin, &la, &a).await;
 
     // An operator deletes the leader's node: it steps down and rejoins.
     let mut ch = la.changes();
-    assert_eq!(ch.next_change().await, Some(LatchState::Leader(f3.clone())));
-    admin.delete(&f3.node, None).await.unwrap();
+    assert_eq!(ch.next().await, Some(LatchState::Leader(f3.clone())));
+    admin.delete(&f3.path, None).await.unwrap();
     assert_eq!(
         ch.next_timeout(T).await.unwrap(),
         Some(LatchState::NotLeader)
@@ -489,7 +474,7 @@ async fn reconnects_and_expiry_never_leave_a_stale_leader() {
         Some(LatchState::Leader(f)) => f,
         other => panic!("{other:?}"),
     };
-    assert!(f4.epoch > f3.epoch);
+    assert!(f4.token > f3.token);
     assert_leader_node_sound(&admin, &la, &a).await;
     sampler.finish().await;
     la.close().await.unwrap();
@@ -506,8 +491,9 @@ async fn election_path_deleted_while_disconnected_rejoins() {
     let proxy = FaultProxy::for_ensemble(ens).unwrap();
     let admin = client(&ens.connect_string(), 10_000).await;
     let a = client(&proxy.connect_string(), 6_000).await;
-    let la = LeaderLatch::start(&a, &path, "a").await.unwrap();
-    let f1 = la.wait_leader(Some(T)).await.unwrap();
+    let la = LeaderLatch::new(&a, &path, "a").unwrap();
+    la.start().await.unwrap();
+    let f1 = la.wait_leader_timeout(T).await.unwrap();
     let mut states = a.states();
     proxy.cut();
     common::expect_state(&mut states, T, "Suspended", |s| {
@@ -515,10 +501,10 @@ async fn election_path_deleted_while_disconnected_rejoins() {
     })
     .await;
     // The latch reacts to Suspended in its own task: wait (bounded) for it to step down.
-    let mut rx = la.state_receiver();
+    let mut ch = la.changes();
     tokio::time::timeout(Duration::from_secs(2), async {
         while la.is_leader() {
-            rx.changed().await.unwrap();
+            ch.next().await.unwrap();
         }
     })
     .await
@@ -530,10 +516,10 @@ async fn election_path_deleted_while_disconnected_rejoins() {
         matches!(s, zkr::SessionState::Reconnected { .. })
     })
     .await;
-    let f2 = la.wait_leader(Some(T)).await.unwrap();
-    assert_ne!(f2.node, f1.node);
+    let f2 = la.wait_leader_timeout(T).await.unwrap();
+    assert_ne!(f2.path, f1.path);
     assert_eq!(f2.session, f1.session, "same session, new node");
-    assert!(f2.epoch > f1.epoch);
+    assert!(f2.token > f1.token);
     assert_leader_node_sound(&admin, &la, &a).await;
     la.close().await.unwrap();
     admin.delete_recursive(&root_of(&path)).await.unwrap();
@@ -558,9 +544,8 @@ async fn at_most_one_leader_under_member_faults() {
     for i in 0..4 {
         let proxy = FaultProxy::for_ensemble(&ens).unwrap();
         let c = client(&proxy.connect_string(), 2_000).await;
-        let latch = LeaderLatch::start(&c, &path, &format!("c{i}"))
-            .await
-            .unwrap();
+        let latch = LeaderLatch::new(&c, &path, format!("c{i}")).unwrap();
+        latch.start().await.unwrap();
         sampler.watch(&latch);
         cands.push(Cand {
             client: c,
@@ -605,7 +590,8 @@ async fn at_most_one_leader_under_member_faults() {
                 drop(dead);
                 let proxy = FaultProxy::for_ensemble(&ens).unwrap();
                 let c = client(&proxy.connect_string(), 2_000).await;
-                let latch = LeaderLatch::start(&c, &path, "fresh").await.unwrap();
+                let latch = LeaderLatch::new(&c, &path, "fresh").unwrap();
+                latch.start().await.unwrap();
                 sampler.watch(&latch);
                 cands.push(Cand {
                     client: c,
@@ -625,9 +611,9 @@ async fn at_most_one_leader_under_member_faults() {
         let deadline = Instant::now() + T;
         // Give the leader's view and the server a moment to agree (a rejoin may be in flight).
         loop {
-            let parts = leader_latch::participants(&admin, &path).await.unwrap();
+            let parts = leader_observer::participants(&admin, &path).await.unwrap();
             let f = cands[li].latch.fence();
-            if f.is_some() && parts.first().map(|p| &p.node) == f.as_ref().map(|f| &f.node) {
+            if f.is_some() && parts.first().map(|p| &p.path) == f.as_ref().map(|f| &f.path) {
                 break;
             }
             assert!(
@@ -668,7 +654,7 @@ async fn selector_runs_terms_interrupts_and_rejoins() {
     let mut runs = Vec::new();
     for id in ["x", "y"] {
         let c = client(&ens.connect_string(), 10_000).await;
-        let sel = LeaderSelector::builder(&c, &path).id(id).build();
+        let sel = LeaderSelector::new(&c, &path).unwrap().with_id(id);
         handles.push(sel.handle());
         let log = log.clone();
         runs.push(tokio::spawn(async move {
@@ -676,7 +662,7 @@ async fn selector_runs_terms_interrupts_and_rejoins() {
                 .run(|l| {
                     let log = log.clone();
                     async move {
-                        log.lock().unwrap().push((id.to_string(), l.fence().epoch));
+                        log.lock().unwrap().push((id.to_string(), l.fence().token));
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 })
@@ -709,10 +695,10 @@ async fn selector_runs_terms_interrupts_and_rejoins() {
     // One selector, interrupted twice in a row, and again while not leading: it rejoins.
     let proxy = FaultProxy::for_ensemble(ens).unwrap();
     let c = client(&proxy.connect_string(), 3_000).await;
-    let sel = LeaderSelector::builder(&c, &path)
-        .id("z")
-        .grace(Duration::from_millis(200))
-        .build();
+    let sel = LeaderSelector::new(&c, &path)
+        .unwrap()
+        .with_id("z")
+        .with_grace(Duration::from_millis(200));
     let h = sel.handle();
     let (tx, mut terms) = tokio::sync::mpsc::unbounded_channel();
     let run = tokio::spawn(async move {
@@ -733,7 +719,7 @@ async fn selector_runs_terms_interrupts_and_rejoins() {
     let (g1, _) = next_term(&mut terms).await;
     assert_eq!(g1, f1, "the token fired for the first term");
     let (f2, _) = next_term(&mut terms).await;
-    assert!(f2.epoch > f1.epoch, "rejoined with a new node");
+    assert!(f2.token > f1.token, "rejoined with a new node");
     // A second pair of interrupts after the new term started.
     h.interrupt();
     let _ = next_term(&mut terms).await;
@@ -742,7 +728,7 @@ async fn selector_runs_terms_interrupts_and_rejoins() {
     let deadline = Instant::now() + T;
     loop {
         let (f, _) = next_term(&mut terms).await;
-        if f.epoch > last.epoch && h.leading().as_ref() == Some(&f) {
+        if f.token > last.token && h.leading().as_ref() == Some(&f) {
             break;
         }
         last = f;
@@ -757,16 +743,68 @@ async fn selector_runs_terms_interrupts_and_rejoins() {
     assert!(at.duration_since(t0) < Duration::from_millis(2_900));
     proxy.heal();
     let (f3, _) = next_term(&mut terms).await;
-    assert!(f3.epoch >= cur.epoch);
+    assert!(f3.token >= cur.token);
     h.stop();
     tokio::time::timeout(T, run)
         .await
         .unwrap()
         .unwrap()
         .unwrap();
-    assert!(leader_latch::participants(&admin, &path)
+    assert!(leader_observer::participants(&admin, &path)
         .await
         .unwrap()
         .is_empty());
     admin.delete_recursive(&root_of(&path)).await.unwrap();
+}
+
+/// The latch and the observer validate at `new`, do nothing before `start`, refuse a second
+/// `start`, and a latch closed before it started cannot start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latch_and_observer_start_once() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let path = format!("{}/election", root("latch-lifecycle"));
+    let c = client(&ens.connect_string(), 10_000).await;
+    assert!(LeaderLatch::new(&c, "no-slash", "a").is_err());
+    assert!(LeaderObserver::new(&c, "no-slash").is_err());
+
+    let observer = LeaderObserver::new(&c, &path).unwrap();
+    assert_eq!(observer.state(), zkr_recipes::ObserverState::Idle);
+    let mut leaders = observer.changes();
+    observer.start().unwrap();
+    assert!(matches!(
+        observer.start(),
+        Err(zkr_recipes::Error::Invalid(_))
+    ));
+    assert_eq!(leaders.next_timeout(T).await.unwrap(), Some(None));
+
+    let latch = LeaderLatch::new(&c, &path, "a").unwrap();
+    assert_eq!(latch.state(), LatchState::NotLeader);
+    assert!(latch.node().is_none());
+    latch.start().await.unwrap();
+    assert!(matches!(
+        latch.start().await,
+        Err(zkr_recipes::Error::Invalid(_))
+    ));
+    let fence = latch.wait_leader_timeout(T).await.unwrap();
+    let p = leaders.next_timeout(T).await.unwrap().unwrap().unwrap();
+    assert_eq!(p.path, fence.path);
+    assert_eq!(observer.current(), Some(p));
+    latch.close().await.unwrap();
+    assert_eq!(latch.state(), LatchState::Closed);
+    assert_eq!(leaders.next_timeout(T).await.unwrap(), Some(None));
+
+    let unstarted = LeaderLatch::new(&c, &path, "b").unwrap();
+    unstarted.close().await.unwrap();
+    assert_eq!(unstarted.state(), LatchState::Closed);
+    assert!(matches!(
+        unstarted.start().await,
+        Err(zkr_recipes::Error::Closed(_))
+    ));
+    assert!(unstarted.node().is_none());
+
+    observer.close();
+    assert_eq!(observer.state(), zkr_recipes::ObserverState::Closed);
+    assert_eq!(leaders.next_timeout(T).await.unwrap(), None);
+    c.delete_recursive(&root_of(&path)).await.unwrap();
 }

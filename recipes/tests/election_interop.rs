@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::java::CuratorPeer;
 use common::{blocking, client, init_tracing, root};
-use zkr_recipes::leader_latch::{self, LatchState, LeaderLatch};
+use futures::StreamExt;
+use zkr_recipes::{LatchState, LeaderLatch, LeaderObserver};
 use zkr_testing as testing;
 
 const T: Duration = Duration::from_secs(20);
@@ -34,23 +35,20 @@ async fn rust_and_curator_share_one_election() {
         java
     })
     .await;
-    let mut obs = leader_latch::observe(&watcher, &path).unwrap();
-    let p = obs
-        .next_timeout(T)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let observer = LeaderObserver::new(&watcher, &path).unwrap();
+    observer.start().unwrap();
+    let mut obs = observer.changes();
+    let p = obs.next_timeout(T).await.unwrap().unwrap().unwrap();
     assert_eq!(p.id, "java-1");
-    let name = p.node.rsplit('/').next().unwrap().to_string();
+    let name = p.path.rsplit('/').next().unwrap().to_string();
     assert!(
         name.starts_with("_c_") && name.contains("-latch-"),
         "Curator's node: {name}"
     );
 
     // Rust queues behind Java.
-    let rust = LeaderLatch::start(&c, &path, "rust-1").await.unwrap();
+    let rust = LeaderLatch::new(&c, &path, "rust-1").unwrap();
+    rust.start().await.unwrap();
     assert!(!rust.is_leader());
     let parts = rust.participants().await.unwrap();
     let ids: Vec<&str> = parts.iter().map(|p| p.id.as_str()).collect();
@@ -67,7 +65,7 @@ async fn rust_and_curator_share_one_election() {
 
     // Java resigns: Rust learns within one notification.
     let mut ch = rust.changes();
-    assert_eq!(ch.next_change().await, Some(LatchState::NotLeader));
+    assert_eq!(ch.next().await, Some(LatchState::NotLeader));
     let t0 = Instant::now();
     java = blocking(move || {
         java.call("latch-close", "LATCH_CLOSED");
@@ -83,13 +81,7 @@ async fn rust_and_curator_share_one_election() {
         t0.elapsed()
     );
     assert_eq!(
-        obs.next_timeout(T)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-            .unwrap()
-            .id,
+        obs.next_timeout(T).await.unwrap().unwrap().unwrap().id,
         "rust-1"
     );
 
@@ -128,16 +120,10 @@ async fn rust_and_curator_share_one_election() {
         java
     })
     .await;
-    let p = obs
-        .next_timeout(T)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let p = obs.next_timeout(T).await.unwrap().unwrap().unwrap();
     assert_eq!(p.id, "java-2");
     assert!(
-        p.epoch > f.epoch,
+        p.token > f.token,
         "fencing epochs increase across libraries"
     );
 
@@ -167,8 +153,9 @@ async fn leadership_passes_between_libraries_when_a_process_dies() {
     let base = root("interop-die");
     let path = format!("{base}/election");
     let rc = client(&ens.connect_string(), 4_000).await;
-    let rust = LeaderLatch::start(&rc, &path, "rust").await.unwrap();
-    rust.wait_leader(Some(T)).await.unwrap();
+    let rust = LeaderLatch::new(&rc, &path, "rust").unwrap();
+    rust.start().await.unwrap();
+    rust.wait_leader_timeout(T).await.unwrap();
     let cmd = format!("latch {path} java");
     java = blocking(move || {
         java.call(&cmd, "LATCH_STARTED");
@@ -186,12 +173,13 @@ async fn leadership_passes_between_libraries_when_a_process_dies() {
     // A new Rust candidate queues; the Java process is killed (by pid): Rust leads after the
     // Java session expires.
     let rc2 = client(&ens.connect_string(), 4_000).await;
-    let rust2 = LeaderLatch::start(&rc2, &path, "rust-2").await.unwrap();
+    let rust2 = LeaderLatch::new(&rc2, &path, "rust-2").unwrap();
+    rust2.start().await.unwrap();
     assert!(!rust2.is_leader());
     let pid = java.pid();
     drop(java);
     eprintln!("killed Curator peer pid {pid}");
-    rust2.wait_leader(Some(T)).await.unwrap();
+    rust2.wait_leader_timeout(T).await.unwrap();
     rust2.close().await.unwrap();
     rc2.delete_recursive(&base).await.unwrap();
 }

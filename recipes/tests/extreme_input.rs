@@ -106,12 +106,12 @@ proptest! {
         prop_assert_eq!(Mutex::new(c, &path).is_ok(), valid);
         prop_assert_eq!(RwLock::new(c, &path).is_ok(), valid);
         prop_assert_eq!(Semaphore::new(c, &path, leases).is_ok(), valid && leases > 0);
-        prop_assert_eq!(IdBlocks::new(c, &path, block).map(|b| b.timeout(d)).is_ok(), valid && block > 0);
+        prop_assert_eq!(IdBlocks::new(c, &path, block).map(|b| b.with_timeout(d)).is_ok(), valid && block > 0);
         prop_assert_eq!(Config::<serde_json::Value>::new(c, &path).is_ok(), valid);
         prop_assert_eq!(ConfigTree::<serde_json::Value>::new(c, &path).is_ok(), valid);
         prop_assert_eq!(SequentialIds::new(c, &path).is_ok(), valid);
         let counter = AtomicCounter::new(c, &path)
-            .map(|a| a.timeout(d).backoff(base, d).max_tries(tries));
+            .map(|a| a.with_timeout(d).with_backoff(base, d).with_max_tries(tries));
         prop_assert_eq!(counter.is_ok(), valid);
         for r in [
             Mutex::new(c, &path).err(),
@@ -163,9 +163,9 @@ proptest! {
             }
             let counter = AtomicCounter::new(c, &format!("{root}/counter"))
                 .unwrap()
-                .timeout(d)
-                .backoff(base, d)
-                .max_tries(tries);
+                .with_timeout(d)
+                .with_backoff(base, d)
+                .with_max_tries(tries);
             match counter.increment().await {
                 Ok(v) => prop_assert_eq!(v.post, 1),
                 Err(e) => prop_assert!(is_timeout(&e), "{:?} after {:?}", e, d),
@@ -204,10 +204,10 @@ proptest! {
             let e = ids.next_batch(n).await.unwrap_err();
             prop_assert!(matches!(e, Error::Invalid(_)), "{:?}", e);
             let blocks = IdBlocks::new(c, &format!("{root}/blocks"), u32::MAX).unwrap();
-            prop_assert_eq!(blocks.next_n(0).await.unwrap(), Vec::<i64>::new());
-            let e = blocks.next_n(n).await.unwrap_err();
+            prop_assert_eq!(blocks.next_batch(0).await.unwrap(), Vec::<i64>::new());
+            let e = blocks.next_batch(n).await.unwrap_err();
             prop_assert!(matches!(e, Error::Invalid(_)), "{:?}", e);
-            let two = blocks.next_n(2).await.unwrap();
+            let two = blocks.next_batch(2).await.unwrap();
             prop_assert_eq!(two, vec![1, 2]);
             let _ = c.delete_recursive(&root).await;
             Ok(())

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use zkr_recipes::{LeaderLatch, LeaderSelector, LossPolicy, Mutex, RwLock, Semaphore};
 use zkr_testing::ZkEnsemble;
 
@@ -80,7 +81,7 @@ async fn scenario(ens: &Arc<ZkEnsemble>, kind: Kind, isolate_leader: bool) -> (D
             (
                 Box::pin(async move {
                     g.lost().await;
-                    assert!(!g.is_held());
+                    assert!(g.is_lost());
                     Instant::now()
                 }),
                 Box::pin(async move {
@@ -128,19 +129,25 @@ async fn scenario(ens: &Arc<ZkEnsemble>, kind: Kind, isolate_leader: bool) -> (D
             )
         }
         Kind::Latch => {
-            let la = LeaderLatch::start(&a, &path, "a").await.unwrap();
-            la.wait_leader(Some(LONG)).await.unwrap();
-            let lb = LeaderLatch::start(&b, &path, "b").await.unwrap();
+            let la = LeaderLatch::new(&a, &path, "a").unwrap();
+            la.start().await.unwrap();
+            la.wait_leader_timeout(LONG).await.unwrap();
+            let lb = LeaderLatch::new(&b, &path, "b").unwrap();
+            lb.start().await.unwrap();
             (
                 Box::pin(async move {
-                    let mut rx = la.state_receiver();
-                    let _ = rx.wait_for(|s| !s.is_leader()).await;
+                    let mut changes = la.changes();
+                    while let Some(s) = changes.next().await {
+                        if !s.is_leader() {
+                            break;
+                        }
+                    }
                     let at = Instant::now();
                     assert!(!la.is_leader());
                     at
                 }),
                 Box::pin(async move {
-                    lb.wait_leader(Some(LONG)).await.unwrap();
+                    lb.wait_leader_timeout(LONG).await.unwrap();
                     let at = Instant::now();
                     lb.close().await.unwrap();
                     at
@@ -150,10 +157,10 @@ async fn scenario(ens: &Arc<ZkEnsemble>, kind: Kind, isolate_leader: bool) -> (D
         Kind::Selector => {
             let (a_term_tx, a_term_rx) = tokio::sync::oneshot::channel::<()>();
             let (a_lost_tx, a_lost_rx) = tokio::sync::oneshot::channel::<Instant>();
-            let sa = LeaderSelector::builder(&a, &path)
-                .id("a")
-                .requeue(false)
-                .build();
+            let sa = LeaderSelector::new(&a, &path)
+                .unwrap()
+                .with_id("a")
+                .with_requeue(false);
             let handle_a = sa.handle();
             let mut txs = Some((a_term_tx, a_lost_tx));
             tokio::spawn(sa.run(move |leadership| {
@@ -173,10 +180,10 @@ async fn scenario(ens: &Arc<ZkEnsemble>, kind: Kind, isolate_leader: bool) -> (D
             }));
             a_term_rx.await.unwrap();
             let (b_tx, b_rx) = tokio::sync::oneshot::channel::<Instant>();
-            let sb = LeaderSelector::builder(&b, &path)
-                .id("b")
-                .requeue(false)
-                .build();
+            let sb = LeaderSelector::new(&b, &path)
+                .unwrap()
+                .with_id("b")
+                .with_requeue(false);
             let handle_b = sb.handle();
             let mut b_tx = Some(b_tx);
             tokio::spawn(sb.run(move |_leadership| {
@@ -338,13 +345,13 @@ async fn a_session_on_an_isolated_follower_moves_to_the_majority_and_keeps_its_l
     .await;
     let observer = common::client(&all.join(","), 5 * SESSION_MS).await;
     let stat = observer
-        .exists(g.node_path())
+        .exists(g.fence().path.as_str())
         .await
         .unwrap()
         .expect("lock node kept");
     assert_eq!(stat.ephemeral_owner, session.0);
     assert!(
-        g.is_held(),
+        !g.is_lost(),
         "with the Lost policy the lock survives the move"
     );
     g.release().await.unwrap();

@@ -37,7 +37,7 @@ async fn mutex_excludes_under_contention() {
                 let v = *counter.lock().unwrap();
                 tokio::task::yield_now().await;
                 *counter.lock().unwrap() = v + 1;
-                assert!(g.is_held());
+                assert!(!g.is_lost());
                 inside.fetch_sub(1, Ordering::SeqCst);
                 g.release().await.unwrap();
             }
@@ -65,8 +65,8 @@ async fn fencing_tokens_increase_and_fenced_writes_check_the_lock() {
     let mut last = i64::MIN;
     for i in 0..5 {
         let g = m.acquire().await.unwrap();
-        assert!(g.fencing_token() > last);
-        last = g.fencing_token();
+        assert!(g.fence().token > last);
+        last = g.fence().token;
         g.fenced_multi(&[Op::SetData {
             path: data.clone(),
             data: format!("{i}").into_bytes(),
@@ -76,7 +76,7 @@ async fn fencing_tokens_increase_and_fenced_writes_check_the_lock() {
         .unwrap();
         // Someone deletes our lock node (an operator, or our session's expiry): fenced writes stop.
         if i == 4 {
-            c.delete(g.node_path(), None).await.unwrap();
+            c.delete(g.fence().path.as_str(), None).await.unwrap();
             let r = g
                 .fenced_multi(&[Op::SetData {
                     path: data.clone(),
@@ -133,7 +133,7 @@ async fn cut_off_holder_is_told_before_another_acquires() {
         proxy.cut();
         g.lost().await;
         let told = Instant::now();
-        assert!(!g.is_held());
+        assert!(g.is_lost());
         let (acquired, g2) = waiter.await.unwrap();
         assert!(
             told < acquired,
@@ -158,7 +158,7 @@ async fn new_session_never_adopts_the_old_sessions_node() {
     let admin = client(&ens.connect_string(), 10_000).await;
     let m = Mutex::new(&c, &path).unwrap();
     let g1 = m.acquire().await.unwrap();
-    let old_node = g1.node_path().to_string();
+    let old_node = g1.fence().path.as_str().to_string();
     let old_session = c.session_id().unwrap();
 
     let mut states = c.states();
@@ -168,7 +168,7 @@ async fn new_session_never_adopts_the_old_sessions_node() {
     })
     .await;
     g1.lost().await;
-    assert!(!g1.is_held());
+    assert!(g1.is_lost());
     // zkr declares Lost before the server can expire the session: the node is still there,
     // owned by the old session.
     let st = admin.exists(&old_node).await.unwrap();
@@ -207,13 +207,21 @@ async fn new_session_never_adopts_the_old_sessions_node() {
         admin.exists(&old_node).await.unwrap().is_none(),
         "acquired while the old session's node {old_node} still existed"
     );
-    assert_ne!(g2.node_path(), old_node);
-    let st = admin.exists(g2.node_path()).await.unwrap().unwrap();
+    assert_ne!(g2.fence().path.as_str(), old_node);
+    let st = admin
+        .exists(g2.fence().path.as_str())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(st.ephemeral_owner, new_session.0);
-    assert!(g2.fencing_token() > g1.fencing_token());
+    assert!(g2.fence().token > g1.fence().token);
     // The old guard's release reports the loss and touches nothing of the new session.
     assert!(g1.release().await.is_err());
-    assert!(admin.exists(g2.node_path()).await.unwrap().is_some());
+    assert!(admin
+        .exists(g2.fence().path.as_str())
+        .await
+        .unwrap()
+        .is_some());
     g2.release().await.unwrap();
     admin.delete_recursive(&path).await.unwrap();
 }
@@ -440,15 +448,15 @@ async fn reader_does_not_wait_for_a_later_writer() {
     // r1 re-entering as a second read is queued after the writer: it must wait (writers are
     // not starved); but r1 itself holds and the writer waits for it.
     assert!(
-        l.try_lock(false).await.unwrap().is_none(),
+        l.try_read().await.unwrap().is_none(),
         "a new reader queues behind the waiting writer"
     );
     assert!(!w.is_finished());
     r1.release().await.unwrap();
     let wg = w.await.unwrap().unwrap();
-    assert!(l.try_lock(false).await.unwrap().is_none());
+    assert!(l.try_read().await.unwrap().is_none());
     wg.release().await.unwrap();
-    assert!(l.try_lock(false).await.unwrap().is_some());
+    assert!(l.try_read().await.unwrap().is_some());
 }
 
 /// Semaphore: never more than N holders under 8-way contention (blocking and try), and leases
@@ -529,12 +537,15 @@ async fn a_deleted_lock_node_ends_the_hold() {
     let path = common::root("deleted-node");
     let m = zkr_recipes::Mutex::new(&c, &path).unwrap();
     let g = m.acquire().await.unwrap();
-    assert!(g.is_held());
-    operator.delete(g.node_path(), None).await.unwrap();
+    assert!(!g.is_lost());
+    operator
+        .delete(g.fence().path.as_str(), None)
+        .await
+        .unwrap();
     tokio::time::timeout(std::time::Duration::from_secs(5), g.lost())
         .await
         .expect("lost() completes once the node is deleted");
-    assert!(!g.is_held());
+    assert!(g.is_lost());
     assert!(c.state().is_connected(), "the session itself is fine");
     drop(g);
     c.close().await;
@@ -555,13 +566,56 @@ async fn a_release_dropped_mid_way_still_frees_the_lock() {
             .acquire()
             .await
             .unwrap();
-        let node = g.node_path().to_string();
+        let node = g.fence().path.as_str().to_string();
         let _ = tokio::time::timeout(Duration::from_micros(1), g.release()).await;
         tokio::time::timeout(Duration::from_secs(5), other.wait_gone(&node))
             .await
             .expect("the node goes although the release was dropped")
             .unwrap();
     }
+    c.close().await;
+    other.close().await;
+}
+
+/// `MutexGuard::release` dropped at each of its await points in turn still frees the lock (the
+/// guard's drop deletes the node). Run until a release completes within the polls allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_dropped_at_every_await_point_still_frees_the_lock() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let c = client(&ens.connect_string(), 10_000).await;
+    let other = client(&ens.connect_string(), 10_000).await;
+    let path = root("dropped-release-each");
+    let mutex = Mutex::new(&c, &path).unwrap();
+    for polls in 0.. {
+        assert!(polls < 100, "release never completed");
+        let g = mutex
+            .acquire_timeout(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let node = g.fence().path.clone();
+        let finished = poll_at_most(g.release(), polls).await;
+        if let Some(r) = &finished {
+            assert!(r.is_ok(), "{r:?}");
+        }
+        tokio::time::timeout(Duration::from_secs(10), other.wait_gone(&node))
+            .await
+            .unwrap_or_else(|_| panic!("release dropped after {polls} polls left the lock node"))
+            .unwrap();
+        if finished.is_some() {
+            break;
+        }
+    }
+    // And the lock is free for someone else.
+    Mutex::new(&other, &path)
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("the lock is free")
+        .release()
+        .await
+        .unwrap();
     c.close().await;
     other.close().await;
 }

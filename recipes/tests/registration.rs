@@ -6,14 +6,28 @@ mod common;
 
 use std::time::Duration;
 
-use common::{blocking, client, expect_state, init_tracing, root};
+use common::{blocking, client, expect_state, init_tracing, poll_at_most, root};
 use serde_json::{json, Value};
 use zkr::{CreateMode, SessionState};
 use zkr_recipes::discovery::Discovery;
-use zkr_recipes::registration::{Registration, RegistrationStatus, ServiceInstance};
+use zkr_recipes::registration::{Registration, RegistrationState, ServiceInstance};
 use zkr_testing::{self as testing, FaultProxy};
 
 const T: Duration = Duration::from_secs(15);
+
+/// `instance` registered under `base` (created and started).
+async fn register(c: &zkr::Client, base: &str, instance: ServiceInstance) -> Registration {
+    let reg = Registration::new(c, base, instance).unwrap();
+    reg.start().await.unwrap();
+    reg
+}
+
+/// A started discovery of service `name` under `base`.
+fn discover(c: &zkr::Client, base: &str, name: &str) -> Discovery {
+    let disc = Discovery::new(c, base, name).unwrap();
+    disc.start().unwrap();
+    disc
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_is_curators_service_instance_json() {
@@ -22,10 +36,10 @@ async fn node_is_curators_service_instance_json() {
     let base = root("reg-json");
     let c = client(&ens.connect_string(), 10_000).await;
     let inst = ServiceInstance::new("api", "a1")
-        .address("10.0.0.5")
-        .port(8080)
-        .payload(json!({"zone": "z1"}));
-    let reg = Registration::register(&c, &base, inst).await.unwrap();
+        .with_address("10.0.0.5")
+        .with_port(8080)
+        .with_payload(json!({"zone": "z1"}));
+    let reg = register(&c, &base, inst).await;
     assert_eq!(reg.path(), format!("{base}/api/a1"));
     let (data, stat) = c.get_data(reg.path()).await.unwrap();
     assert_eq!(stat.ephemeral_owner, c.session_id().unwrap().0);
@@ -80,38 +94,39 @@ async fn discovery_follows_adds_updates_and_removals() {
     let a = client(&ens.connect_string(), 10_000).await;
     let b = client(&ens.connect_string(), 10_000).await;
     let w = client(&ens.connect_string(), 10_000).await;
-    let mut disc = Discovery::watch(&w, &base, "svc").unwrap();
+    let mut disc = discover(&w, &base, "svc");
     let first = disc.next_timeout(T).await.unwrap().unwrap();
     assert!(first.is_empty());
-    let ra = Registration::register(
+    let ra = register(
         &a,
         &base,
-        ServiceInstance::new("svc", "a").payload(json!(1)),
+        ServiceInstance::new("svc", "a").with_payload(json!(1)),
     )
-    .await
-    .unwrap();
-    let _rb = Registration::register(
+    .await;
+    let _rb = register(
         &b,
         &base,
-        ServiceInstance::new("svc", "b").payload(json!(1)),
+        ServiceInstance::new("svc", "b").with_payload(json!(1)),
     )
-    .await
-    .unwrap();
-    disc.wait_until(T, |s| s.len() == 2).await.unwrap();
+    .await;
+    disc.wait_for_timeout(|s| s.len() == 2, T).await.unwrap();
     ra.update(json!({"load": 7})).await.unwrap();
     let s = disc
-        .wait_until(T, |s| {
-            s.iter()
-                .any(|i| i.id == "a" && i.payload == json!({"load": 7}))
-        })
+        .wait_for_timeout(
+            |s| {
+                s.iter()
+                    .any(|i| i.id == "a" && i.payload == json!({"load": 7}))
+            },
+            T,
+        )
         .await
         .unwrap();
     assert_eq!(s.len(), 2);
     ra.unregister().await.unwrap();
-    let s = disc.wait_until(T, |s| s.len() == 1).await.unwrap();
+    let s = disc.wait_for_timeout(|s| s.len() == 1, T).await.unwrap();
     assert_eq!(s[0].id, "b");
     b.close().await; // the session ends: its instance goes
-    disc.wait_until(T, |s| s.is_empty()).await.unwrap();
+    disc.wait_for_timeout(|s| s.is_empty(), T).await.unwrap();
     w.delete_recursive(&base).await.unwrap();
 }
 
@@ -124,17 +139,16 @@ async fn old_sessions_node_is_replaced() {
     let old = client(&ens.connect_string(), 10_000).await;
     let c = client(&ens.connect_string(), 10_000).await;
     let stale =
-        serde_json::to_vec(&ServiceInstance::new("svc", "x").payload(json!("stale"))).unwrap();
+        serde_json::to_vec(&ServiceInstance::new("svc", "x").with_payload(json!("stale"))).unwrap();
     old.create_with_parents(&format!("{base}/svc/x"), &stale, CreateMode::Ephemeral)
         .await
         .unwrap();
-    let reg = Registration::register(
+    let reg = register(
         &c,
         &base,
-        ServiceInstance::new("svc", "x").payload(json!("fresh")),
+        ServiceInstance::new("svc", "x").with_payload(json!("fresh")),
     )
-    .await
-    .unwrap();
+    .await;
     let (d, st) = c.get_data(reg.path()).await.unwrap();
     assert_eq!(st.ephemeral_owner, c.session_id().unwrap().0);
     assert_eq!(
@@ -164,15 +178,14 @@ async fn back_after_session_loss_with_newest_payload() {
     let proxy = FaultProxy::for_ensemble(ens).unwrap();
     let c = client(&proxy.connect_string(), 3000).await;
     let w = client(&ens.connect_string(), 10_000).await;
-    let mut disc = Discovery::watch(&w, &base, "svc").unwrap();
-    let reg = Registration::register(
+    let disc = discover(&w, &base, "svc");
+    let reg = register(
         &c,
         &base,
-        ServiceInstance::new("svc", "r1").payload(json!({"v": 1})),
+        ServiceInstance::new("svc", "r1").with_payload(json!({"v": 1})),
     )
-    .await
-    .unwrap();
-    disc.wait_until(T, |s| s.len() == 1).await.unwrap();
+    .await;
+    disc.wait_for_timeout(|s| s.len() == 1, T).await.unwrap();
     let first_session = c.session_id().unwrap();
 
     // 1. Cut off past the session timeout: client-side Lost while the server may still hold
@@ -191,13 +204,13 @@ async fn back_after_session_loss_with_newest_payload() {
         matches!(s, SessionState::Connected { .. })
     })
     .await;
-    let st = reg.wait_registered(T).await.unwrap();
+    let st = reg.wait_registered_timeout(T).await.unwrap();
     assert!(
-        matches!(st, RegistrationStatus::Registered { epoch: 2, .. }),
+        matches!(st, RegistrationState::Registered { epoch: 2, .. }),
         "{st:?}"
     );
     let s = disc
-        .wait_until(T, |s| s.len() == 1 && s[0].payload == json!({"v": 2}))
+        .wait_for_timeout(|s| s.len() == 1 && s[0].payload == json!({"v": 2}), T)
         .await
         .unwrap();
     assert_eq!(s[0].id, "r1");
@@ -218,8 +231,8 @@ async fn back_after_session_loss_with_newest_payload() {
         matches!(s, SessionState::Connected { .. })
     })
     .await;
-    reg.wait_registered(T).await.unwrap();
-    disc.wait_until(T, |s| s.len() == 1 && s[0].payload == json!({"v": 3}))
+    reg.wait_registered_timeout(T).await.unwrap();
+    disc.wait_for_timeout(|s| s.len() == 1 && s[0].payload == json!({"v": 3}), T)
         .await
         .unwrap();
     let (d, stat) = w.get_data(reg.path()).await.unwrap();
@@ -229,7 +242,7 @@ async fn back_after_session_loss_with_newest_payload() {
         json!({"v": 3})
     );
     reg.unregister().await.unwrap();
-    disc.wait_until(T, |s| s.is_empty()).await.unwrap();
+    disc.wait_for_timeout(|s| s.is_empty(), T).await.unwrap();
     w.delete_recursive(&base).await.unwrap();
 }
 
@@ -242,9 +255,7 @@ async fn unregister_during_reconnect_stays_gone() {
     let proxy = FaultProxy::for_ensemble(ens).unwrap();
     let c = client(&proxy.connect_string(), 2000).await;
     let w = client(&ens.connect_string(), 10_000).await;
-    let reg = Registration::register(&c, &base, ServiceInstance::new("svc", "u1"))
-        .await
-        .unwrap();
+    let reg = register(&c, &base, ServiceInstance::new("svc", "u1")).await;
     let path = reg.path().to_string();
     let mut states = c.states();
     proxy.cut();
@@ -319,13 +330,13 @@ async fn discovery_load_survives_vanishing_children() {
             }
         })
     };
-    let mut disc = Discovery::watch(&w, &base, "svc").unwrap();
+    let mut disc = discover(&w, &base, "svc");
     let once = Discovery::instances(&w, &base, "svc").await.unwrap();
     assert!(once.len() >= 100 && once.len() <= 200);
     let first = disc.next_timeout(T).await.unwrap().unwrap();
     assert!(first.len() >= 100, "{}", first.len());
     deleter.await.unwrap();
-    let s = disc.wait_until(T, |s| s.len() == 100).await.unwrap();
+    let s = disc.wait_for_timeout(|s| s.len() == 100, T).await.unwrap();
     assert!(s.iter().all(|i| i.id[1..].parse::<u32>().unwrap() % 2 == 0));
     c.close().await;
     w.delete_recursive(&base).await.unwrap();
@@ -340,14 +351,61 @@ async fn an_unregister_dropped_mid_way_still_removes_the_instance() {
     let c = client(&ens.connect_string(), 10_000).await;
     let other = client(&ens.connect_string(), 10_000).await;
     for i in 0..10 {
-        let reg = Registration::register(&c, &base, ServiceInstance::new("api", &format!("i{i}")))
-            .await
-            .unwrap();
+        let reg = register(&c, &base, ServiceInstance::new("api", &format!("i{i}"))).await;
         let path = reg.path().to_string();
         let _ = tokio::time::timeout(Duration::from_micros(1), reg.unregister()).await;
         tokio::time::timeout(T, other.wait_gone(&path))
             .await
             .expect("the instance goes although unregister was dropped")
+            .unwrap();
+    }
+    c.close().await;
+    other.close().await;
+}
+
+/// `unregister` dropped at each of its await points in turn still removes the instance (the
+/// drop finishes the job), and so does dropping a `start` at each of its await points along
+/// with its registration. Run until each call completes within the polls allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregister_or_start_dropped_at_every_await_point_leaves_no_instance() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let base = root("reg-dropped-each");
+    let c = client(&ens.connect_string(), 10_000).await;
+    let other = client(&ens.connect_string(), 10_000).await;
+    for polls in 0.. {
+        assert!(polls < 100, "unregister never completed");
+        let reg = register(&c, &base, ServiceInstance::new("api", &format!("u{polls}"))).await;
+        let path = reg.path().to_string();
+        let finished = poll_at_most(reg.unregister(), polls).await;
+        if let Some(r) = &finished {
+            assert!(r.is_ok(), "{r:?}");
+        }
+        tokio::time::timeout(T, other.wait_gone(&path))
+            .await
+            .unwrap_or_else(|_| panic!("unregister dropped after {polls} polls left the node"))
+            .unwrap();
+        if finished.is_some() {
+            break;
+        }
+    }
+    for polls in 0.. {
+        assert!(polls < 100, "start never completed");
+        let reg = Registration::new(&c, &base, ServiceInstance::new("api", &format!("s{polls}")))
+            .unwrap();
+        let path = reg.path().to_string();
+        let finished = poll_at_most(reg.start(), polls).await;
+        if let Some(r) = finished {
+            r.unwrap();
+            assert!(other.exists(&path).await.unwrap().is_some());
+            reg.unregister().await.unwrap();
+            assert!(other.exists(&path).await.unwrap().is_none());
+            break;
+        }
+        drop(reg);
+        tokio::time::timeout(T, other.wait_gone(&path))
+            .await
+            .unwrap_or_else(|_| panic!("start dropped after {polls} polls left the node"))
             .unwrap();
     }
     c.close().await;

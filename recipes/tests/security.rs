@@ -33,12 +33,10 @@ async fn latch_without_permission_fails_with_no_auth() {
         .await
         .unwrap();
     let anon = client(&ens.connect_string(), 3000).await;
-    let r = tokio::time::timeout(
-        Duration::from_secs(10),
-        zkr_recipes::LeaderLatch::start(&anon, &format!("{root}/election"), "anon"),
-    )
-    .await
-    .expect("the latch gives up");
+    let latch = zkr_recipes::LeaderLatch::new(&anon, &format!("{root}/election"), "anon").unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), latch.start())
+        .await
+        .expect("the latch gives up");
     let e = r.unwrap_err();
     assert!(e.is_zk(|z| z.is_auth_error()), "{e:?}");
     owner.delete_recursive(&root).await.unwrap();
@@ -61,22 +59,19 @@ async fn latch_closes_when_the_acl_turns_against_it() {
         .create(&election, b"", CreateMode::Persistent)
         .await
         .unwrap();
-    let leader = zkr_recipes::LeaderLatch::start(&owner, &election, "owner")
-        .await
-        .unwrap();
+    let leader = zkr_recipes::LeaderLatch::new(&owner, &election, "owner").unwrap();
+    leader.start().await.unwrap();
     leader
-        .wait_leader(Some(Duration::from_secs(10)))
+        .wait_leader_timeout(Duration::from_secs(10))
         .await
         .unwrap();
     // A second candidate of the owner's, then the anonymous one behind it.
     let middle_client = authed(&ens.connect_string(), "owner", "pw").await;
-    let middle = zkr_recipes::LeaderLatch::start(&middle_client, &election, "middle")
-        .await
-        .unwrap();
+    let middle = zkr_recipes::LeaderLatch::new(&middle_client, &election, "middle").unwrap();
+    middle.start().await.unwrap();
     let anon = client(&ens.connect_string(), 3000).await;
-    let waiting = zkr_recipes::LeaderLatch::start(&anon, &election, "anon")
-        .await
-        .unwrap();
+    let waiting = zkr_recipes::LeaderLatch::new(&anon, &election, "anon").unwrap();
+    waiting.start().await.unwrap();
     assert!(!waiting.is_leader());
     // Only the owner may read or change the election from now on. The waiting latch learns it
     // when the candidate ahead of it goes: with the leader still ahead, it must list the
@@ -90,14 +85,17 @@ async fn latch_closes_when_the_acl_turns_against_it() {
         .await
         .unwrap();
     middle.close().await.unwrap();
-    let mut rx = waiting.state_receiver();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        rx.wait_for(|s| *s == zkr_recipes::LatchState::Closed),
-    )
+    let mut changes = waiting.changes();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(s) = futures::StreamExt::next(&mut changes).await {
+            if s == zkr_recipes::LatchState::Closed {
+                return;
+            }
+        }
+        panic!("the latch's changes ended before Closed");
+    })
     .await
-    .expect("the latch closes")
-    .unwrap();
+    .expect("the latch closes");
     drop(waiting);
     leader.close().await.unwrap();
     owner.delete_recursive(&root).await.unwrap();
@@ -134,7 +132,7 @@ async fn every_recipe_works_in_a_creator_only_namespace() {
     ];
     let m = zkr_recipes::Mutex::new(&c.with_acl(custom.clone()), "/custom/m").unwrap();
     let g = m.acquire_timeout(t).await.unwrap();
-    assert_eq!(c.get_acl(g.node_path()).await.unwrap().0, custom);
+    assert_eq!(c.get_acl(g.fence().path.as_str()).await.unwrap().0, custom);
     assert_eq!(c.get_acl("/custom/m").await.unwrap().0, custom);
     g.release().await.unwrap();
     let rw = zkr_recipes::RwLock::new(&c, "/locks/rw").unwrap();
@@ -144,10 +142,9 @@ async fn every_recipe_works_in_a_creator_only_namespace() {
     let lease = sem.acquire_timeout(t).await.unwrap();
     drop(lease);
 
-    let latch = zkr_recipes::LeaderLatch::start(&c, "/election", "me")
-        .await
-        .unwrap();
-    latch.wait_leader(Some(t)).await.unwrap();
+    let latch = zkr_recipes::LeaderLatch::new(&c, "/election", "me").unwrap();
+    latch.start().await.unwrap();
+    latch.wait_leader_timeout(t).await.unwrap();
     latch.close().await.unwrap();
 
     let cfg = zkr_recipes::Config::<serde_json::Value>::new(&c, "/config/app").unwrap();
@@ -166,23 +163,23 @@ async fn every_recipe_works_in_a_creator_only_namespace() {
     let blocks = zkr_recipes::IdBlocks::new(&c, "/ids/blocks", 10).unwrap();
     blocks.next().await.unwrap();
 
-    let reg = zkr_recipes::Registration::register(
+    let reg = zkr_recipes::Registration::new(
         &c,
         "/services",
         zkr_recipes::ServiceInstance::new("api", "i1"),
     )
-    .await
     .unwrap();
+    reg.start().await.unwrap();
     let found = zkr_recipes::Discovery::instances(&c, "/services", "api")
         .await
         .unwrap();
     assert_eq!(found.len(), 1);
     drop(reg);
 
-    let q = zkr_recipes::WorkQueue::open(&c, "/queue").await.unwrap();
+    let q = zkr_recipes::WorkQueue::new(&c, "/queue").unwrap();
     q.put(&serde_json::json!({"job": 1})).await.unwrap();
-    let mut w = q.worker("w1").await.unwrap();
-    let task = w.claim(t).await.unwrap();
+    let mut w = q.worker("w1").unwrap();
+    let task = w.claim_timeout(t).await.unwrap();
     task.complete(serde_json::json!("done")).await.unwrap();
 
     // Every node the recipes made is creator-only.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::{client, init_tracing, root};
 use futures::StreamExt;
 use zkr::{Client, CreateMode};
-use zkr_recipes::{CacheEvent, CacheStatus, CacheSubscription, CacheUpdate, PathCache, TreeCache};
+use zkr_recipes::{CacheEvent, CacheState, CacheSubscription, CacheUpdate, PathCache, TreeCache};
 use zkr_testing::{self as testing, FaultProxy};
 
 const T: Duration = Duration::from_secs(20);
@@ -157,9 +157,15 @@ async fn truth(c: &Client, root: &str) -> Model {
     out
 }
 
+/// `cache`, started.
+fn started(cache: TreeCache) -> TreeCache {
+    cache.start().unwrap();
+    cache
+}
+
 fn cache_model(cache: &TreeCache) -> Model {
     cache
-        .snapshot()
+        .current()
         .iter()
         .map(|n| (n.path.clone(), (n.stat.czxid, n.stat.mzxid, n.data.clone())))
         .collect()
@@ -208,13 +214,13 @@ async fn snapshot_then_ordered_events() {
         .unwrap();
     c.set_data(&r, b"root", None).await.unwrap();
 
-    let cache = TreeCache::builder(&c, &r).start().unwrap();
-    let snap = cache.wait_loaded(T).await.unwrap();
+    let cache = started(TreeCache::new(&c, &r).unwrap());
+    let snap = cache.wait_loaded_timeout(T).await.unwrap();
     assert_eq!(snap.len(), 3);
     assert_eq!(snap.get(&r).unwrap().data, b"root");
     let kids: Vec<&str> = snap.children(&r).iter().map(|n| n.name()).collect();
     assert_eq!(kids, ["a"]);
-    assert_eq!(cache.status(), CacheStatus::Live);
+    assert_eq!(cache.state(), CacheState::Live);
 
     let mut replay = Replay::new(&cache);
     let x = format!("{r}/a/x");
@@ -236,8 +242,8 @@ async fn snapshot_then_ordered_events() {
 
     // A root that does not exist yet: empty, then filled when created.
     let later = format!("{r}/later");
-    let cache2 = TreeCache::builder(&c, &later).start().unwrap();
-    assert!(cache2.wait_loaded(T).await.unwrap().is_empty());
+    let cache2 = started(TreeCache::new(&c, &later).unwrap());
+    assert!(cache2.wait_loaded_timeout(T).await.unwrap().is_empty());
     c.create(&later, b"now", CreateMode::Persistent)
         .await
         .unwrap();
@@ -245,7 +251,7 @@ async fn snapshot_then_ordered_events() {
         .await
         .unwrap();
     cache2
-        .wait_for(T, |s| (s.len() == 2).then_some(()))
+        .wait_for_timeout(|s| (s.len() == 2).then_some(()), T)
         .await
         .unwrap();
     c.delete_recursive(&r).await.unwrap();
@@ -277,8 +283,11 @@ async fn ten_thousand_nodes() {
     }
 
     let t0 = Instant::now();
-    let cache = TreeCache::builder(&c, &r).start().unwrap();
-    let snap = cache.wait_loaded(Duration::from_secs(60)).await.unwrap();
+    let cache = started(TreeCache::new(&c, &r).unwrap());
+    let snap = cache
+        .wait_loaded_timeout(Duration::from_secs(60))
+        .await
+        .unwrap();
     let load = t0.elapsed();
     assert_eq!(snap.len(), 10_001);
     assert_eq!(snap.children(&r).len(), 100);
@@ -324,8 +333,8 @@ async fn changes_while_cut_off_are_delivered_once_after_heal() {
             .await
             .unwrap();
     }
-    let cache = TreeCache::builder(&c, &r).start().unwrap();
-    cache.wait_loaded(T).await.unwrap();
+    let cache = started(TreeCache::new(&c, &r).unwrap());
+    cache.wait_loaded_timeout(T).await.unwrap();
     let mut replay = Replay::new(&cache);
     replay.until("loaded", |m| m.len() == 6).await;
 
@@ -336,7 +345,7 @@ async fn changes_while_cut_off_are_delivered_once_after_heal() {
     })
     .await;
     replay.until_marker(CacheEvent::Stale, 1).await;
-    assert_eq!(cache.status(), CacheStatus::Stale);
+    assert_eq!(cache.state(), CacheState::Stale);
     // While cut off: add, delete, update, and delete + re-create a subtree (same data).
     admin
         .create(&format!("{r}/new"), b"new", CreateMode::Persistent)
@@ -369,7 +378,7 @@ async fn changes_while_cut_off_are_delivered_once_after_heal() {
     assert_eq!(added, want_added);
     assert_eq!(event_paths(&replay.events, "updated"), [format!("{r}/upd")]);
     check_converged(&admin, &cache, &replay, &r).await;
-    assert_eq!(cache.status(), CacheStatus::Live);
+    assert_eq!(cache.state(), CacheState::Live);
 
     // Still following after the resync.
     admin
@@ -397,8 +406,8 @@ async fn session_expiry_resyncs_in_the_new_session() {
     c.create(&format!("{r}/mine"), b"e", CreateMode::Ephemeral)
         .await
         .unwrap();
-    let cache = TreeCache::builder(&c, &r).start().unwrap();
-    cache.wait_loaded(T).await.unwrap();
+    let cache = started(TreeCache::new(&c, &r).unwrap());
+    cache.wait_loaded_timeout(T).await.unwrap();
     let mut replay = Replay::new(&cache);
     replay.until("loaded", |m| m.len() == 3).await;
 
@@ -443,8 +452,8 @@ async fn subtree_deleted_and_recreated() {
             .await
             .unwrap();
     }
-    let cache = TreeCache::builder(&c, &r).start().unwrap();
-    cache.wait_loaded(T).await.unwrap();
+    let cache = started(TreeCache::new(&c, &r).unwrap());
+    cache.wait_loaded_timeout(T).await.unwrap();
     let mut replay = Replay::new(&cache);
     replay.until("loaded", |m| m.len() == 6).await;
     let sub = format!("{r}/sub");
@@ -469,11 +478,8 @@ async fn subtree_deleted_and_recreated() {
 async fn lagging_subscriber_gets_a_snapshot_and_converges() {
     init_tracing();
     let (c, r) = fresh("tc-lag").await;
-    let cache = TreeCache::builder(&c, &r)
-        .event_capacity(4)
-        .start()
-        .unwrap();
-    cache.wait_loaded(T).await.unwrap();
+    let cache = started(TreeCache::new(&c, &r).unwrap().with_event_capacity(4));
+    cache.wait_loaded_timeout(T).await.unwrap();
     let mut replay = Replay::new(&cache);
     replay.until("loaded", |m| m.len() == 1).await;
     for i in 0..40 {
@@ -483,7 +489,7 @@ async fn lagging_subscriber_gets_a_snapshot_and_converges() {
     }
     // Not polled meanwhile: it fell behind, so it is handed a snapshot and goes on from there.
     cache
-        .wait_for(T, |s| (s.len() == 41).then_some(()))
+        .wait_for_timeout(|s| (s.len() == 41).then_some(()), T)
         .await
         .unwrap();
     replay.until("all", |m| m.len() == 41).await;
@@ -504,8 +510,12 @@ async fn path_cache_one_level_with_data() {
         .await
         .unwrap();
     c.set_data(&format!("{r}/a"), b"A", None).await.unwrap();
-    let cache = PathCache::start(&c, &r).unwrap();
-    let kids = cache.wait_loaded(T).await.unwrap();
+    let cache = {
+        let p = PathCache::new(&c, &r).unwrap();
+        p.start().unwrap();
+        p
+    };
+    let kids = cache.wait_loaded_timeout(T).await.unwrap();
     assert_eq!(kids.keys().collect::<Vec<_>>(), ["a"]);
     assert_eq!(kids["a"].data, b"A");
     let mut sub = cache.subscribe();
@@ -521,11 +531,14 @@ async fn path_cache_one_level_with_data() {
         .unwrap();
     c.set_data(&format!("{r}/b"), b"B2", None).await.unwrap();
     let kids = cache
-        .wait_for(T, |m| {
-            m.get("b")
-                .is_some_and(|n| n.data == b"B2")
-                .then(|| m.clone())
-        })
+        .wait_for_timeout(
+            |m| {
+                m.get("b")
+                    .is_some_and(|n| n.data == b"B2")
+                    .then(|| m.clone())
+            },
+            T,
+        )
         .await
         .unwrap();
     assert_eq!(kids.len(), 2, "grandchildren are not children");
@@ -556,12 +569,13 @@ async fn data_and_depth_bounds_and_drop_ends_subscriptions() {
         .unwrap();
     let big = vec![7u8; 5000];
     c.set_data(&format!("{r}/a"), &big, None).await.unwrap();
-    let cache = TreeCache::builder(&c, &r)
-        .max_data_bytes(100)
-        .max_depth(2)
-        .start()
-        .unwrap();
-    let snap = cache.wait_loaded(T).await.unwrap();
+    let cache = started(
+        TreeCache::new(&c, &r)
+            .unwrap()
+            .with_max_data_bytes(100)
+            .with_max_depth(2),
+    );
+    let snap = cache.wait_loaded_timeout(T).await.unwrap();
     let paths: Vec<&str> = snap.iter().map(|n| n.path.as_str()).collect();
     let (a, b) = (format!("{r}/a"), format!("{r}/a/b"));
     assert_eq!(
@@ -585,12 +599,13 @@ async fn data_and_depth_bounds_and_drop_ends_subscriptions() {
         .unwrap();
     c.set_data(&b, b"b2", None).await.unwrap();
     cache
-        .wait_for(T, |s| {
-            s.get(&b).is_some_and(|n| n.data == b"b2").then_some(())
-        })
+        .wait_for_timeout(
+            |s| s.get(&b).is_some_and(|n| n.data == b"b2").then_some(()),
+            T,
+        )
         .await
         .unwrap();
-    assert_eq!(cache.snapshot().len(), 3);
+    assert_eq!(cache.current().len(), 3);
 
     // Dropping the cache ends its subscriptions.
     drop(cache);

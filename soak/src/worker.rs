@@ -20,6 +20,7 @@
 //! Every role also writes `session` (id and password, so that the soak can expire the session
 //! from outside) whenever a new session starts, and `state` on every session state change.
 
+use futures::StreamExt;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -174,7 +175,7 @@ async fn ids(client: &Client, events: &Events, rng: &mut StdRng) -> Result<(), S
     let seq = SequentialIds::new(client, SEQ_DIR).map_err(|e| e.to_string())?;
     let counter = AtomicCounter::new(client, COUNTER)
         .map_err(|e| e.to_string())?
-        .timeout(Duration::from_secs(10));
+        .with_timeout(Duration::from_secs(10));
     let blocks = IdBlocks::new(client, COUNTER, 10).map_err(|e| e.to_string())?;
     loop {
         let (via, ns, r) = match rng.gen_range(0..3) {
@@ -218,7 +219,7 @@ async fn config_pub(client: &Client, events: &Events, rng: &mut StdRng) -> Resul
 async fn config_sub(client: &Client, events: &Events) -> Result<(), String> {
     let config: Config<Value> = Config::new(client, CONFIG).map_err(|e| e.to_string())?;
     let mut sub = config.subscribe().map_err(|e| e.to_string())?;
-    while let Some(ev) = sub.next_event().await {
+    while let Some(ev) = sub.next().await {
         match ev {
             ConfigEvent::Value(c) => events.emit(json!({
                 "ev": "seen", "v": c.value["v"].as_i64(), "mzxid": c.mzxid, "stale": c.stale,
@@ -230,34 +231,31 @@ async fn config_sub(client: &Client, events: &Events) -> Result<(), String> {
             ConfigEvent::Error(e) => events.emit(json!({"ev": "err", "e": e.to_string()})),
             ConfigEvent::Stale => events.emit(json!({"ev": "stale"})),
             ConfigEvent::Fresh => events.emit(json!({"ev": "fresh"})),
+            // The worker keeps up; should it not, the next value still comes.
+            ConfigEvent::Lagged { .. } => {}
         }
     }
     Err("the subscription ended".into())
 }
 
 async fn register(client: &Client, events: &Events, name: &str) -> Result<(), String> {
-    let registration = loop {
-        let instance = ServiceInstance::new(SERVICE, name).port(8080);
-        match Registration::register(client, SERVICES, instance).await {
-            Ok(r) => break r,
-            Err(e) => {
-                events.emit(json!({"ev": "err", "op": "register", "e": e.to_string()}));
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
-    let mut rx = registration.status_receiver();
-    loop {
-        let status = *rx.borrow_and_update();
-        events.emit(json!({"ev": "status", "s": format!("{status:?}")}));
-        if rx.changed().await.is_err() {
-            return Err("the registration ended".into());
-        }
+    let instance = ServiceInstance::new(SERVICE, name).with_port(8080);
+    let registration = Registration::new(client, SERVICES, instance).map_err(|e| e.to_string())?;
+    // A failed start may be tried again.
+    while let Err(e) = registration.start().await {
+        events.emit(json!({"ev": "err", "op": "register", "e": e.to_string()}));
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let mut changes = registration.changes();
+    while let Some(state) = changes.next().await {
+        events.emit(json!({"ev": "status", "s": format!("{state:?}")}));
+    }
+    Err("the registration ended".into())
 }
 
 async fn discover(client: &Client, events: &Events) -> Result<(), String> {
-    let mut discovery = Discovery::watch(client, SERVICES, SERVICE).map_err(|e| e.to_string())?;
+    let mut discovery = Discovery::new(client, SERVICES, SERVICE).map_err(|e| e.to_string())?;
+    discovery.start().map_err(|e| e.to_string())?;
     loop {
         match discovery.next_timeout(Duration::from_secs(3600)).await {
             Ok(Some(set)) => {
@@ -272,7 +270,7 @@ async fn discover(client: &Client, events: &Events) -> Result<(), String> {
 
 async fn open_queue(client: &Client, events: &Events) -> WorkQueue {
     loop {
-        match WorkQueue::open(client, QUEUE).await {
+        match WorkQueue::new(client, QUEUE) {
             Ok(q) => return q,
             Err(e) => {
                 events.emit(json!({"ev": "err", "op": "open", "e": e.to_string()}));
@@ -302,7 +300,7 @@ async fn queue_worker(
 ) -> Result<(), String> {
     let queue = open_queue(client, events).await;
     let mut worker = loop {
-        match queue.worker(name).await {
+        match queue.worker(name) {
             Ok(w) => break w,
             Err(e) => {
                 events.emit(json!({"ev": "err", "op": "worker", "e": e.to_string()}));
@@ -311,7 +309,7 @@ async fn queue_worker(
         }
     };
     loop {
-        let task = match worker.claim(Duration::from_secs(2)).await {
+        let task = match worker.claim_timeout(Duration::from_secs(2)).await {
             Ok(t) => t,
             Err(zkr_recipes::Error::Timeout { .. }) => continue,
             Err(e) => {
@@ -349,9 +347,7 @@ async fn inspect(client: &Client, events: &Events) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?
         .and_then(|c| c.value["v"].as_i64());
-    let queue = WorkQueue::open(client, QUEUE)
-        .await
-        .map_err(|e| e.to_string())?;
+    let queue = WorkQueue::new(client, QUEUE).map_err(|e| e.to_string())?;
     let snapshot = queue.snapshot().await.map_err(|e| e.to_string())?;
     let tasks: Vec<Value> = snapshot
         .tasks

@@ -205,10 +205,7 @@ impl ConnShared {
     }
 
     pub fn session(&self) -> SessionInfo {
-        self.session
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        crate::sync::lock(&self.session).clone()
     }
 
     pub fn state(&self) -> WireState {
@@ -1008,11 +1005,7 @@ impl Task {
                     let ro = est.response.read_only;
                     self.seen_rw |= !ro;
                     {
-                        let mut s = self
-                            .shared
-                            .session
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner());
+                        let mut s = crate::sync::lock(&self.shared.session);
                         s.server = next;
                         s.timeout = Duration::from_millis(
                             u64::try_from(est.response.timeout_ms).unwrap_or(0),

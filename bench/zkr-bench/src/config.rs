@@ -9,6 +9,7 @@
 //! `final_seen_after_last_set_ms` is the time from the last `publish` returning until the last
 //! subscriber saw it. `ops` = versions published; `ops_per_s` is null.
 
+use futures::StreamExt;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -102,7 +103,7 @@ async fn run(
         subs.push(s);
     }
     for s in &subs {
-        s.wait_for(CONVERGE_TIMEOUT, |v| v.value.seq == 0)
+        s.wait_for_timeout(|v| v.value.seq == 0, CONVERGE_TIMEOUT)
             .await
             .map_err(err)?;
     }
@@ -117,7 +118,7 @@ async fn run(
                 };
                 let deadline = tokio::time::Instant::now() + CONVERGE_TIMEOUT * 4;
                 loop {
-                    let ev = match tokio::time::timeout_at(deadline, s.next_event()).await {
+                    let ev = match tokio::time::timeout_at(deadline, s.next()).await {
                         Ok(Some(ev)) => ev,
                         _ => break,
                     };

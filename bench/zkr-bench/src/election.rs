@@ -28,11 +28,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use rustix::process::{kill_process, Pid, Signal};
 use serde_json::{Map, Value};
-use tokio::sync::watch;
 use zkr::Client;
-use zkr_recipes::leader_latch::{LatchState, LeaderLatch};
+use zkr_recipes::{Changes, LatchState, LeaderLatch};
 use zkr_testing::ZkEnsemble;
 
 use super::{ms, round, Bench, BenchError, Latencies, Report};
@@ -89,7 +89,7 @@ fn err(e: impl std::fmt::Display) -> BenchError {
 
 struct Cand {
     client: Client,
-    latch: LeaderLatch,
+    latch: Arc<LeaderLatch>,
 }
 
 async fn candidate(
@@ -102,31 +102,35 @@ async fn candidate(
         .session_timeout(session)
         .connect()
         .await?;
-    let latch = LeaderLatch::start(&client, path, id).await.map_err(err)?;
-    Ok(Cand { client, latch })
+    let latch = LeaderLatch::new(&client, path, id).map_err(err)?;
+    latch.start().await.map_err(err)?;
+    Ok(Cand {
+        client,
+        latch: Arc::new(latch),
+    })
 }
 
-/// Waits until one of `rxs` is `Leader`; returns its index and when it was seen.
-async fn first_leader(rxs: Vec<watch::Receiver<LatchState>>) -> Option<(usize, Instant)> {
-    if rxs.is_empty() {
+/// Waits until one of `changes` is `Leader`; returns its index and when it was seen.
+async fn first_leader(changes: Vec<Changes<LatchState>>) -> Option<(usize, Instant)> {
+    if changes.is_empty() {
         return None;
     }
-    let futs = rxs.into_iter().enumerate().map(|(i, mut rx)| {
+    let futs = changes.into_iter().enumerate().map(|(i, mut ch)| {
         Box::pin(async move {
-            let ok = rx.wait_for(|s| s.is_leader()).await.is_ok();
-            if ok {
-                Some((i, Instant::now()))
-            } else {
-                std::future::pending().await
+            while let Some(s) = ch.next().await {
+                if s.is_leader() {
+                    return Some((i, Instant::now()));
+                }
             }
+            std::future::pending().await
         })
     });
     futures::future::select_all(futs).await.0
 }
 
 async fn wait_leader_index(cands: &[Cand], within: Duration) -> Result<usize, BenchError> {
-    let rxs = cands.iter().map(|c| c.latch.state_receiver()).collect();
-    match tokio::time::timeout(within, first_leader(rxs)).await {
+    let changes = cands.iter().map(|c| c.latch.changes()).collect();
+    match tokio::time::timeout(within, first_leader(changes)).await {
         Ok(Some((i, _))) => Ok(i),
         _ => Err(BenchError(format!("no leader within {within:?}"))),
     }
@@ -192,18 +196,18 @@ async fn w4_measure(b: &Bench, path: &str) -> Result<Report, BenchError> {
     for next_id in CANDIDATES..CANDIDATES + rounds {
         let li = wait_leader_index(&cands, WAIT).await?;
         let leader = cands.remove(li);
-        let rxs: Vec<_> = cands.iter().map(|c| c.latch.state_receiver()).collect();
-        let all = rxs.clone();
-        let old = leader.latch.state_receiver();
+        let changes: Vec<_> = cands.iter().map(|c| c.latch.changes()).collect();
+        let all: Vec<_> = cands.iter().map(|c| c.latch.clone()).collect();
+        let old = leader.latch.clone();
         let waiter = tokio::spawn(async move {
-            let (i, at) = first_leader(rxs).await?;
+            let (i, at) = first_leader(changes).await?;
             // At the moment the new leader was told: does anyone else believe it leads?
             let others = all
                 .iter()
                 .enumerate()
-                .filter(|(j, rx)| *j != i && rx.borrow().is_leader())
+                .filter(|(j, l)| *j != i && l.state().is_leader())
                 .count();
-            Some((at, others > 0 || old.borrow().is_leader()))
+            Some((at, others > 0 || old.state().is_leader()))
         });
         let t0 = Instant::now();
         leader.latch.close().await.map_err(err)?;
@@ -434,7 +438,7 @@ async fn w4pause_measure(
             .collect();
         let path = format!("{root}/e{round}");
         let a = candidate(&addrs[f].to_string(), PAUSE_SESSION, &path, "a").await?;
-        a.latch.wait_leader(Some(WAIT)).await.map_err(err)?;
+        a.latch.wait_leader_timeout(WAIT).await.map_err(err)?;
         let mut rest = Vec::new();
         for (k, id) in ["b", "c"].iter().enumerate() {
             let mut o = others.clone();
@@ -442,17 +446,21 @@ async fn w4pause_measure(
             o.rotate_left(k % n);
             rest.push(candidate(&o.join(","), PAUSE_SESSION, &path, id).await?);
         }
-        let mut old = a.latch.state_receiver();
-        let rxs: Vec<_> = rest.iter().map(|c| c.latch.state_receiver()).collect();
+        let mut old = a.latch.changes();
+        let changes: Vec<_> = rest.iter().map(|c| c.latch.changes()).collect();
         let m = members.clone();
         blocking(move || m.signal(f, true)).await??;
         let t0 = Instant::now();
         let demote = async {
-            let _ = old.wait_for(|s| !s.is_leader()).await;
+            while let Some(s) = old.next().await {
+                if !s.is_leader() {
+                    break;
+                }
+            }
             Instant::now()
         };
         let (t_dem, new) =
-            tokio::time::timeout(WAIT, futures::future::join(demote, first_leader(rxs)))
+            tokio::time::timeout(WAIT, futures::future::join(demote, first_leader(changes)))
                 .await
                 .map_err(|_| err("no failover within 15 s"))?;
         let m = members.clone();

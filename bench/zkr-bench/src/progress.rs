@@ -60,7 +60,7 @@ async fn run(
 ) -> Result<Report, BenchError> {
     let updates = b.scaled(UPDATES);
     let queue_root = format!("{root}/queue");
-    let q = WorkQueue::open(admin, &queue_root).await.map_err(err)?;
+    let q = WorkQueue::new(admin, &queue_root).map_err(err)?;
     for i in 0..clients.len() {
         q.put(&json!({ "job": i })).await.map_err(err)?;
     }
@@ -68,16 +68,17 @@ async fn run(
     // Each worker claims one task (not timed).
     let mut tasks = Vec::with_capacity(clients.len());
     for (i, c) in clients.iter().enumerate() {
-        let wq = WorkQueue::open(c, &queue_root).await.map_err(err)?;
-        let mut w = wq.worker(&format!("w{i:02}")).await.map_err(err)?;
-        let t = w.claim(CONVERGE_TIMEOUT).await.map_err(err)?;
+        let wq = WorkQueue::new(c, &queue_root).map_err(err)?;
+        let mut w = wq.worker(&format!("w{i:02}")).map_err(err)?;
+        let t = w.claim_timeout(CONVERGE_TIMEOUT).await.map_err(err)?;
         tasks.push(tokio::sync::Mutex::new(Some((t, w))));
     }
     let tasks = std::sync::Arc::new(tasks);
     coord
-        .wait_until(CONVERGE_TIMEOUT, |s| {
-            s.count(TaskState::Running) == clients.len()
-        })
+        .wait_for_timeout(
+            |s| s.count(TaskState::Running) == clients.len(),
+            CONVERGE_TIMEOUT,
+        )
         .await
         .map_err(err)?;
 
@@ -122,14 +123,17 @@ async fn run(
     }
     let last_msg = format!("step {updates}");
     let truth = coord
-        .wait_until(CONVERGE_TIMEOUT, |s| {
-            s.tasks.len() == clients.len()
-                && s.tasks.iter().all(|t| {
-                    t.state == TaskState::Running
-                        && t.percent == Some(100.0)
-                        && t.message.as_deref() == Some(last_msg.as_str())
-                })
-        })
+        .wait_for_timeout(
+            |s| {
+                s.tasks.len() == clients.len()
+                    && s.tasks.iter().all(|t| {
+                        t.state == TaskState::Running
+                            && t.percent == Some(100.0)
+                            && t.message.as_deref() == Some(last_msg.as_str())
+                    })
+            },
+            CONVERGE_TIMEOUT,
+        )
         .await;
     let converge = truth.as_ref().ok().map(|_| last_write.elapsed());
     // Owners must be the workers that claimed them (one task each).

@@ -39,6 +39,17 @@ fn err(e: zkr_recipes::Error) -> BenchError {
     BenchError(e.to_string())
 }
 
+/// `instance` registered under `base`: created, then started (the node is there on return).
+pub(crate) async fn register(
+    c: &zkr::Client,
+    base: &str,
+    instance: ServiceInstance,
+) -> zkr_recipes::Result<Registration> {
+    let reg = Registration::new(c, base, instance)?;
+    reg.start().await?;
+    Ok(reg)
+}
+
 fn id(i: usize) -> String {
     format!("inst-{i:05}")
 }
@@ -69,20 +80,23 @@ async fn run(
     watcher
         .ensure_containers(&format!("{base}/{SERVICE}"))
         .await?;
-    let mut disc = Discovery::watch(watcher, &base, SERVICE).map_err(err)?;
+    let mut disc = Discovery::new(watcher, &base, SERVICE).map_err(err)?;
+    disc.start().map_err(err)?;
     disc.next_timeout(CONVERGE_TIMEOUT).await.map_err(err)?; // the (empty) initial set
     let all: BTreeSet<String> = (0..n).map(id).collect();
 
     // Register: instance i belongs to session i % SESSIONS; every register runs concurrently.
     let start = Instant::now();
     let seen_all = {
-        let mut d = Discovery::watch(watcher, &base, SERVICE).map_err(err)?;
+        let d = Discovery::new(watcher, &base, SERVICE).map_err(err)?;
+        d.start().map_err(err)?;
         let all = all.clone();
         tokio::spawn(async move {
             let r = d
-                .wait_until(CONVERGE_TIMEOUT, |s| {
-                    s.len() == all.len() && s.iter().all(|i| all.contains(&i.id))
-                })
+                .wait_for_timeout(
+                    |s| s.len() == all.len() && s.iter().all(|i| all.contains(&i.id)),
+                    CONVERGE_TIMEOUT,
+                )
                 .await;
             r.map(|_| Instant::now())
         })
@@ -92,11 +106,11 @@ async fn run(
         let base = base.clone();
         async move {
             let inst = ServiceInstance::new(SERVICE, &id(i))
-                .address("10.0.0.1")
-                .port(8000 + (i % 1000) as u16)
-                .payload(json!({"zone": format!("z{}", i % 3), "weight": i % 10}));
+                .with_address("10.0.0.1")
+                .with_port(8000 + (i % 1000) as u16)
+                .with_payload(json!({"zone": format!("z{}", i % 3), "weight": i % 10}));
             let t = Instant::now();
-            let r = Registration::register(&c, &base, inst).await;
+            let r = register(&c, &base, inst).await;
             (t.elapsed(), r)
         }
     })
@@ -114,7 +128,7 @@ async fn run(
     let registered_in = start.elapsed();
     // Let the main discovery catch up too (it must agree).
     let first_ok = disc
-        .wait_until(CONVERGE_TIMEOUT, |s| s.len() == all.len())
+        .wait_for_timeout(|s| s.len() == all.len(), CONVERGE_TIMEOUT)
         .await
         .is_ok();
 
@@ -127,9 +141,10 @@ async fn run(
     let closes = clients[..CLOSED].iter().map(|c| c.close());
     let seen = {
         let survivors = survivors.clone();
-        disc.wait_until(CONVERGE_TIMEOUT, move |s| {
-            s.len() == survivors.len() && s.iter().all(|i| survivors.contains(&i.id))
-        })
+        disc.wait_for_timeout(
+            move |s| s.len() == survivors.len() && s.iter().all(|i| survivors.contains(&i.id)),
+            CONVERGE_TIMEOUT,
+        )
     };
     let (_, seen) = futures::join!(futures::future::join_all(closes), seen);
     let close_converge = seen.ok().map(|_| start.elapsed());
@@ -143,7 +158,7 @@ async fn run(
     let mut r = Report::new(W7, params(b), n as u64, registered_in, &mut lat, ok)
         .field("register_converge_ms", register_converge.map(ms))
         .field("close_converge_ms", close_converge.map(ms))
-        .field("latency_of", "one Registration::register call");
+        .field("latency_of", "one Registration::start call");
     r.ops_per_s = None;
     Ok(r)
 }

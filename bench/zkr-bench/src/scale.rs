@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use zkr::{Client, CreateMode};
-use zkr_recipes::{ConfigTree, Discovery, Mutex, Registration, ServiceInstance};
+use zkr_recipes::{ConfigTree, Discovery, Mutex, ServiceInstance};
 
+use super::registration::register;
 use super::{fan_out, ms, round, Bench, BenchError, Latencies, Report};
 
 /// Workload names.
@@ -580,10 +581,9 @@ async fn configtree_step(
     let rss0 = rss_kb();
     let t = Instant::now();
     let sub = tree.subscribe().map_err(err)?;
-    let mut rx = sub.receiver();
-    wait_map(&mut rx, |s| s.loaded).await?;
+    wait_map(&sub, |s| s.loaded).await?;
     let first_load = t.elapsed();
-    let keys = rx.borrow().entries.len();
+    let keys = sub.current().entries.len();
     let rss1 = rss_kb();
     let watches = server_watches(&b.connect).await;
     let mut lat = Latencies::with_capacity(CHANGES);
@@ -593,7 +593,7 @@ async fn configtree_step(
         let v = key_value(i, j + 1);
         let t = Instant::now();
         let (set, seen) = futures::join!(writer_tree.set(&k, &v), async {
-            wait_map(&mut rx, |s| s.entries.get(&k).is_some_and(|e| e.value == v)).await?;
+            wait_map(&sub, |s| s.entries.get(&k).is_some_and(|e| e.value == v)).await?;
             Ok::<_, BenchError>(Instant::now())
         });
         set.map_err(err)?;
@@ -614,25 +614,18 @@ async fn configtree_step(
 
 /// Waits until the subscriber's map satisfies `pred`.
 async fn wait_map(
-    rx: &mut tokio::sync::watch::Receiver<zkr_recipes::TreeSnapshot<Value>>,
-    mut pred: impl FnMut(&zkr_recipes::TreeSnapshot<Value>) -> bool,
+    sub: &zkr_recipes::TreeSubscription<Value>,
+    pred: impl FnMut(&zkr_recipes::TreeSnapshot<Value>) -> bool,
 ) -> Result<(), BenchError> {
-    tokio::time::timeout(CONVERGE_TIMEOUT, async {
-        loop {
-            if pred(&rx.borrow_and_update()) {
-                return Ok(());
-            }
-            if rx.changed().await.is_err() {
-                return Err(BenchError("the config tree subscription ended".into()));
-            }
-        }
-    })
-    .await
-    .map_err(|_| {
-        BenchError(format!(
+    match sub.wait_for_timeout(pred, CONVERGE_TIMEOUT).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_timeout() => Err(BenchError(format!(
             "config tree did not converge within {CONVERGE_TIMEOUT:?}"
-        ))
-    })?
+        ))),
+        Err(e) => Err(BenchError(format!(
+            "the config tree subscription ended: {e}"
+        ))),
+    }
 }
 
 // ------------------------------------------------------------------ s-discovery
@@ -696,17 +689,20 @@ async fn discovery_step(
     watcher
         .ensure_containers(&format!("{base}/{SERVICE}"))
         .await?;
-    let mut disc = Discovery::watch(watcher, &base, SERVICE).map_err(err)?;
+    let mut disc = Discovery::new(watcher, &base, SERVICE).map_err(err)?;
+    disc.start().map_err(err)?;
     disc.next_timeout(CONVERGE_TIMEOUT).await.map_err(err)?; // the (empty) initial set
     let all: BTreeSet<String> = (0..n).map(inst_id).collect();
 
     let start = Instant::now();
     let seen_all = {
-        let mut d = Discovery::watch(watcher, &base, SERVICE).map_err(err)?;
+        let d = Discovery::new(watcher, &base, SERVICE).map_err(err)?;
+        d.start().map_err(err)?;
         tokio::spawn(async move {
-            d.wait_until(CONVERGE_TIMEOUT, |s| {
-                s.len() == all.len() && s.iter().all(|i| all.contains(&i.id))
-            })
+            d.wait_for_timeout(
+                |s| s.len() == all.len() && s.iter().all(|i| all.contains(&i.id)),
+                CONVERGE_TIMEOUT,
+            )
             .await
             .map(|_| Instant::now())
         })
@@ -716,10 +712,10 @@ async fn discovery_step(
         let base = base.clone();
         async move {
             let inst = ServiceInstance::new(SERVICE, &inst_id(i))
-                .address("10.0.0.1")
-                .port(8000 + (i % 1000) as u16)
-                .payload(json!({"zone": format!("z{}", i % 3), "weight": i % 10}));
-            Registration::register(&c, &base, inst).await
+                .with_address("10.0.0.1")
+                .with_port(8000 + (i % 1000) as u16)
+                .with_payload(json!({"zone": format!("z{}", i % 3), "weight": i % 10}));
+            register(&c, &base, inst).await
         }
     })
     .await?;
@@ -733,7 +729,7 @@ async fn discovery_step(
         _ => None,
     };
     let main_ok = disc
-        .wait_until(CONVERGE_TIMEOUT, |s| s.len() == n)
+        .wait_for_timeout(|s| s.len() == n, CONVERGE_TIMEOUT)
         .await
         .is_ok();
     let rss1 = rss_kb();
@@ -741,7 +737,7 @@ async fn discovery_step(
     // Every registering session closes at once; their ephemeral nodes go with them.
     let start = Instant::now();
     let closes = futures::future::join_all(clients.iter().map(|c| c.close()));
-    let gone = disc.wait_until(CONVERGE_TIMEOUT, |s| s.is_empty());
+    let gone = disc.wait_for_timeout(|s| s.is_empty(), CONVERGE_TIMEOUT);
     let (_, gone) = futures::join!(closes, gone);
     let close_converge = gone.ok().map(|_| start.elapsed());
     drop(registrations);

@@ -87,11 +87,10 @@ async fn run(
     let total = 1 + dirs * (leaves + 1);
 
     let t0 = Instant::now();
-    let cache = TreeCache::builder(cached, root)
-        .start()
-        .map_err(|e| BenchError(e.to_string()))?;
+    let cache = TreeCache::new(cached, root).map_err(|e| BenchError(e.to_string()))?;
+    cache.start().map_err(|e| BenchError(e.to_string()))?;
     let snap = cache
-        .wait_loaded(Duration::from_secs(120))
+        .wait_loaded_timeout(Duration::from_secs(120))
         .await
         .map_err(|e| BenchError(e.to_string()))?;
     let first_load = t0.elapsed();

@@ -159,6 +159,10 @@ pub async fn run(ctx: &Ctx, args: &ConfigArgs, input: &[u8]) -> Result<(), CliEr
                     },
                     ConfigEvent::Stale => ValueLine::new("stale", path),
                     ConfigEvent::Fresh => ValueLine::new("fresh", path),
+                    ConfigEvent::Lagged { missed } => ValueLine {
+                        error: Some(format!("{missed} events were lost: the reader lagged")),
+                        ..ValueLine::new("lagged", path)
+                    },
                 };
                 print_json_line(&line).map(|_| true)
             })

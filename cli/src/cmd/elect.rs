@@ -19,8 +19,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde::Serialize;
-use zkr_recipes::leader_latch::{self, StepDown};
-use zkr_recipes::leader_selector::LeaderSelector;
+use zkr_recipes::{leader_observer, LeaderObserver, LeaderSelector, LossPolicy};
 
 use super::child::{self, Ended};
 use super::{CliError, Ctx};
@@ -136,16 +135,17 @@ pub async fn elect(ctx: &Ctx, args: &ElectArgs) -> Result<u8, CliError> {
     // as interrupted (with the command's status), not as lost.
     let signalled = Arc::new(AtomicBool::new(false));
     loop {
-        let selector = LeaderSelector::builder(&ctx.client, path)
-            .id(id.clone())
-            .step_down_on(if args.keep_on_suspend {
-                StepDown::Lost
+        let selector = LeaderSelector::new(&ctx.client, path)
+            .map_err(recipe_error)?
+            .with_id(id.clone())
+            .with_loss_policy(if args.keep_on_suspend {
+                LossPolicy::Lost
             } else {
-                StepDown::Suspended
+                LossPolicy::Suspended
             })
-            .requeue(false)
+            .with_requeue(false)
             // The command gets SIGTERM, then SIGKILL after child::GRACE: let that finish.
-            .grace(child::GRACE + Duration::from_secs(2));
+            .with_grace(child::GRACE + Duration::from_secs(2));
         let selector = match &args.fence_cmd {
             Some(cmd) => {
                 let crumb = args
@@ -153,13 +153,12 @@ pub async fn elect(ctx: &Ctx, args: &ElectArgs) -> Result<u8, CliError> {
                     .clone()
                     .unwrap_or_else(|| format!("{path}-breadcrumb"));
                 let (cmd, path) = (cmd.clone(), path.to_string());
-                selector.active_breadcrumb(&crumb, move |previous| {
+                selector.with_active_breadcrumb(&crumb, move |previous| {
                     fence(cmd.clone(), path.clone(), previous)
                 })
             }
             None => selector,
-        }
-        .build();
+        };
         let handle = selector.handle();
         let last: Arc<Mutex<Option<TermEnd>>> = Arc::new(Mutex::new(None));
         ev("joined", None, None);
@@ -169,12 +168,12 @@ pub async fn elect(ctx: &Ctx, args: &ElectArgs) -> Result<u8, CliError> {
             let ev = &ev;
             let argv = &args.command;
             async move {
-                ev("leader", Some(leadership.fence().epoch), None);
+                ev("leader", Some(leadership.fence().token), None);
                 let lease = || leadership.valid_until();
                 let hold = child::Hold {
                     path,
-                    node: &leadership.fence().node,
-                    token: leadership.fence().epoch,
+                    node: &leadership.fence().path,
+                    token: leadership.fence().token,
                     lease: &lease,
                 };
                 let end = match child::run_while(argv, hold, leadership.lost()).await {
@@ -249,7 +248,7 @@ struct LeaderLine {
 /// Runs `zkr leader`.
 pub async fn leader(ctx: &Ctx, args: &LeaderArgs) -> Result<(), CliError> {
     if !args.watch {
-        return match leader_latch::leader(&ctx.client, &args.path)
+        return match leader_observer::leader(&ctx.client, &args.path)
             .await
             .map_err(recipe_error)?
         {
@@ -263,18 +262,25 @@ pub async fn leader(ctx: &Ctx, args: &LeaderArgs) -> Result<(), CliError> {
         };
     }
     let _states = super::log_session_states(&ctx.client);
-    let mut obs = leader_latch::observe(&ctx.client, &args.path).map_err(recipe_error)?;
+    let observer = LeaderObserver::new(&ctx.client, &args.path).map_err(recipe_error)?;
+    observer.start().map_err(recipe_error)?;
+    let mut obs = observer.changes();
     let stop = super::shutdown_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             ev = obs.next() => match ev {
-                None => return Ok(()),
-                Some(Err(e)) => tracing::warn!(error = %e, "reading the leader failed"),
-                Some(Ok(p)) => super::print_json_line(&LeaderLine {
+                // Ends when the client is closed, or for good when ZooKeeper refuses us.
+                None => {
+                    return match observer.state() {
+                        zkr_recipes::ObserverState::Failed(e) => Err(recipe_error(e)),
+                        _ => Ok(()),
+                    }
+                }
+                Some(p) => super::print_json_line(&LeaderLine {
                     leader: p.as_ref().map(|p| p.id.clone()),
-                    node: p.as_ref().map(|p| p.node.clone()),
-                    epoch: p.as_ref().map(|p| p.epoch),
+                    node: p.as_ref().map(|p| p.path.clone()),
+                    epoch: p.as_ref().map(|p| p.token),
                 })?,
             },
             r = &mut stop => return r,

@@ -71,7 +71,7 @@ pub async fn run(ctx: &Ctx, args: &IdArgs) -> Result<(), CliError> {
     let ids = if let Some(b) = block {
         IdBlocks::new(&ctx.client, path, *b)
             .map_err(recipe_err)?
-            .next_n(*count)
+            .next_batch(*count)
             .await
             .map_err(recipe_err)?
     } else if *counter {

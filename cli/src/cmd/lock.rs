@@ -71,15 +71,15 @@ pub async fn run(ctx: &Ctx, args: &LockArgs, wait: Option<Duration>) -> Result<L
         _ = super::shutdown_signal() => return Ok(LockExit(130)),
     };
     tracing::info!(
-        node = guard.node_path(),
-        token = guard.fencing_token(),
+        node = guard.fence().path.as_str(),
+        token = guard.fence().token,
         "lock acquired"
     );
     let lease = || Some(guard.valid_until());
     let hold = child::Hold {
         path: &args.path,
-        node: guard.node_path(),
-        token: guard.fencing_token(),
+        node: guard.fence().path.as_str(),
+        token: guard.fence().token,
         lease: &lease,
     };
     let ended = child::run_while(&args.command, hold, guard.lost()).await;

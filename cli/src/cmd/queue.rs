@@ -87,9 +87,7 @@ impl QueueOp {
 
 /// Runs `zkr queue ...`. `input` is the JSON of `put`, read before connecting.
 pub async fn run(ctx: &Ctx, args: &QueueArgs, input: &[u8]) -> Result<(), CliError> {
-    let q = WorkQueue::open(&ctx.client, args.op.path())
-        .await
-        .map_err(recipe_err)?;
+    let q = WorkQueue::new(&ctx.client, args.op.path()).map_err(recipe_err)?;
     match &args.op {
         QueueOp::Put { .. } => {
             let payload: Value = serde_json::from_slice(input)
@@ -128,20 +126,16 @@ pub async fn run(ctx: &Ctx, args: &QueueArgs, input: &[u8]) -> Result<(), CliErr
             let id = worker
                 .clone()
                 .unwrap_or_else(|| format!("zkr-{}", std::process::id()));
-            let mut w = q.worker(&id).await.map_err(recipe_err)?;
+            let mut w = q.worker(&id).map_err(recipe_err)?;
             let shutdown = shutdown_signal();
             tokio::pin!(shutdown);
             let mut worked = 0u64;
             while !count.is_some_and(|c| worked >= c) {
                 let task = tokio::select! {
                     r = &mut shutdown => return r,
-                    t = w.claim(Duration::from_secs(3600)) => t,
+                    t = w.claim() => t,
                 };
-                let task = match task {
-                    Ok(t) => t,
-                    Err(zkr_recipes::Error::Timeout { .. }) => continue,
-                    Err(e) => return Err(recipe_err(e)),
-                };
+                let task = task.map_err(recipe_err)?;
                 print_json_line(
                     &json!({"event": "claimed", "task": task.id(), "worker": id, "payload": task.payload()}),
                 )?;

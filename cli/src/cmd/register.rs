@@ -5,14 +5,15 @@
 //!
 //! * `register` registers the instance and stays registered — across reconnects and new
 //!   sessions, re-created with its payload after a session loss — until Ctrl-C / SIGTERM,
-//!   then unregisters. It prints one JSON line per status change (`registered`, `pending`,
+//!   then unregisters. It prints one JSON line per state change (`registered`, `pending`,
 //!   `unregistered`).
 //! * `services` prints the live instances as one JSON line `{"service","instances":[..]}`;
 //!   with `--watch`, one line per change until Ctrl-C (or `--count N` lines).
 
+use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
-use zkr_recipes::{Discovery, Registration, RegistrationStatus, ServiceInstance};
+use zkr_recipes::{Discovery, Registration, RegistrationState, ServiceInstance};
 
 use super::config::recipe_err;
 use super::{follow, log_session_states, print_json_line, shutdown_signal, CliError, Ctx};
@@ -77,21 +78,27 @@ struct StatusLine<'a> {
     epoch: Option<u64>,
 }
 
-fn status_line(path: &str, s: RegistrationStatus) -> StatusLine<'_> {
+fn status_line(path: &str, s: RegistrationState) -> StatusLine<'_> {
     match s {
-        RegistrationStatus::Registered { session, epoch } => StatusLine {
+        RegistrationState::Registered { session, epoch } => StatusLine {
             event: "registered",
             path,
             session: Some(session.to_string()),
             epoch: Some(epoch),
         },
-        RegistrationStatus::Pending => StatusLine {
+        RegistrationState::Idle => StatusLine {
+            event: "idle",
+            path,
+            session: None,
+            epoch: None,
+        },
+        RegistrationState::Pending => StatusLine {
             event: "pending",
             path,
             session: None,
             epoch: None,
         },
-        RegistrationStatus::Unregistered => StatusLine {
+        RegistrationState::Unregistered => StatusLine {
             event: "unregistered",
             path,
             session: None,
@@ -103,33 +110,31 @@ fn status_line(path: &str, s: RegistrationStatus) -> StatusLine<'_> {
 /// Runs `zkr register ...` until a signal. `payload` is the parsed `--data`.
 pub async fn register(ctx: &Ctx, args: &RegisterArgs, payload: Value) -> Result<(), CliError> {
     let _states = log_session_states(&ctx.client);
-    let mut inst = ServiceInstance::new(&args.name, &args.id).payload(payload);
+    let mut inst = ServiceInstance::new(&args.name, &args.id).with_payload(payload);
     if let Some(a) = &args.address {
-        inst = inst.address(a);
+        inst = inst.with_address(a);
     }
     if let Some(p) = args.port {
-        inst = inst.port(p);
+        inst = inst.with_port(p);
     }
-    let reg = Registration::register(&ctx.client, &args.base, inst)
-        .await
-        .map_err(recipe_err)?;
+    let reg = Registration::new(&ctx.client, &args.base, inst).map_err(recipe_err)?;
+    reg.start().await.map_err(recipe_err)?;
     let path = reg.path().to_string();
-    let mut rx = reg.status_receiver();
-    print_json_line(&status_line(&path, *rx.borrow_and_update()))?;
+    // The state now, then every change (ends once unregistered, e.g. the client closed).
+    let mut changes = reg.changes();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             r = &mut shutdown => { r?; break; }
-            c = rx.changed() => {
-                if c.is_err() { break; }
-                let s = *rx.borrow_and_update();
-                print_json_line(&status_line(&path, s))?;
-            }
+            s = changes.next() => match s {
+                Some(s) => print_json_line(&status_line(&path, s))?,
+                None => break,
+            },
         }
     }
     reg.unregister().await.map_err(recipe_err)?;
-    print_json_line(&status_line(&path, RegistrationStatus::Unregistered))
+    print_json_line(&status_line(&path, RegistrationState::Unregistered))
 }
 
 #[derive(Serialize)]
@@ -149,7 +154,8 @@ pub async fn services(ctx: &Ctx, args: &ServicesArgs) -> Result<(), CliError> {
             instances: &v,
         });
     }
-    let disc = Discovery::watch(&ctx.client, &args.base, &args.name).map_err(recipe_err)?;
+    let disc = Discovery::new(&ctx.client, &args.base, &args.name).map_err(recipe_err)?;
+    disc.start().map_err(recipe_err)?;
     follow(&ctx.client, disc, args.count, |v| {
         print_json_line(&ServicesLine {
             service: &args.name,

@@ -48,7 +48,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
-use zkr_recipes::{CacheSnapshot, CacheStatus, CachedNode, TreeCache};
+use zkr_recipes::{CacheSnapshot, CacheState, CachedNode, Outcome, Progress, TreeCache};
 
 use super::{CliError, Ctx};
 
@@ -82,8 +82,10 @@ pub async fn run(ctx: &Ctx, args: &UiArgs) -> Result<(), CliError> {
     let addr = listener
         .local_addr()
         .map_err(|e| CliError::Other(format!("listening socket: {e}")))?;
-    let cache = TreeCache::builder(&ctx.client, &args.root)
-        .max_data_bytes(64 * 1024)
+    let cache = TreeCache::new(&ctx.client, &args.root)
+        .map_err(|e| CliError::Other(format!("tree cache: {e}")))?
+        .with_max_data_bytes(64 * 1024);
+    cache
         .start()
         .map_err(|e| CliError::Other(format!("tree cache: {e}")))?;
     let (tx, rx) = watch::channel(Arc::new(String::from("{}")));
@@ -149,10 +151,10 @@ async fn events(
 async fn feed(client: zkr::Client, cache: TreeCache, tx: watch::Sender<Arc<String>>) {
     let mut updates = cache.subscribe();
     let mut states = client.state_receiver();
-    let mut status = cache.status_receiver();
+    let mut status = cache.changes();
     let mut since: HashMap<String, (String, i64)> = HashMap::new();
     loop {
-        let snap = cache.snapshot();
+        let snap = cache.current();
         let model = build(&client, &cache, &snap, &mut since);
         let json = serde_json::to_string(&model).unwrap_or_else(|_| "{}".into());
         tx.send_replace(Arc::new(json));
@@ -160,13 +162,13 @@ async fn feed(client: zkr::Client, cache: TreeCache, tx: watch::Sender<Arc<Strin
         tokio::select! {
             u = updates.next() => if u.is_none() { return },
             c = states.changed() => if c.is_err() { return },
-            c = status.changed() => if c.is_err() { return },
+            c = status.next() => if c.is_none() { return },
         }
         // Coalesce: whatever else arrives within MIN_REBUILD goes into the next rebuild.
         wait.await;
         while let Some(Some(_)) = futures::FutureExt::now_or_never(updates.next()) {}
         states.borrow_and_update();
-        status.borrow_and_update();
+        while let Some(Some(_)) = futures::FutureExt::now_or_never(status.next()) {}
     }
 }
 
@@ -427,14 +429,14 @@ pub fn build(
         epoch: state.epoch(),
         server: client.connected_server(),
     };
-    let cache_status = match cache.status() {
-        CacheStatus::Failing(e) => format!("Failing: {e}"),
+    let cache_status = match cache.state() {
+        CacheState::Failing(e) => format!("Failing: {e}"),
         s => format!("{s:?}"),
     };
     let mut m = Model {
         session,
         cache: cache_status,
-        root: cache.root().to_string(),
+        root: cache.path().to_string(),
         seq: snap.seq(),
         generated_at: now_ms(),
         ..Model::default()
@@ -516,7 +518,7 @@ pub fn build(
             }
         }
         if m.tree.len() < TREE_LIMIT {
-            let depth = match cache.root() {
+            let depth = match cache.path() {
                 "/" if n.path == "/" => 0,
                 "/" => n.path.matches('/').count(),
                 r => n.path[r.len()..].matches('/').count(),
@@ -559,29 +561,28 @@ fn queue_view(snap: &CacheSnapshot, root: &str) -> QueueView {
         .collect();
     names.sort();
     names.dedup();
-    let json = |n: &CachedNode| serde_json::from_slice::<Value>(&n.data).unwrap_or(Value::Null);
-    let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     let rows = names
         .into_iter()
         .map(|name| {
             if let Some(d) = done.get(name) {
-                let v = json(d);
-                let state = str_of(&v, "state").unwrap_or_else(|| "completed".into());
+                let o = serde_json::from_slice::<Outcome>(&d.data).ok();
                 TaskRow {
                     name: name.clone(),
                     percent: 100.0,
-                    worker: str_of(&v, "worker"),
-                    message: str_of(&v, "error"),
-                    state,
+                    state: o
+                        .as_ref()
+                        .map_or_else(|| "completed".into(), |o| o.state.clone()),
+                    worker: o.as_ref().map(|o| o.worker.clone()),
+                    message: o.and_then(|o| o.error),
                 }
             } else if let Some(c) = claims.get(name) {
-                let v = json(c);
+                let p = serde_json::from_slice::<Progress>(&c.data).ok();
                 TaskRow {
                     name: name.clone(),
                     state: "running".into(),
-                    worker: str_of(&v, "worker"),
-                    percent: v.get("percent").and_then(Value::as_f64).unwrap_or(0.0),
-                    message: str_of(&v, "message"),
+                    worker: p.as_ref().map(|p| p.worker.clone()),
+                    percent: p.as_ref().map_or(0.0, |p| p.percent),
+                    message: p.map(|p| p.message),
                 }
             } else {
                 TaskRow {
