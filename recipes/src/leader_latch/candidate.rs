@@ -529,8 +529,10 @@ impl Task {
             _ = self.stop.wait_for(|s| *s) => Wake::Stop,
             s = self.states.next_state() => Wake::State(s),
             e = own.next_event() => Wake::Own(e),
-            e = async { match pred { Some(w) => w.next_event().await, None => std::future::pending().await } } => Wake::Pred(e),
+            // The leader's node before the predecessor's: when both went, knowing the leader is
+            // gone first spares a listing.
             e = async { match leader { Some(w) => w.next_event().await, None => std::future::pending().await } } => Wake::Leader(e),
+            e = async { match pred { Some(w) => w.next_event().await, None => std::future::pending().await } } => Wake::Pred(e),
             _ = async { match retry { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => Wake::Retry,
         }
     }
