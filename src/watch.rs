@@ -460,9 +460,11 @@ async fn drive(shared: Arc<Shared>, map: Arc<Mutex<HashMap<Key, Arc<Entry>>>>, e
                     // A deletion is certain from the event alone: tell subscribers now (lock
                     // waiters act on it), then re-read as usual (it may have been re-created).
                     if ev == Some(WireEvent::Deleted) {
-                        let present = entry.lock().last.as_ref().is_some_and(|l| l.stat.is_some());
+                        let present =
+                            entry.lock().last.as_ref().is_some_and(|l| l.stat.is_some());
                         if present {
-                            let gone = Snapshot { stat: None, data: Vec::new(), children: Vec::new() };
+                            let gone =
+                                Snapshot { stat: None, data: Vec::new(), children: Vec::new() };
                             entry.emit(Ok((Change::Deleted, Arc::new(gone))));
                         }
                     }
@@ -475,7 +477,9 @@ async fn drive(shared: Arc<Shared>, map: Arc<Mutex<HashMap<Key, Arc<Entry>>>>, e
                     }
                     let s = *states.borrow_and_update();
                     match s {
-                        SessionState::Reconnected { .. } | SessionState::Connected { .. } => continue 'outer,
+                        SessionState::Reconnected { .. } | SessionState::Connected { .. } => {
+                            continue 'outer
+                        }
                         SessionState::Closed => break 'outer,
                         _ => {}
                     }

@@ -554,7 +554,8 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> TreeDriver<T> {
                     None => break,
                     Some(Err(e)) => self.emit(TreeEvent::Error(e.into())),
                     Some(Ok(ev)) => {
-                        let names: Vec<String> = ev.children().map(|c| c.to_vec()).unwrap_or_default();
+                        let names: Vec<String> =
+                            ev.children().map(|c| c.to_vec()).unwrap_or_default();
                         if first_listing {
                             first_listing = false;
                             pending = Some(names.iter().cloned().collect());

@@ -205,7 +205,7 @@ async fn follow(
         let delay = retry;
         let ev = tokio::select! {
             ev = watch.next_event() => Some(ev),
-            _ = async { match delay { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => None,
+            _ = crate::wait::sleep_or_never(delay) => None,
         };
         match ev {
             Some(None) => {

@@ -106,3 +106,21 @@ impl<T> futures::Stream for Snapshots<T> {
             .poll_next(cx)
     }
 }
+
+/// Sleeps for `d`, or forever when there is nothing to wait for (for a `select!` arm).
+pub(crate) async fn sleep_or_never(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next event of `w`, or never when there is no watch (for a `select!` arm).
+pub(crate) async fn next_or_never(
+    w: Option<&mut zkr::DataWatch>,
+) -> Option<zkr::Result<zkr::DataEvent>> {
+    match w {
+        Some(w) => w.next_event().await,
+        None => std::future::pending().await,
+    }
+}

@@ -294,6 +294,49 @@ async fn middle_candidate_leaving_promotes_nobody() {
     admin.delete_recursive(&root_of(&path)).await.unwrap();
 }
 
+/// The third in line also watches the leader: once the leader and then its predecessor have
+/// gone, it leads without listing the election again. Proven by taking away everyone's right
+/// to list the election (READ on its node) before the hand-overs: a candidate that lists is
+/// refused and closes; this one must lead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_in_line_leads_after_two_hand_overs_without_listing() {
+    init_tracing();
+    let ens = testing::shared().expect("zookeeper");
+    let path = format!("{}/election", root("latch-third"));
+    let admin = client(&ens.connect_string(), 10_000).await;
+    let sampler = Sampler::start();
+    let (clients, latches) = candidates(ens, &path, 3, &sampler).await;
+    latches[0].wait_leader_timeout(T).await.unwrap();
+    let no_read = vec![zkr::Acl::new(
+        zkr::perms::ALL & !zkr::perms::READ,
+        "world",
+        "anyone",
+    )];
+    admin.set_acl(&path, &no_read, None).await.unwrap();
+    assert!(
+        admin.get_children(&path).await.is_err(),
+        "listing is refused"
+    );
+
+    latches[0].close().await.unwrap();
+    latches[1].wait_leader_timeout(T).await.unwrap();
+    // cand-2's session has seen cand-0's deletion (in order, before this read) and its latch
+    // takes the leader's event before its predecessor's.
+    clients[2]
+        .get_data(&latches[1].fence().unwrap().path)
+        .await
+        .unwrap();
+
+    latches[1].close().await.unwrap();
+    latches[2].wait_leader_timeout(T).await.unwrap();
+    assert_ne!(latches[2].state(), LatchState::Closed);
+    let rep = sampler.finish().await;
+    assert!(rep.violations.is_empty(), "{:?}", rep.violations);
+    latches[2].close().await.unwrap();
+    admin.set_acl(&path, &zkr::Acl::open(), None).await.unwrap();
+    admin.delete_recursive(&root_of(&path)).await.unwrap();
+}
+
 fn root_of(path: &str) -> String {
     path.rsplit_once('/').map(|(a, _)| a.to_string()).unwrap()
 }

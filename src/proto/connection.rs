@@ -564,7 +564,9 @@ impl Task {
                 },
                 c = self.control.recv() => match c {
                     Some(Control::Unwatch { path, class, id }) => self.unwatch(path, class, id),
-                    Some(Control::UnwatchPersistent { path, id }) => self.unwatch_persistent(path, id),
+                    Some(Control::UnwatchPersistent { path, id }) => {
+                        self.unwatch_persistent(path, id)
+                    }
                     Some(Control::MoveTo { server, done }) => return Exit::MoveTo { server, done },
                     Some(Control::Close) | None => {
                         self.close_session(&mut rd, &mut wr, &mut frames).await;
@@ -574,7 +576,9 @@ impl Task {
                 p = self.requests.recv(), if can_send => match p {
                     Some(p) => {
                         self.enqueue(p);
-                        while self.pending.len() < self.cfg.max_in_flight && self.wbuf.len() < 1 << 20 {
+                        while self.pending.len() < self.cfg.max_in_flight
+                            && self.wbuf.len() < 1 << 20
+                        {
                             match self.requests.try_recv() {
                                 Ok(p) => self.enqueue(p),
                                 Err(_) => break,

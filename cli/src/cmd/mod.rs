@@ -225,7 +225,10 @@ impl CliError {
     /// Whether this is stdout being closed by the reader (`zkr watch ... | head -1`): not worth
     /// a message, and not a failure.
     pub fn is_broken_pipe(&self) -> bool {
-        matches!(self, CliError::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
+        matches!(
+            self,
+            CliError::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe
+        )
     }
 }
 

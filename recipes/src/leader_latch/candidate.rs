@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::hold::{Fence, LossPolicy};
 use crate::sequence::{self, Ahead, NodeGuard};
 use crate::sync::lock;
+use crate::wait::{next_or_never, sleep_or_never};
 
 /// A node just created on the current session, with the listing of its creation.
 pub(super) struct Joined {
@@ -529,9 +530,11 @@ impl Task {
             _ = self.stop.wait_for(|s| *s) => Wake::Stop,
             s = self.states.next_state() => Wake::State(s),
             e = own.next_event() => Wake::Own(e),
-            e = async { match pred { Some(w) => w.next_event().await, None => std::future::pending().await } } => Wake::Pred(e),
-            e = async { match leader { Some(w) => w.next_event().await, None => std::future::pending().await } } => Wake::Leader(e),
-            _ = async { match retry { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => Wake::Retry,
+            // The leader's node before the predecessor's: when both went, knowing the leader is
+            // gone first spares a listing.
+            e = next_or_never(leader) => Wake::Leader(e),
+            e = next_or_never(pred) => Wake::Pred(e),
+            _ = sleep_or_never(retry) => Wake::Retry,
         }
     }
 
