@@ -903,7 +903,10 @@ impl Client {
     /// caches. It does not re-read anything: after a reconnect it yields
     /// [`WatchedEventKind::Resync`](crate::WatchedEventKind::Resync) and ends (the state may have changed unseen; read again and
     /// add a new watch), and
-    /// [`WatchedEventKind::SessionEnded`](crate::WatchedEventKind::SessionEnded) when the session ends. For
+    /// [`WatchedEventKind::SessionEnded`](crate::WatchedEventKind::SessionEnded) when the session ends. Its
+    /// queue is bounded: a stream read too slowly to keep up gets
+    /// [`WatchedEventKind::Lagged`](crate::WatchedEventKind::Lagged) in place of the events
+    /// that did not fit, and goes on (read again). For
     /// "the current state, then every change" use [`watch_data`](Self::watch_data) and
     /// [`watch_children`](Self::watch_children). Dropping the stream removes the watch.
     pub async fn add_watch(&self, path: &str, recursive: bool) -> Result<PersistentWatch> {

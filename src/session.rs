@@ -150,7 +150,7 @@ pub(crate) struct Epoch {
 /// * `heartbeat`: a `sync` is sent when no leader-confirmed reply arrived for this long (T/12);
 /// * `suspend_after`: `Suspended` when no leader-confirmed reply arrived for 2/3 T;
 /// * `move_after`: the session moves to another member when the current one has confirmed
-///   nothing for T/3 while its connection looks alive (a member cut off from the leader);
+///   nothing for T/2 while its connection looks alive (a member cut off from the leader);
 /// * `margin`: the lease ends at `send time of the last confirmed request + T − margin`, where
 ///   `margin = tick/2 + heartbeat + slack` covers how late a follower's touches reach the leader.
 #[derive(Clone, Copy, Debug)]

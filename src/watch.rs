@@ -240,6 +240,13 @@ macro_rules! watch_stream {
             pub fn path(&self) -> &str {
                 &self.sub.entry.path
             }
+
+            /// Events queued for this stream now, not yet taken: at most `fanout::CAPACITY`
+            /// however slowly it is read (older changes coalesce; the last event always
+            /// carries the latest state).
+            pub fn queued(&self) -> usize {
+                self.sub.rx.len()
+            }
         }
 
         impl Stream for $name {
@@ -509,6 +516,11 @@ pub enum WatchedEventKind {
     Resync,
     /// The session ended. The stream ends after this.
     SessionEnded,
+    /// The subscriber fell behind: its queue was full (`fanout::CAPACITY` events) and the
+    /// events that did not fit were dropped for this marker (at the watched path). The watch
+    /// goes on and later events are delivered again; the state may have changed unseen, so read
+    /// again what the watch covers. This is how memory stays bounded for a slow subscriber.
+    Lagged,
 }
 
 /// One event of a [`PersistentWatch`].
@@ -540,6 +552,7 @@ impl PersistentWatch {
             WireEvent::ChildrenChanged => WatchedEventKind::ChildrenChanged,
             WireEvent::Resync => WatchedEventKind::Resync,
             WireEvent::SessionEnded => WatchedEventKind::SessionEnded,
+            WireEvent::Lagged => WatchedEventKind::Lagged,
         };
         if matches!(
             kind,
@@ -551,6 +564,12 @@ impl PersistentWatch {
             kind,
             path: ev.path,
         }
+    }
+
+    /// Events queued for this stream now, not yet taken: at most `fanout::CAPACITY`, however
+    /// slowly the stream is read (see [`WatchedEventKind::Lagged`]).
+    pub fn queued(&self) -> usize {
+        self.inner.queued()
     }
 
     /// The next event, or `Err(Timeout)` if none arrives within `d`.

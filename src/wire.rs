@@ -164,8 +164,10 @@ impl Drop for WireWatch {
 
 /// A persistent (optionally recursive) watch: every change at or under its path, until the
 /// connection is replaced ([`WireEvent::Resync`]) or the session ends; dropping it removes it.
+/// Its queue is bounded: a subscriber that falls behind gets a [`WireEvent::Lagged`] marker
+/// in place of the events that did not fit.
 pub(crate) struct WirePersistentWatch {
-    rx: mpsc::UnboundedReceiver<PathEvent>,
+    rx: crate::fanout::Receiver<PathEvent>,
     path: String,
     id: u64,
     ctl: mpsc::UnboundedSender<Control>,
@@ -177,6 +179,11 @@ impl WirePersistentWatch {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<PathEvent>> {
         self.rx.poll_recv(cx)
+    }
+
+    /// Events queued now, not yet taken.
+    pub fn queued(&self) -> usize {
+        self.rx.len()
     }
 }
 
@@ -702,7 +709,7 @@ impl Wire {
         recursive: bool,
     ) -> impl Future<Output = Result<WirePersistentWatch>> + Send + 'a {
         let full = self.full(path);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = crate::fanout::channel(connection::PERSISTENT_QUEUE);
         let id = self
             .inner
             .shared

@@ -25,7 +25,8 @@ use zkr_recipes::{Config, LeaderLatch, Mutex, Registration, ServiceInstance, Wor
 const BIN: &str = env!("CARGO_BIN_EXE_zkr");
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
-/// The bound for a change to show: one second, checked every 10 ms.
+/// How soon the page must show a change (docs/tree-cache.md, `zkr ui`): one second, checked
+/// every 10 ms.
 const WITHIN: Duration = Duration::from_secs(1);
 
 fn zk() -> String {

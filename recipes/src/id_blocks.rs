@@ -143,11 +143,13 @@ impl IdBlocks {
     /// `n` IDs (increasing), reserving as many blocks as needed.
     ///
     /// # Errors
-    /// As [`reserve_block`](Self::reserve_block).
+    /// As [`reserve_block`](Self::reserve_block); [`Error::Invalid`] for more than 1,048,576
+    /// IDs in one call (before anything is sent).
     ///
     /// # Cancel safety
     /// As [`reserve_block`](Self::reserve_block).
     pub async fn next_batch(&self, n: usize) -> Result<Vec<i64>> {
+        crate::sequential_ids::check_count(n)?;
         let mut out = Vec::with_capacity(n.min(4096));
         for _ in 0..n {
             out.push(self.next().await?);

@@ -51,6 +51,21 @@ const PREFIX: &str = "id-";
 /// Most sequential creates put in one `multi` transaction by [`SequentialIds::next_batch`].
 pub const BATCH_CHUNK: usize = 200;
 
+/// Most IDs one [`SequentialIds::next_batch`] (or [`crate::IdBlocks::next_batch`]) call hands out:
+/// beyond it a call is refused with [`Error::Invalid`] before anything is sent, instead of
+/// trying to hold (or create) an absurd number.
+pub(crate) const MAX_IDS_PER_CALL: usize = 1 << 20;
+
+/// `Err(Invalid)` for more than [`MAX_IDS_PER_CALL`] IDs in one call.
+pub(crate) fn check_count(n: usize) -> Result<()> {
+    if n > MAX_IDS_PER_CALL {
+        return Err(Error::Invalid(format!(
+            "{n} IDs in one call; at most {MAX_IDS_PER_CALL}"
+        )));
+    }
+    Ok(())
+}
+
 /// Unique ordered IDs from sequential nodes under one directory. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SequentialIds {
@@ -203,11 +218,13 @@ impl SequentialIds {
     /// one `multi` deleting its nodes; returns once the nodes are deleted.
     ///
     /// # Errors
-    /// As [`next`](Self::next).
+    /// As [`next`](Self::next); [`Error::Invalid`] for more than 1,048,576 IDs in one call
+    /// (before anything is sent).
     ///
     /// # Cancel safety
     /// As [`next`](Self::next).
     pub async fn next_batch(&self, n: usize) -> Result<Vec<i64>> {
+        check_count(n)?;
         let span = tracing::debug_span!("zkr.sequential_ids.next_batch", dir = %self.dir, n);
         async {
             let mut out = Vec::with_capacity(n.min(4096));

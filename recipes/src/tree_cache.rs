@@ -679,7 +679,7 @@ struct Driver {
 enum Follow {
     /// The watch ended (connection replaced or session over): set a new one and re-read.
     WatchEnded,
-    /// Reads failed: re-read everything (the watch still stands).
+    /// Reads failed, or events were dropped: re-read everything (the watch still stands).
     Reload,
     /// The client was closed.
     Closed,
@@ -812,10 +812,19 @@ impl Driver {
                     if is_end(&ev) {
                         return Follow::WatchEnded;
                     }
+                    // Events were dropped (this driver fell behind): the watch stands, re-read.
+                    if ev.kind == WatchedEventKind::Lagged {
+                        return Follow::Reload;
+                    }
                     let mut batch = vec![ev];
                     let mut ended = false;
+                    let mut lagged = false;
                     while batch.len() < BATCH {
                         match watch.next().now_or_never() {
+                            Some(Some(ev)) if ev.kind == WatchedEventKind::Lagged => {
+                                lagged = true;
+                                break;
+                            }
                             Some(Some(ev)) if !is_end(&ev) => batch.push(ev),
                             Some(_) => {
                                 ended = true;
@@ -827,6 +836,9 @@ impl Driver {
                     let applied = self.apply_events(batch).await;
                     if ended {
                         return Follow::WatchEnded;
+                    }
+                    if lagged {
+                        return Follow::Reload;
                     }
                     if let Err(e) = applied {
                         tracing::debug!(error = %e, "tree cache: event reads failed, re-reading");

@@ -36,6 +36,7 @@ use super::connect::{handshake, Established, HandshakeError, Security};
 use super::jute::{DecodeError, JuteWrite};
 use super::records::{self, code, event, op, watcher_type, xid, ConnectRequest};
 use super::tls::{StreamRead, StreamWrite, TlsHandle};
+use crate::fanout;
 
 /// The connection's state, as the session layer sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +69,16 @@ pub(crate) enum WireEvent {
     Resync,
     /// The session ended (terminal); the watch will never fire.
     SessionEnded,
+    /// Persistent watches only: the subscriber fell a queue's worth of events behind and the
+    /// newest ones were dropped in its place; the watch goes on. Read again.
+    Lagged,
+}
+
+impl WireEvent {
+    /// Whether nothing follows this event (the watch is gone).
+    pub(crate) fn is_terminal(self) -> bool {
+        matches!(self, WireEvent::Resync | WireEvent::SessionEnded)
+    }
 }
 
 /// Which server-side watch table a one-shot watch lives in: `getData` and `exists` set data
@@ -99,7 +110,7 @@ pub(crate) enum WatchReg {
         path: String,
         recursive: bool,
         id: u64,
-        tx: mpsc::UnboundedSender<PathEvent>,
+        tx: fanout::Sender<PathEvent>,
     },
 }
 
@@ -331,7 +342,31 @@ struct Pending {
 }
 
 type OneShots = Vec<(u64, oneshot::Sender<WireEvent>)>;
-type Persistents = Vec<(u64, bool, mpsc::UnboundedSender<PathEvent>)>;
+type Persistents = Vec<(u64, bool, fanout::Sender<PathEvent>)>;
+
+/// How many events a persistent watch's subscriber may fall behind before newer ones are
+/// dropped for a [`WireEvent::Lagged`] marker (see [`merge_path_events`]).
+pub(crate) const PERSISTENT_QUEUE: usize = fanout::CAPACITY;
+
+/// Two queued events of a persistent watch as one, for a subscriber whose queue is full: an
+/// end of the watch (`Resync`, `SessionEnded`) wins, since the subscriber re-reads (or stops)
+/// after it anyway; any other pair becomes a `Lagged` marker at the watched path, so the
+/// subscriber is told that events were dropped instead of losing them silently. Memory stays
+/// bounded however slowly the subscriber reads.
+pub(crate) fn merge_path_events(last: PathEvent, new: PathEvent, watch_path: &str) -> PathEvent {
+    if last.event.is_terminal() {
+        last
+    } else if new.event.is_terminal() {
+        new
+    } else if last.event == WireEvent::Lagged {
+        last
+    } else {
+        PathEvent {
+            event: WireEvent::Lagged,
+            path: watch_path.to_string(),
+        }
+    }
+}
 
 struct Task {
     cfg: ConnConfig,
@@ -846,21 +881,27 @@ impl Task {
         let mut prefix = path;
         let mut exact = true;
         loop {
-            if let Some(v) = self.persistent.get_mut(prefix) {
-                v.retain(|(_, recursive, tx)| {
-                    let wanted = if *recursive {
-                        ev != WireEvent::ChildrenChanged
-                    } else {
-                        exact
-                    };
-                    !wanted
-                        || tx
-                            .send(PathEvent {
-                                event: ev,
-                                path: client_path.clone(),
-                            })
-                            .is_ok()
-                });
+            if self.persistent.contains_key(prefix) {
+                let watch_path = self.client_path(prefix);
+                if let Some(v) = self.persistent.get_mut(prefix) {
+                    v.retain(|(_, recursive, tx)| {
+                        let wanted = if *recursive {
+                            ev != WireEvent::ChildrenChanged
+                        } else {
+                            exact
+                        };
+                        !wanted
+                            || tx
+                                .send_or_merge(
+                                    PathEvent {
+                                        event: ev,
+                                        path: client_path.clone(),
+                                    },
+                                    |last, new| merge_path_events(last, new, &watch_path),
+                                )
+                                .is_ok()
+                    });
+                }
             }
             if prefix == "/" {
                 break;
@@ -900,7 +941,8 @@ impl Task {
         }
         for (path, v) in self.persistent.drain() {
             for (_, _, tx) in v {
-                let _ = tx.send(PathEvent {
+                // The end of the watch: it replaces the newest queued event if the queue is full.
+                let _ = tx.send_latest(PathEvent {
                     event: ev,
                     path: path.clone(),
                 });
@@ -1119,7 +1161,7 @@ mod tests {
                     }),
                 });
             }
-            let (ptx, _prx) = mpsc::unbounded_channel();
+            let (ptx, _prx) = fanout::channel(PERSISTENT_QUEUE);
             t.persistent
                 .entry("/chroot".into())
                 .or_default()
@@ -1243,5 +1285,52 @@ mod tests {
             records::put_multi_header(&mut never_done, op::DELETE, false);
         }
         assert!(records::multi_results(&never_done).is_err());
+    }
+
+    /// A persistent watch's subscriber that never reads holds at most a queue's worth of
+    /// events: the first ones in order, then one `Lagged` marker at the watched path; an end of
+    /// the watch still gets through.
+    #[test]
+    fn a_persistent_watch_queue_is_bounded_and_marks_what_it_dropped() {
+        let (tx, mut rx) = fanout::channel(PERSISTENT_QUEUE);
+        let ev = |event, path: &str| PathEvent {
+            event,
+            path: path.to_string(),
+        };
+        for i in 0..100_000 {
+            tx.send_or_merge(ev(WireEvent::DataChanged, &format!("/w/{i}")), |a, b| {
+                merge_path_events(a, b, "/w")
+            })
+            .unwrap();
+        }
+        assert_eq!(rx.len(), PERSISTENT_QUEUE);
+        tx.send_latest(ev(WireEvent::Resync, "/w")).unwrap();
+        drop(tx);
+        let mut got = Vec::new();
+        while let Some(e) = futures::executor::block_on(rx.recv()) {
+            got.push(e);
+        }
+        assert_eq!(got.len(), PERSISTENT_QUEUE);
+        for (i, e) in got[..PERSISTENT_QUEUE - 1].iter().enumerate() {
+            assert_eq!(*e, ev(WireEvent::DataChanged, &format!("/w/{i}")));
+        }
+        // The marker was replaced by the end of the watch, which says "read again" too.
+        assert_eq!(got[PERSISTENT_QUEUE - 1], ev(WireEvent::Resync, "/w"));
+
+        let lagged = merge_path_events(
+            ev(WireEvent::Created, "/w/a"),
+            ev(WireEvent::Deleted, "/w/b"),
+            "/w",
+        );
+        assert_eq!(lagged, ev(WireEvent::Lagged, "/w"));
+        assert_eq!(
+            merge_path_events(lagged.clone(), ev(WireEvent::Created, "/w/c"), "/w"),
+            lagged
+        );
+        let ended = ev(WireEvent::SessionEnded, "/w");
+        assert_eq!(
+            merge_path_events(ended.clone(), ev(WireEvent::Created, "/w/c"), "/w"),
+            ended
+        );
     }
 }

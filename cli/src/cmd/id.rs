@@ -15,6 +15,9 @@ use zkr_recipes::{AtomicCounter, IdBlocks, SequentialIds};
 use super::config::recipe_err;
 use super::{CliError, Ctx};
 
+/// Most IDs one `zkr id next` hands out.
+const MAX_COUNT: usize = 1 << 20;
+
 /// `zkr id ...`
 #[derive(clap::Args, Debug)]
 pub struct IdArgs {
@@ -59,6 +62,12 @@ pub async fn run(ctx: &Ctx, args: &IdArgs) -> Result<(), CliError> {
         counter,
         block,
     } = &args.op;
+    // The recipes refuse more than this per call too; the counter loop below would not.
+    if *count > MAX_COUNT {
+        return Err(CliError::Usage(format!(
+            "--count {count}: at most {MAX_COUNT} IDs per call"
+        )));
+    }
     let ids = if let Some(b) = block {
         IdBlocks::new(&ctx.client, path, *b)
             .map_err(recipe_err)?

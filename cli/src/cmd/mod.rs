@@ -179,7 +179,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs <= 0.0 {
         return Err(format!("{s:?} must be a positive duration"));
     }
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is too long a duration"))
+    match Duration::try_from_secs_f64(secs) {
+        // Positive but below a nanosecond: it would be a zero deadline.
+        Ok(d) if d.is_zero() => Err(format!("{s:?} must be at least 1ns")),
+        Ok(d) => Ok(d),
+        Err(_) => Err(format!("{s:?} is too long a duration")),
+    }
 }
 
 /// Every way a `zkr` command can fail; [`CliError::exit_code`] gives the process exit code.
