@@ -65,7 +65,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
-use zkr::{Client, CreateMode, DataWatch, RetryPolicy, SessionState, Stat};
+use zkr::{Client, CreateMode, DataWatch, SessionState, Stat};
 
 use crate::changes::{Changes, EventSender, Live};
 use crate::error::{Error, Result};
@@ -178,10 +178,7 @@ pub(crate) fn is_stale_state(s: &SessionState) -> bool {
     !s.is_connected()
 }
 
-/// Retry policy for reads and idempotent writes: bounded by `d`.
-pub(crate) fn policy(d: Duration) -> RetryPolicy {
-    RetryPolicy::exponential(Duration::from_millis(10), Duration::from_millis(500)).max_elapsed(d)
-}
+pub(crate) use crate::retry::bounded as policy;
 
 impl<T> Config<T>
 where

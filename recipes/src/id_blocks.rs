@@ -89,12 +89,13 @@ impl IdBlocks {
     /// Reserves one block (retrying an unknown outcome with a fresh compare-and-set).
     async fn reserve(&self) -> Result<RangeInclusive<i64>> {
         let start = Instant::now();
+        let mut backoff = crate::retry::backoff(Duration::from_millis(200));
         loop {
             match self.counter.add(self.size as i64).await {
                 Ok(v) => return Ok(v.pre.wrapping_add(1)..=v.post),
                 Err(Error::Zk(e)) if e.is_retryable() && start.elapsed() < self.timeout => {
                     tracing::debug!(error = %e, "block reservation outcome unknown; reserving another");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    backoff.wait().await;
                 }
                 Err(e) => return Err(e),
             }

@@ -282,7 +282,7 @@ impl LeaderSelector {
         async move {
             let b = &self;
             let mut ctl = self.ctl.subscribe();
-            let mut delay = Duration::from_millis(20);
+            let mut backoff = crate::retry::backoff(Duration::from_secs(2));
             loop {
                 if ctl.borrow().stopped {
                     return Ok(());
@@ -306,14 +306,13 @@ impl LeaderSelector {
                     Err(e) => {
                         tracing::warn!(error = %e, "could not join the election; retrying");
                         tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
+                            _ = backoff.wait() => {}
                             _ = wait_stopped(&mut ctl) => return Ok(()),
                         }
-                        delay = (delay * 2).min(Duration::from_secs(2));
                         continue;
                     }
                 }
-                delay = Duration::from_millis(20);
+                backoff = crate::retry::backoff(Duration::from_secs(2));
                 let mut state = latch.state_rx();
                 loop {
                     let fence = tokio::select! {
@@ -331,10 +330,9 @@ impl LeaderSelector {
                             tracing::warn!(%why, "not taking over; resigning");
                             let _ = latch.close().await;
                             tokio::select! {
-                                _ = tokio::time::sleep(delay) => {}
+                                _ = backoff.wait() => {}
                                 _ = wait_stopped(&mut ctl) => return Ok(()),
                             }
-                            delay = (delay * 2).min(Duration::from_secs(2));
                             break;
                         }
                     }

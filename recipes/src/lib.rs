@@ -101,6 +101,7 @@ pub mod leader_selector;
 mod lock_internals;
 pub mod mutex;
 pub mod registration;
+mod retry;
 pub mod rwlock;
 pub mod semaphore;
 mod sequence;

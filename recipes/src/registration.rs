@@ -235,7 +235,7 @@ impl std::fmt::Debug for Registration {
 }
 
 fn conn_retry() -> zkr::RetryPolicy {
-    zkr::RetryPolicy::exponential(Duration::from_millis(20), Duration::from_millis(500))
+    crate::retry::bounded(Duration::MAX)
 }
 
 /// Clears the `started` flag when a `start` does not complete (failed or dropped), so that it
@@ -442,13 +442,14 @@ impl Drop for Registration {
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
                 h.spawn(async move {
+                    let mut backoff = crate::retry::backoff(Duration::from_secs(2));
                     loop {
                         match unregister_inner(&shared).await {
                             Ok(()) => return,
                             // Cut off for longer than the retries last: the node may live on
                             // with its session, so keep trying (a closed client ends this).
                             Err(e) if e.is_zk(|z| z.is_retryable()) => {
-                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                backoff.wait().await;
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, path = %shared.path, "unregister on drop failed");
@@ -508,13 +509,14 @@ async fn unregister_inner(shared: &Shared) -> Result<()> {
 async fn establish(shared: &Shared, st: &mut State) -> Result<()> {
     let client = &shared.client;
     let mut attempts = 0u32;
+    let mut backoff = crate::retry::backoff(Duration::from_millis(200));
     loop {
         if shared.unregistered.load(Ordering::SeqCst) {
             return Err(Error::Closed("registration"));
         }
         attempts += 1;
         if attempts > 1 {
-            tokio::time::sleep(Duration::from_millis(10 * u64::from(attempts.min(20)))).await;
+            backoff.wait().await;
         }
         if attempts > 50 {
             return Err(Error::Invalid(format!(

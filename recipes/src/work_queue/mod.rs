@@ -63,7 +63,6 @@ mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::Value;
 use tracing::Instrument;
@@ -189,6 +188,5 @@ impl WorkQueue {
 
 /// Retries on connection loss within the client's operation timeout.
 fn conn_retry(c: &Client) -> zkr::RetryPolicy {
-    zkr::RetryPolicy::exponential(Duration::from_millis(20), Duration::from_millis(500))
-        .max_elapsed(c.timeout())
+    crate::retry::within_timeout(c)
 }

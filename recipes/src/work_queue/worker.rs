@@ -212,6 +212,7 @@ impl Worker {
         let span =
             tracing::info_span!("zkr.work_queue.claim", worker = %self.id, root = %self.queue.root);
         async {
+            let mut backoff = crate::retry::backoff(Duration::from_millis(500));
             loop {
                 match self.attempt().await {
                     Ok(Some(t)) => return Ok(t),
@@ -219,7 +220,7 @@ impl Worker {
                     // The session went away under an attempt: claim in the next one.
                     Err(e) if e.is_zk(|z| z.is_retryable()) => {
                         self.tried.clear();
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        backoff.wait().await;
                     }
                     Err(e) => return Err(e),
                 }
@@ -359,7 +360,7 @@ impl Claim {
     /// claim of the same task is never touched. `Ok` too when it is gone or not ours.
     async fn give_back(&self, client: &Client) -> Result<()> {
         let deadline = crate::wait::std_deadline_in(client.timeout());
-        let mut delay = Duration::from_millis(20);
+        let mut backoff = crate::retry::backoff(Duration::from_millis(500));
         loop {
             let r = match client.get_data(&self.path).await {
                 Ok((d, st)) => {
@@ -379,8 +380,7 @@ impl Claim {
                 Err(zkr::Error::BadVersion { .. }) => {}
                 Err(e) if e.is_session_lost() => return Ok(()), // it went with the session
                 Err(e) if e.is_connection_loss() && Instant::now() < deadline => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_millis(500));
+                    backoff.wait().await;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -394,6 +394,7 @@ impl Claim {
             return;
         };
         h.spawn(async move {
+            let mut backoff = crate::retry::backoff(Duration::from_secs(2));
             loop {
                 match self.client.pinned().await {
                     Ok(c) if c.epoch() == Some(self.epoch) => match self.give_back(&c).await {
@@ -414,7 +415,7 @@ impl Claim {
                         if !matches!(e, zkr::Error::Closed)
                             && self.client.epoch() == Some(self.epoch) =>
                     {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        backoff.wait().await;
                     }
                     _ => return, // the claim went with its session
                 }
@@ -570,7 +571,7 @@ impl ClaimedTask {
             let data = serde_json::to_vec(&p).map_err(|e| json_err(path, e))?;
             let client = self.pin().await.map_err(|e| self.lost_error(e))?;
             let deadline = crate::wait::std_deadline_in(client.timeout());
-            let mut delay = Duration::from_millis(20);
+            let mut backoff = crate::retry::backoff(Duration::from_millis(500));
             loop {
                 match client.set_data(path, &data, None).await {
                     Ok(_) => return Ok(()),
@@ -578,8 +579,7 @@ impl ClaimedTask {
                         if self.issued.load(AtomicOrdering::SeqCst) != seq {
                             return Ok(()); // a newer report carries the latest progress
                         }
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_millis(500));
+                        backoff.wait().await;
                     }
                     Err(e) => return Err(self.lost_error(e)),
                 }
@@ -680,6 +680,7 @@ impl ClaimedTask {
         // `done/` holds our outcome).
         let r = async {
             let deadline = crate::wait::std_deadline_in(self.client().timeout());
+            let mut backoff = crate::retry::backoff(Duration::from_millis(500));
             loop {
                 let r = match self.pin().await {
                     Ok(client) => client.multi(&ops).await,
@@ -699,7 +700,7 @@ impl ClaimedTask {
                             }
                             Ok(false) => return Err(e.into()),
                             Err(_) if Instant::now() < deadline => {
-                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                backoff.wait().await;
                             }
                             Err(err) => return Err(err),
                         }
