@@ -294,6 +294,35 @@ pub(crate) async fn read_participants(
     path: &str,
     first_only: bool,
 ) -> zkr::Result<Vec<Participant>> {
+    if !first_only {
+        // Everyone: the children read together (one listing, the reads pipelined). A node
+        // gone between the listing and its read is left out; the first one left leads, since
+        // later nodes only ever line up behind it.
+        let nodes = crate::child_cache::read_children(client, path)
+            .await
+            .map_err(|e| match e {
+                Error::Zk(e) => e,
+                e => zkr::Error::Unexpected(e.to_string()),
+            })?;
+        let names: Vec<String> = nodes.keys().cloned().collect();
+        let order = sequence::contenders(&names, &[MARKER], None);
+        let out = order
+            .into_iter()
+            .filter_map(|c| {
+                let (data, st) = nodes.get(&c.name)?;
+                Some((c.name, data, st))
+            })
+            .enumerate()
+            .map(|(i, (name, data, st))| Participant {
+                id: String::from_utf8_lossy(data).into_owned(),
+                path: zkr::path::join(path, &name),
+                token: st.czxid,
+                session: SessionId(st.ephemeral_owner),
+                is_leader: i == 0,
+            })
+            .collect();
+        return Ok(out);
+    }
     'again: for _ in 0..20 {
         let children = match client.get_children(path).await {
             Ok(c) => c,
