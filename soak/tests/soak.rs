@@ -46,7 +46,7 @@ fn soak_safe_then_unsafe_holder() {
 
     // The safe run: a fixed seed, every workload, faults of most kinds, no violation.
     let (code, report, output) = run(
-        &["--seconds", "60", "--seed", "7"],
+        &["--seconds", "45", "--seed", "7"],
         &dir.path().join("safe.json"),
     );
     assert_eq!(code, Some(0), "the safe soak failed:\n{output}");
@@ -77,7 +77,7 @@ fn soak_safe_then_unsafe_holder() {
     let (code, report, output) = run(
         &[
             "--seconds",
-            "20",
+            "12",
             "--seed",
             "7",
             "--locks-only",
