@@ -11,16 +11,6 @@ use common::*;
 use zkr::{perms, Acl, Client, CreateMode, Error, LostReason, Op, SessionState};
 use zkr_testing::{self as testing, FaultProxy};
 
-/// A client of the shared server with digest credentials (`user:password`).
-async fn authed(connect: &str, user: &str, password: &str) -> Client {
-    Client::builder(connect)
-        .session_timeout(Duration::from_millis(3000))
-        .digest_auth(user, password)
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("connect to {connect}: {e}"))
-}
-
 /// Without credentials a protected node reads as `NoAuth`; with another user's too; with the
 /// creator's it reads. The server's identity of the creator is `Acl::digest`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,16 +10,6 @@ use common::*;
 use zkr::{perms, Acl, Client, CreateMode, Error};
 use zkr_testing as testing;
 
-/// A client of the shared server with digest credentials (`user:password`).
-async fn authed(connect: &str, user: &str, password: &str) -> Client {
-    Client::builder(connect)
-        .session_timeout(Duration::from_millis(3000))
-        .digest_auth(user, password)
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("connect to {connect}: {e}"))
-}
-
 /// A latch whose election node this client may not write fails with `NoAuth` at once instead
 /// of retrying forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

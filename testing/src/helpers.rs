@@ -24,6 +24,16 @@ pub async fn client(connect: &str, session_ms: u64) -> Client {
         .unwrap_or_else(|e| panic!("connect to {connect}: {e}"))
 }
 
+/// A client with digest credentials (`user:password`) and a 3 s session.
+pub async fn authed(connect: &str, user: &str, password: &str) -> Client {
+    Client::builder(connect)
+        .session_timeout(Duration::from_millis(3000))
+        .digest_auth(user, password)
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {connect}: {e}"))
+}
+
 /// Reads states until one matches; panics (listing what was seen) if none does in time.
 pub async fn expect_state(
     states: &mut SessionStates,
