@@ -28,9 +28,9 @@
 //! On a timeout nothing is held and nothing is left behind.
 //!
 //! **State.** Every long-lived handle tells where it stands the same way:
-//! * `state()` is the state now (a small `Clone` value), `changes()` a [`Changes`] stream of it,
-//!   and `current()` the latest value a handle keeps (a config value, a cached tree, the
-//!   discovered instances, the queue's progress);
+//! * `state()` is the state now (a small `Clone` value) and `current()` the latest value a
+//!   handle keeps (a config value, a cached tree, the discovered instances, the queue's
+//!   progress); `changes()` is a [`Changes`] stream of it;
 //! * what is *held* — a [`MutexGuard`], a [`Lease`], a work claim, a [`Leadership`] term —
 //!   has `is_lost()`, `lost().await`, `valid_until()` and a [`Fence`] (`fence()`): the token
 //!   that strictly increases across holders, to stamp writes with;
