@@ -139,29 +139,67 @@ impl<T> Stream for Changes<T> {
 
 /// The one "latest value + stream + background task" handle behind every long-lived recipe
 /// handle: a task publishes into a `watch` channel; readers get [`current`](Self::current),
-/// [`changes`](Self::changes) and [`wait_until`](Self::wait_until). Dropping it stops the task.
+/// [`changes`](Self::changes) and [`wait_until`](Self::wait_until). It is created running
+/// ([`spawn`](Self::spawn)) or idle and started once ([`idle`](Self::idle),
+/// [`start`](Self::start)). Dropping it stops the task.
 pub(crate) struct Live<T> {
     rx: watch::Receiver<T>,
-    task: tokio::task::JoinHandle<()>,
+    /// Until started: the sending side, handed to the task.
+    idle: Mutex<Option<watch::Sender<T>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl<T> Drop for Live<T> {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = crate::sync::lock(&self.task).take() {
+            task.abort();
+        }
     }
 }
 
 impl<T: Clone + Send + Sync + 'static> Live<T> {
+    /// Not running yet: `init` is the value until [`start`](Self::start).
+    pub(crate) fn idle(init: T) -> Self {
+        let (tx, rx) = watch::channel(init);
+        Live {
+            rx,
+            idle: Mutex::new(Some(tx)),
+            task: Mutex::new(None),
+        }
+    }
+
     /// Spawns `run(sender)` (inside a Tokio runtime) with `init` as the first value.
     pub(crate) fn spawn<F>(init: T, run: impl FnOnce(watch::Sender<T>) -> F) -> Self
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let (tx, rx) = watch::channel(init);
-        Live {
-            rx,
-            task: tokio::spawn(run(tx)),
+        let live = Live::idle(init);
+        // Idle until now and nothing to prepare: it starts.
+        let _ = live.start(|| Ok(()), |(), tx| run(tx));
+        live
+    }
+
+    /// Starts the task once (inside a Tokio runtime): `prepare` first (its error leaves the
+    /// handle idle, to be started again), then `run(prepared, sender)`. `Ok(false)` if it was
+    /// already started.
+    pub(crate) fn start<P, F>(
+        &self,
+        prepare: impl FnOnce() -> Result<P>,
+        run: impl FnOnce(P, watch::Sender<T>) -> F,
+    ) -> Result<bool>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut idle = crate::sync::lock(&self.idle);
+        if idle.is_none() {
+            return Ok(false);
         }
+        let prepared = prepare()?;
+        let Some(tx) = idle.take() else {
+            return Ok(false);
+        };
+        *crate::sync::lock(&self.task) = Some(tokio::spawn(run(prepared, tx)));
+        Ok(true)
     }
 
     /// A receiver of the value (for streams built on it).

@@ -44,14 +44,12 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use zkr::Client;
 
-use crate::changes::Changes;
+use crate::changes::{Changes, Live};
 use crate::child_cache::{read_children, ChildCache};
 use crate::error::{check_segment, Error, Result};
 use crate::registration::ServiceInstance;
-use crate::sync::lock;
 
 type Snapshot = Option<Arc<Vec<ServiceInstance>>>;
 
@@ -62,19 +60,9 @@ type Snapshot = Option<Arc<Vec<ServiceInstance>>>;
 pub struct Discovery {
     client: Client,
     dir: String,
-    rx: watch::Receiver<Snapshot>,
-    /// The sender until `start` hands it to the background task.
-    tx: std::sync::Mutex<Option<watch::Sender<Snapshot>>>,
+    /// The instance sets, published by the task once started.
+    live: Live<Snapshot>,
     stream: crate::wait::Snapshots<Vec<ServiceInstance>>,
-    task: std::sync::Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Drop for Discovery {
-    fn drop(&mut self) {
-        if let Some(t) = lock(&self.task).take() {
-            t.abort();
-        }
-    }
 }
 
 impl std::fmt::Debug for Discovery {
@@ -97,49 +85,44 @@ impl Discovery {
     /// read until [`start`](Self::start)).
     pub fn new(client: &Client, base: &str, name: &str) -> Result<Discovery> {
         let dir = service_dir(base, name)?;
-        let (tx, rx) = watch::channel::<Snapshot>(None);
-        let stream = crate::wait::loaded_snapshots(rx.clone());
+        let live = Live::idle(None);
+        let stream = crate::wait::loaded_snapshots(live.receiver());
         Ok(Discovery {
             client: client.clone(),
             dir,
-            rx,
-            tx: std::sync::Mutex::new(Some(tx)),
+            live,
             stream,
-            task: std::sync::Mutex::new(None),
         })
     }
 
     /// Starts watching in the background (the watches are set up and the first load runs
     /// there). `Error::Invalid` if already started.
     pub fn start(&self) -> Result<()> {
-        let mut tx_slot = lock(&self.tx);
-        let Some(tx) = tx_slot.take() else {
-            return Err(Error::Invalid(format!(
+        let started = self.live.start(
+            || ChildCache::new(&self.client, &self.dir, true),
+            |cache, tx| {
+                let span = tracing::info_span!("zkr.discovery", dir = %self.dir);
+                tracing::Instrument::instrument(run(cache, tx), span)
+            },
+        )?;
+        if started {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!(
                 "discovery of {} is already started",
                 self.dir
-            )));
-        };
-        let cache = match ChildCache::new(&self.client, &self.dir, true) {
-            Ok(c) => c,
-            Err(e) => {
-                *tx_slot = Some(tx); // not started: may be tried again
-                return Err(e);
-            }
-        };
-        let span = tracing::info_span!("zkr.discovery", dir = %self.dir);
-        let task = tokio::spawn(tracing::Instrument::instrument(run(cache, tx), span));
-        *lock(&self.task) = Some(task);
-        Ok(())
+            )))
+        }
     }
 
     /// The latest instance set, `None` before the first load completed (or before `start`).
     pub fn current(&self) -> Option<Vec<ServiceInstance>> {
-        self.rx.borrow().as_ref().map(|s| s.as_ref().clone())
+        self.live.current().map(|s| s.as_ref().clone())
     }
 
     /// The latest instance set now (once loaded), then after every change (coalescing).
     pub fn changes(&self) -> Changes<Vec<ServiceInstance>> {
-        Changes::filtered(self.rx.clone(), |s: &Snapshot| {
+        Changes::filtered(self.live.receiver(), |s: &Snapshot| {
             s.as_ref().map(|s| s.as_ref().clone())
         })
     }
@@ -186,18 +169,13 @@ impl Discovery {
         mut pred: impl FnMut(&[ServiceInstance]) -> bool,
         timeout: Duration,
     ) -> Result<Vec<ServiceInstance>> {
-        crate::wait::wait_until(
-            &self.rx,
-            timeout,
-            "discovery condition",
-            "discovery",
-            |snap| {
+        self.live
+            .wait_until(timeout, "discovery condition", "discovery", |snap| {
                 snap.as_ref()
                     .filter(|s| pred(s))
                     .map(|s| s.as_ref().clone())
-            },
-        )
-        .await
+            })
+            .await
     }
 
     /// One-shot read of the live instances of service `name` under `base` (no watch, no

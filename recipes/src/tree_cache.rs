@@ -75,11 +75,10 @@ use std::time::Duration;
 use futures::stream::{BoxStream, StreamExt};
 use futures::{FutureExt, Stream};
 use tokio::sync::{broadcast, watch};
-use tokio::task::JoinHandle;
 use tracing::Instrument;
 use zkr::{Client, PersistentWatch, SessionState, Stat, WatchedEvent, WatchedEventKind};
 
-use crate::changes::Changes;
+use crate::changes::{Changes, Live};
 use crate::error::{Error, Result};
 use crate::sync::lock;
 
@@ -380,26 +379,16 @@ struct Settings {
 pub struct TreeCache {
     settings: Settings,
     shared: Arc<Shared>,
-    status: watch::Receiver<CacheState>,
-    /// Until `start`: the sending side of `status`, handed to the task.
-    idle: Mutex<Option<watch::Sender<CacheState>>>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// The state, published by the task once started.
+    status: Live<CacheState>,
 }
 
 impl std::fmt::Debug for TreeCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TreeCache")
             .field("root", &self.settings.root)
-            .field("state", &*self.status.borrow())
+            .field("state", &self.status.current())
             .finish()
-    }
-}
-
-impl Drop for TreeCache {
-    fn drop(&mut self) {
-        if let Some(task) = lock(&self.task).take() {
-            task.abort();
-        }
     }
 }
 
@@ -420,7 +409,6 @@ impl TreeCache {
     /// buffered events.
     pub fn new(client: &Client, root: &str) -> Result<TreeCache> {
         zkr::path::validate_path(root, false)?;
-        let (status_tx, status) = watch::channel(CacheState::Loading);
         Ok(TreeCache {
             settings: Settings {
                 client: client.clone(),
@@ -429,9 +417,7 @@ impl TreeCache {
                 max_data_bytes: 1 << 20,
             },
             shared: new_shared(4096),
-            status,
-            idle: Mutex::new(Some(status_tx)),
-            task: Mutex::new(None),
+            status: Live::idle(CacheState::Loading),
         })
     }
 
@@ -462,22 +448,28 @@ impl TreeCache {
     /// # Errors
     /// [`Error::Invalid`] if the cache was already started.
     pub fn start(&self) -> Result<()> {
-        let Some(status) = lock(&self.idle).take() else {
-            return Err(Error::Invalid("the tree cache is already started".into()));
-        };
-        let s = self.settings.clone();
-        let span = tracing::debug_span!("zkr.tree_cache", root = %s.root);
-        let driver = Driver {
-            client: s.client,
-            root: s.root,
-            max_depth: s.max_depth,
-            max_data: s.max_data_bytes,
-            shared: self.shared.clone(),
-            status,
-            loaded: false,
-        };
-        *lock(&self.task) = Some(tokio::spawn(driver.run().instrument(span)));
-        Ok(())
+        let started = self.status.start(
+            || Ok(()),
+            |(), status| {
+                let s = self.settings.clone();
+                let span = tracing::debug_span!("zkr.tree_cache", root = %s.root);
+                let driver = Driver {
+                    client: s.client,
+                    root: s.root,
+                    max_depth: s.max_depth,
+                    max_data: s.max_data_bytes,
+                    shared: self.shared.clone(),
+                    status,
+                    loaded: false,
+                };
+                driver.run().instrument(span)
+            },
+        )?;
+        if started {
+            Ok(())
+        } else {
+            Err(Error::Invalid("the tree cache is already started".into()))
+        }
     }
 
     /// The root of the cached subtree.
@@ -497,12 +489,12 @@ impl TreeCache {
 
     /// Where the cache stands now.
     pub fn state(&self) -> CacheState {
-        self.status.borrow().clone()
+        self.status.current()
     }
 
     /// The state now, then after every change (coalescing).
     pub fn changes(&self) -> Changes<CacheState> {
-        Changes::new(self.status.clone())
+        self.status.changes()
     }
 
     /// Waits for the first load; returns the tree then.
@@ -527,14 +519,11 @@ impl TreeCache {
     /// # Cancel safety
     /// Cancel-safe: it only waits.
     pub async fn wait_loaded_timeout(&self, timeout: Duration) -> Result<CacheSnapshot> {
-        crate::wait::wait_until(
-            &self.status,
-            timeout,
-            "tree cache load",
-            "tree cache",
-            |s| matches!(s, CacheState::Live | CacheState::Stale).then_some(()),
-        )
-        .await?;
+        self.status
+            .wait_until(timeout, "tree cache load", "tree cache", |s| {
+                matches!(s, CacheState::Live | CacheState::Stale).then_some(())
+            })
+            .await?;
         Ok(self.current())
     }
 
