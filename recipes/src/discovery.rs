@@ -62,7 +62,7 @@ pub struct Discovery {
     dir: String,
     /// The instance sets, published by the task once started.
     live: Live<Snapshot>,
-    stream: crate::wait::Snapshots<Vec<ServiceInstance>>,
+    stream: Changes<Vec<ServiceInstance>>,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -86,7 +86,7 @@ impl Discovery {
     pub fn new(client: &Client, base: &str, name: &str) -> Result<Discovery> {
         let dir = service_dir(base, name)?;
         let live = Live::idle(None);
-        let stream = crate::wait::loaded_snapshots(live.receiver());
+        let stream = loaded(&live);
         Ok(Discovery {
             client: client.clone(),
             dir,
@@ -122,9 +122,7 @@ impl Discovery {
 
     /// The latest instance set now (once loaded), then after every change (coalescing).
     pub fn changes(&self) -> Changes<Vec<ServiceInstance>> {
-        Changes::filtered(self.live.receiver(), |s: &Snapshot| {
-            s.as_ref().map(|s| s.as_ref().clone())
-        })
+        loaded(&self.live)
     }
 
     /// The next instance set of the stream (the first one is the initial load), or
@@ -211,6 +209,13 @@ impl Discovery {
         )
         .await
     }
+}
+
+/// The instance sets of `live` once loaded: the current one (if loaded), then every change.
+fn loaded(live: &Live<Snapshot>) -> Changes<Vec<ServiceInstance>> {
+    Changes::filtered(live.receiver(), |s: &Snapshot| {
+        s.as_ref().map(|s| s.as_ref().clone())
+    })
 }
 
 impl Stream for Discovery {

@@ -1,10 +1,8 @@
-//! Waiting on a recipe's `watch` channel: for a condition with a timeout, or as a stream of
-//! loaded snapshots.
+//! Waiting: on a recipe's `watch` channel for a condition, on a future with a timeout, and
+//! deadlines that saturate instead of panicking.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
@@ -66,45 +64,6 @@ pub(crate) async fn timed<T>(
             what,
             after: timeout,
         })
-}
-
-/// Every snapshot published on `rx` after this call (coalescing: a slow reader sees the latest),
-/// skipping `None` (not loaded yet); ends when the sender goes away.
-pub(crate) fn loaded_snapshots<T: Clone + Send + Sync + 'static>(
-    rx: watch::Receiver<Option<Arc<T>>>,
-) -> Snapshots<T> {
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            if rx.changed().await.is_err() {
-                return None;
-            }
-            let snap = rx.borrow_and_update().clone();
-            if let Some(s) = snap {
-                return Some((s.as_ref().clone(), rx));
-            }
-        }
-    })
-    .boxed();
-    Snapshots(std::sync::Mutex::new(stream))
-}
-
-/// The stream of [`loaded_snapshots`]. The boxed stream sits in a mutex only so that the
-/// recipe types holding it are `Sync` (a `&Discovery` can cross an `.await` in a spawned task);
-/// it is only ever reached through `&mut`, so the lock is never taken.
-pub(crate) struct Snapshots<T>(std::sync::Mutex<BoxStream<'static, T>>);
-
-impl<T> futures::Stream for Snapshots<T> {
-    type Item = T;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<T>> {
-        self.0
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-            .poll_next(cx)
-    }
 }
 
 /// Sleeps for `d`, or forever when there is nothing to wait for (for a `select!` arm).

@@ -141,7 +141,7 @@ type Shared = Option<Arc<QueueSnapshot>>;
 #[must_use = "the coordinator stops watching when dropped"]
 pub struct Coordinator {
     live: Live<Shared>,
-    stream: crate::wait::Snapshots<QueueSnapshot>,
+    stream: Changes<QueueSnapshot>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -159,7 +159,7 @@ impl Coordinator {
         let live = Live::spawn(None, |tx| {
             coordinate(tasks, claims, done, tx).instrument(span)
         });
-        let stream = crate::wait::loaded_snapshots(live.receiver());
+        let stream = loaded(&live);
         Ok(Coordinator { live, stream })
     }
 
@@ -170,9 +170,7 @@ impl Coordinator {
 
     /// The latest view now (once loaded), then after every change (coalescing).
     pub fn changes(&self) -> Changes<QueueSnapshot> {
-        Changes::filtered(self.live.receiver(), |s: &Shared| {
-            s.as_ref().map(|s| s.as_ref().clone())
-        })
+        loaded(&self.live)
     }
 
     /// The next view of the stream (the first one is the initial load), or `Err(Timeout)` if
@@ -224,6 +222,13 @@ impl Coordinator {
             })
             .await
     }
+}
+
+/// The views of `live` once loaded: the current one (if loaded), then every change.
+fn loaded(live: &Live<Shared>) -> Changes<QueueSnapshot> {
+    Changes::filtered(live.receiver(), |s: &Shared| {
+        s.as_ref().map(|s| s.as_ref().clone())
+    })
 }
 
 impl Stream for Coordinator {
