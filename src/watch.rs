@@ -605,3 +605,28 @@ impl Stream for PersistentWatch {
 fn error_backoff() -> crate::Backoff {
     crate::RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(5)).backoff()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Change::*;
+    use super::*;
+
+    /// Two queued changes merged into one (a full queue) say what a reader of both would have
+    /// concluded: from the state before the first to the state after the second.
+    #[test]
+    fn merged_changes_span_both() {
+        for (a, b, exists_now, want) in [
+            (Changed, Changed, true, Changed),
+            (Deleted, Created, true, Recreated),
+            (Changed, Recreated, true, Recreated),
+            (Changed, Deleted, false, Deleted),
+            (Recreated, Deleted, false, Deleted),
+            (Created, Changed, true, Created),
+            (Created, Deleted, false, Deleted),
+            (Initial, Changed, true, Initial),
+            (Initial, Deleted, false, Initial),
+        ] {
+            assert_eq!(merge_change(a, b, exists_now), want, "{a:?} then {b:?}");
+        }
+    }
+}

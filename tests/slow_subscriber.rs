@@ -1,5 +1,6 @@
-//! Bounded memory for a subscriber that does not read: a data watch stream and a recursive
-//! persistent watch stream sleep through 100,000 changes of a real ZooKeeper node. Each holds at
+//! Bounded memory for a subscriber that does not read: a data watch stream sleeps through more
+//! changes than its queue holds, and a recursive persistent watch stream through 100,000
+//! changes of a real ZooKeeper node. Each holds at
 //! most `fanout::CAPACITY` queued events, the process's memory stays flat, the data watch's
 //! last event carries the latest state, and the persistent watch says that it dropped events
 //! (`WatchedEventKind::Lagged`) and then goes on.
@@ -25,6 +26,15 @@ fn rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits until `w` holds at least `n` queued events.
+async fn wait_queued(w: &zkr::DataWatch, n: usize, what: &str) {
+    let t0 = Instant::now();
+    while w.queued() < n {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sleeping_subscriber_holds_a_bounded_queue_through_100_000_changes() {
     init_tracing();
@@ -37,15 +47,53 @@ async fn a_sleeping_subscriber_holds_a_bounded_queue_through_100_000_changes() {
     let node = format!("{root}/{}", "n".repeat(200));
     c.create(&node, b"0", CreateMode::Persistent).await.unwrap();
 
-    // Neither stream is read until all the changes are made.
-    let mut data = c.watch_data(&node).unwrap();
-    let mut deep = c.add_watch(&root, true).await.unwrap();
-    // The data watch has its first read queued (the `Initial` event).
-    let t0 = Instant::now();
-    while data.queued() == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "no initial event");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    // The data watch, not read while its node changes more than a queue's worth of times,
+    // each change after the watch queued the previous one (a one-shot server watch re-read
+    // after each fire: changes inside one burst coalesce by nature, so a burst would not fill
+    // the queue). Full, it holds exactly `CAPACITY` events; later changes merge into the last.
+    let dnode = format!("{root}/data");
+    c.create(&dnode, b"0", CreateMode::Persistent)
+        .await
+        .unwrap();
+    let mut data = c.watch_data(&dnode).unwrap();
+    wait_queued(&data, 1, "the initial event").await;
+    let total = fanout::CAPACITY + 100;
+    for i in 1..=total {
+        let before = data.queued();
+        writer
+            .set_data(&dnode, i.to_string().as_bytes(), None)
+            .await
+            .unwrap();
+        if before < fanout::CAPACITY {
+            wait_queued(&data, before + 1, "the change's event").await;
+        }
     }
+    assert_eq!(data.queued(), fanout::CAPACITY);
+    // Read out: a queue's worth, the last one (once the last change was merged) with the
+    // latest data.
+    let want = total.to_string().into_bytes();
+    let mut n = 0;
+    let mut latest = None;
+    let t0 = Instant::now();
+    while latest.as_deref() != Some(want.as_slice()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the latest data never came"
+        );
+        if let Ok(Some(ev)) = data.next_timeout(Duration::from_secs(10)).await {
+            n += 1;
+            latest = ev.unwrap().data().map(|d| d.to_vec());
+        }
+    }
+    // The last change may land after the reading began: then it is one more event.
+    assert!(
+        (fanout::CAPACITY..=fanout::CAPACITY + 1).contains(&n),
+        "{n} data events"
+    );
+    drop(data);
+
+    // The persistent watch is not read until all the changes are made.
+    let mut deep = c.add_watch(&root, true).await.unwrap();
     let rss_before = rss_bytes();
 
     let mut last = String::new();
@@ -72,39 +120,25 @@ async fn a_sleeping_subscriber_holds_a_bounded_queue_through_100_000_changes() {
         assert!(t0.elapsed() < Duration::from_secs(30), "changes not seen");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Let the data watch's driver catch up with the last change too.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = rss_bytes();
     let grown = rss_after.saturating_sub(rss_before);
     eprintln!(
-        "queued: data {}, persistent {}; rss {} KiB -> {} KiB (+{} KiB)",
-        data.queued(),
+        "queued: persistent {}; rss {} KiB -> {} KiB (+{} KiB)",
         deep.queued(),
         rss_before / 1024,
         rss_after / 1024,
         grown / 1024
     );
-    assert!(data.queued() <= fanout::CAPACITY, "{}", data.queued());
-    assert!(deep.queued() <= fanout::CAPACITY, "{}", deep.queued());
+    assert_eq!(deep.queued(), fanout::CAPACITY);
     // 100,000 events of a 250-byte path held in a queue would be more than 25 MB.
     assert!(grown < 8 << 20, "memory grew by {} KiB", grown / 1024);
-
-    // The data watch: at most a queue's worth, the last one with the latest data.
-    let mut n = 0;
-    let mut latest = None;
-    while let Ok(Some(ev)) = data.next_timeout(Duration::from_millis(200)).await {
-        n += 1;
-        latest = ev.unwrap().data().map(|d| d.to_vec());
-    }
-    assert!((1..=fanout::CAPACITY).contains(&n), "{n} data events");
-    assert_eq!(latest.as_deref(), Some(last.as_bytes()));
 
     // The persistent watch: the events that fitted, then one `Lagged` marker for the rest.
     let mut events = Vec::new();
     while let Ok(Some(ev)) = deep.next_timeout(Duration::from_millis(200)).await {
         events.push(ev);
     }
-    assert!(events.len() <= fanout::CAPACITY, "{} events", events.len());
+    assert_eq!(events.len(), fanout::CAPACITY);
     let lagged: Vec<usize> = (0..events.len())
         .filter(|&i| events[i].kind == WatchedEventKind::Lagged)
         .collect();
@@ -125,6 +159,6 @@ async fn a_sleeping_subscriber_holds_a_bounded_queue_through_100_000_changes() {
         (WatchedEventKind::DataChanged, node.as_str())
     );
 
-    drop((data, deep));
+    drop(deep);
     c.delete_recursive(&root).await.unwrap();
 }
