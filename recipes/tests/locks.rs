@@ -603,6 +603,10 @@ async fn a_release_dropped_at_every_await_point_still_frees_the_lock() {
             .unwrap_or_else(|_| panic!("release dropped after {polls} polls left the lock node"))
             .unwrap();
         if finished.is_some() {
+            assert!(
+                polls >= 2,
+                "never dropped after an await: done within {polls} polls"
+            );
             break;
         }
     }

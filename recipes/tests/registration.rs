@@ -386,6 +386,10 @@ async fn unregister_or_start_dropped_at_every_await_point_leaves_no_instance() {
             .unwrap_or_else(|_| panic!("unregister dropped after {polls} polls left the node"))
             .unwrap();
         if finished.is_some() {
+            assert!(
+                polls >= 2,
+                "never dropped after an await: done within {polls} polls"
+            );
             break;
         }
     }
@@ -400,6 +404,10 @@ async fn unregister_or_start_dropped_at_every_await_point_leaves_no_instance() {
             assert!(other.exists(&path).await.unwrap().is_some());
             reg.unregister().await.unwrap();
             assert!(other.exists(&path).await.unwrap().is_none());
+            assert!(
+                polls >= 2,
+                "never dropped after an await: done within {polls} polls"
+            );
             break;
         }
         drop(reg);

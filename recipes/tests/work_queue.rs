@@ -316,6 +316,10 @@ async fn finishing_calls_dropped_at_every_await_point_leave_no_stuck_claim() {
             let state = s.get(&id).unwrap().state;
             if finished.is_some() {
                 assert_eq!(state, expected, "{op} returned Ok");
+                assert!(
+                    polls >= 2,
+                    "never dropped after an await: done within {polls} polls"
+                );
                 break;
             }
             assert!(
@@ -359,6 +363,10 @@ async fn a_claim_dropped_at_every_await_point_leaves_no_claim() {
         put += 1;
         if let Some(task) = poll_at_most(worker.claim(), polls).await {
             task.unwrap().complete(json!(polls)).await.unwrap();
+            assert!(
+                polls >= 2,
+                "never dropped after an await: done within {polls} polls"
+            );
             break;
         }
     }
