@@ -314,7 +314,10 @@ async fn third_in_line_leads_after_two_hand_overs_without_listing() {
     )];
     admin.set_acl(&path, &no_read, None).await.unwrap();
     assert!(
-        admin.get_children(&path).await.is_err(),
+        matches!(
+            admin.get_children(&path).await,
+            Err(zkr::Error::NoAuth { .. })
+        ),
         "listing is refused"
     );
 
@@ -808,8 +811,14 @@ async fn latch_and_observer_start_once() {
     let ens = testing::shared().expect("zookeeper");
     let path = format!("{}/election", root("latch-lifecycle"));
     let c = client(&ens.connect_string(), 10_000).await;
-    assert!(LeaderLatch::new(&c, "no-slash", "a").is_err());
-    assert!(LeaderObserver::new(&c, "no-slash").is_err());
+    let bad_path = |r: zkr_recipes::Result<()>| {
+        matches!(
+            r,
+            Err(zkr_recipes::Error::Zk(zkr::Error::InvalidPath { .. }))
+        )
+    };
+    assert!(bad_path(LeaderLatch::new(&c, "no-slash", "a").map(|_| ())));
+    assert!(bad_path(LeaderObserver::new(&c, "no-slash").map(|_| ())));
 
     let observer = LeaderObserver::new(&c, &path).unwrap();
     assert_eq!(observer.state(), zkr_recipes::ObserverState::Idle);
@@ -824,11 +833,20 @@ async fn latch_and_observer_start_once() {
     let latch = LeaderLatch::new(&c, &path, "a").unwrap();
     assert_eq!(latch.state(), LatchState::NotLeader);
     assert!(latch.node().is_none());
+    assert!(
+        c.exists(&path).await.unwrap().is_none(),
+        "new() wrote nothing"
+    );
     latch.start().await.unwrap();
     assert!(matches!(
         latch.start().await,
         Err(zkr_recipes::Error::Invalid(_))
     ));
+    assert_eq!(
+        c.get_children(&path).await.unwrap().len(),
+        1,
+        "a refused second start made no node"
+    );
     let fence = latch.wait_leader_timeout(T).await.unwrap();
     let p = leaders.next_timeout(T).await.unwrap().unwrap().unwrap();
     assert_eq!(p.path, fence.path);
