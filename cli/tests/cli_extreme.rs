@@ -76,6 +76,10 @@ proptest! {
         prop_assert!(code != Some(101) && !stderr.contains("internal error"), "{:?}: {:?} {}", args.get(6..), code, stderr);
         // 2: usage (bad path, count or option); 6: the closed port.
         prop_assert!(matches!(code, Some(2) | Some(6)), "{:?}: {:?} {}", args.get(6..), code, stderr);
+        // A path ZooKeeper would refuse is a usage error, found before any connection.
+        if zkr::path::validate_path(&path, false).is_err() {
+            prop_assert_eq!(code, Some(2), "{:?}: {}", args.get(6..), stderr);
+        }
         // One message: ours (`zkr: ...`), or clap's for an argument it cannot parse.
         prop_assert!(
             stderr.lines().any(|l| l.starts_with("zkr: ") || l.starts_with("error: ")),
