@@ -3,43 +3,14 @@
 //!
 //! Needs Java and ZooKeeper 3.8 (`apt-get install -y zookeeper`).
 
+mod common;
+
+use common::*;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-const BIN: &str = env!("CARGO_BIN_EXE_zkr");
-
-fn zk() -> String {
-    zkr_testing::shared()
-        .expect("shared ZooKeeper")
-        .connect_string()
-}
-
-/// A fresh root path for one test (not created).
-fn root(test: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("/zkr-cli-test/{test}-{}-{nanos}", std::process::id())
-}
-
-fn command() -> Command {
-    let mut c = Command::new(BIN);
-    c.env_remove("ZK_SERVERS").env_remove("RUST_LOG");
-    c
-}
-
-/// Runs `zkr --zk <shared> ARGS...`.
-fn zkr(args: &[&str]) -> Output {
-    command()
-        .arg("--zk")
-        .arg(zk())
-        .args(args)
-        .output()
-        .expect("run zkr")
-}
+use std::time::{Duration, Instant};
+use zkr_testing::helpers::root;
 
 /// Runs `zkr --zk <shared> ARGS...` with `input` on stdin.
 fn zkr_stdin(args: &[&str], input: &[u8]) -> Output {
@@ -54,27 +25,6 @@ fn zkr_stdin(args: &[&str], input: &[u8]) -> Output {
         .expect("spawn zkr");
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Asserts success and returns stdout.
-#[track_caller]
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "zkr failed: {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
 }
 
 /// Asserts exit code `code`, one clear `zkr: ` line on stderr containing `needle`, no panic.

@@ -4,20 +4,13 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rustix::process::{kill_process, Pid, Signal};
 use zkr_testing as testing;
+use zkr_testing::helpers::root;
 
 const BIN: &str = env!("CARGO_BIN_EXE_zkr");
-
-fn root(test: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("/zkr-cli-elect/{test}-{nanos}")
-}
 
 fn zkr(zk: &str) -> Command {
     let mut c = Command::new(BIN);

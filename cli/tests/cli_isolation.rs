@@ -10,22 +10,15 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use zkr_testing::helpers::root;
 use zkr_testing::ZkEnsemble;
 
 const BIN: &str = env!("CARGO_BIN_EXE_zkr");
 
 /// One ensemble at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn root(test: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("/zkr-cli-iso/{test}-{nanos}")
-}
 
 fn zkr(zk: &str, session_ms: u64) -> Command {
     let mut c = Command::new(BIN);

@@ -2,19 +2,12 @@
 //! processes, the timeout exit code, and SIGTERM + exit 8 when the lock is lost.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use zkr_testing::helpers::root;
 use zkr_testing::{self as testing, FaultProxy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zkr");
-
-fn root(test: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("/zkr-cli-lock/{test}-{nanos}")
-}
 
 fn zkr(zk: &str) -> Command {
     let mut c = Command::new(BIN);

@@ -3,30 +3,14 @@
 //! Cargo builds the binary for them: `CARGO_BIN_EXE_zkr`.)
 
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use zkr::Client;
 use zkr_recipes::Config;
 use zkr_testing as testing;
+use zkr_testing::helpers::{client, root};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zkr");
 const T: Duration = Duration::from_secs(15);
-
-fn root(test: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("/zkr-cli-recipes/{test}-{nanos}")
-}
-
-async fn client(connect: &str, session_ms: u64) -> Client {
-    Client::builder(connect)
-        .session_timeout(Duration::from_millis(session_ms))
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("connect to {connect}: {e}"))
-}
 
 fn assert_unique(ids: &[i64]) {
     let set: HashSet<i64> = ids.iter().copied().collect();

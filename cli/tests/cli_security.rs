@@ -1,64 +1,11 @@
 //! `zkr --auth`, `zkr acl get/set/digest` and `zkr create --acl` against a real ZooKeeper
 //! (`zkr_testing::shared()`).
 
-use std::process::{Command, Output};
-use std::time::{SystemTime, UNIX_EPOCH};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_zkr");
-
-fn zk() -> String {
-    zkr_testing::shared()
-        .expect("shared ZooKeeper")
-        .connect_string()
-}
-
-fn root(test: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("/zkr-cli-sec/{test}-{}-{nanos}", std::process::id())
-}
-
-fn command() -> Command {
-    let mut c = Command::new(BIN);
-    c.env_remove("ZK_SERVERS")
-        .env_remove("RUST_LOG")
-        .env_remove("ZKR_AUTH")
-        .env_remove("ZKR_TLS_CA")
-        .env_remove("ZKR_TLS_CERT")
-        .env_remove("ZKR_TLS_KEY");
-    c
-}
-
-fn zkr(args: &[&str]) -> Output {
-    command()
-        .arg("--zk")
-        .arg(zk())
-        .args(args)
-        .output()
-        .expect("run zkr")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "zkr failed: {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
-}
+use common::*;
+use std::process::Output;
+use zkr_testing::helpers::root;
 
 /// Exit code 9, one `zkr: ` line containing `needle`, and no secret in the output.
 #[track_caller]
