@@ -597,6 +597,11 @@ async fn data_and_depth_bounds_and_drop_ends_subscriptions() {
     c.create(&format!("{r}/a/b/c/d"), b"", CreateMode::Persistent)
         .await
         .unwrap();
+    // A new child of the deepest cached node (its children change) stays out too; its event
+    // comes before the data change waited for below.
+    c.create(&format!("{r}/a/b/new"), b"", CreateMode::Persistent)
+        .await
+        .unwrap();
     c.set_data(&b, b"b2", None).await.unwrap();
     cache
         .wait_for_timeout(
@@ -606,6 +611,7 @@ async fn data_and_depth_bounds_and_drop_ends_subscriptions() {
         .await
         .unwrap();
     assert_eq!(cache.current().len(), 3);
+    assert!(cache.get(&format!("{r}/a/b/new")).is_none());
 
     // Dropping the cache ends its subscriptions.
     drop(cache);
